@@ -1,0 +1,111 @@
+//! Identifiers, status codes, file layouts and the chunk -> chain mapping shared by every Ember
+//! crate. Nothing here does I/O.
+
+mod ids;
+mod layout;
+mod status;
+
+pub use ids::{ChainId, ChainTableId, ChunkId, ClientId, InodeId, NodeId, TargetId};
+pub use layout::{ChunkSpan, Layout, LayoutError, BLOCK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+pub use status::{Status, StatusCode};
+
+/// Kind of file-system object an inode describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum FileType {
+    File,
+    Directory,
+    Symlink,
+}
+
+impl FileType {
+    pub fn to_u8(self) -> u8 {
+        match self {
+            FileType::File => 1,
+            FileType::Directory => 2,
+            FileType::Symlink => 3,
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(FileType::File),
+            2 => Some(FileType::Directory),
+            3 => Some(FileType::Symlink),
+            _ => None,
+        }
+    }
+}
+
+/// Public state of a storage target inside its chain (3FS vocabulary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TargetState {
+    Serving,
+    Syncing,
+    Waiting,
+    LastServing,
+    Offline,
+}
+
+impl TargetState {
+    pub fn to_u8(self) -> u8 {
+        match self {
+            TargetState::Serving => 1,
+            TargetState::Syncing => 2,
+            TargetState::Waiting => 3,
+            TargetState::LastServing => 4,
+            TargetState::Offline => 5,
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(TargetState::Serving),
+            2 => Some(TargetState::Syncing),
+            3 => Some(TargetState::Waiting),
+            4 => Some(TargetState::LastServing),
+            5 => Some(TargetState::Offline),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetState::Serving => "serving",
+            TargetState::Syncing => "syncing",
+            TargetState::Waiting => "waiting",
+            TargetState::LastServing => "lastsrv",
+            TargetState::Offline => "offline",
+        }
+    }
+}
+
+/// Role a registered node plays in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum NodeKind {
+    Meta,
+    Storage,
+}
+
+impl NodeKind {
+    pub fn to_u8(self) -> u8 {
+        match self {
+            NodeKind::Meta => 1,
+            NodeKind::Storage => 2,
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(NodeKind::Meta),
+            2 => Some(NodeKind::Storage),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeKind::Meta => "meta",
+            NodeKind::Storage => "storage",
+        }
+    }
+}
