@@ -1,1 +1,23 @@
-//! placeholder
+//! Ember's RPC transport: length-prefixed frames over TCP.
+//!
+//! A frame is a fixed 44-byte little-endian header, a message body (protobuf, see
+//! `ember-proto`) and a raw payload (chunk bytes, never re-encoded). The header carries the
+//! request id, so one connection multiplexes many requests in flight; a deadline budget, so a
+//! server can drop work nobody waits for; and CRC32C sums of itself, the body and the payload.
+//! Sizes are checked against limits before anything is allocated, so a peer announcing a
+//! 4 GiB payload costs nothing but a closed connection.
+
+mod client;
+mod frame;
+mod server;
+
+pub use client::{PeerPool, RpcClient};
+pub use frame::{FrameError, FrameHeader, FrameKind, FrameLimits, HEADER_LEN, MAGIC, VERSION};
+pub use server::{serve, Request, Response, Service, ServiceFuture};
+
+use ember_types::{Status, StatusCode};
+
+/// Decodes a request body, mapping failure to a `DecodeError` status for the caller.
+pub fn decode_body<M: prost::Message + Default>(body: &[u8]) -> Result<M, Status> {
+    ember_proto::decode(body).map_err(|e| Status::new(StatusCode::DecodeError, e))
+}

@@ -1,0 +1,229 @@
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ember_proto::Rpc;
+use ember_types::{Status, StatusCode};
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::frame::{read_frame, FrameError, FrameHeader, FrameKind, FrameLimits};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Reply = Result<(Bytes, Bytes), Status>;
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+
+struct Outgoing {
+    header: FrameHeader,
+    body: Bytes,
+    payload: Bytes,
+}
+
+/// One multiplexed connection: a writer task, a reader task, and the table of waiting callers.
+struct Connection {
+    tx: mpsc::Sender<Outgoing>,
+    pending: Pending,
+    dead: Arc<AtomicBool>,
+}
+
+/// A client for one server address. Connects lazily and reconnects after a failure; every
+/// call carries its own deadline.
+pub struct RpcClient {
+    addr: String,
+    conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    next_id: AtomicU64,
+    limits: FrameLimits,
+    timeout: Duration,
+}
+
+impl RpcClient {
+    pub fn new(addr: impl Into<String>) -> Self {
+        RpcClient {
+            addr: addr.into(),
+            conn: tokio::sync::Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            limits: FrameLimits::default(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Typed call: encodes `req`, sends `payload` raw, decodes the response message.
+    pub async fn call<R: Rpc>(&self, req: &R, payload: Bytes) -> Result<(R::Response, Bytes), Status> {
+        let body = Bytes::from(req.encode_to_vec());
+        let (rbody, rpayload) = self.call_raw(R::METHOD as u16, body, payload, self.timeout).await?;
+        let resp = crate::decode_body::<R::Response>(&rbody)?;
+        Ok((resp, rpayload))
+    }
+
+    /// Typed call without payloads in either direction.
+    pub async fn unary<R: Rpc>(&self, req: &R) -> Result<R::Response, Status> {
+        Ok(self.call(req, Bytes::new()).await?.0)
+    }
+
+    pub async fn call_raw(&self, method: u16, body: Bytes, payload: Bytes, timeout: Duration) -> Reply {
+        let work = async {
+            let conn = self.connection().await?;
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            lock(&conn.pending).insert(id, tx);
+            let mut header = FrameHeader::for_data(FrameKind::Request, method, id, &body, &payload);
+            header.timeout_ms = timeout.as_millis().min(u128::from(u32::MAX)) as u32;
+            let guard = PendingGuard { pending: &conn.pending, id };
+            if conn.tx.send(Outgoing { header, body, payload }).await.is_err() {
+                return Err(closed(&self.addr));
+            }
+            let reply = rx.await.unwrap_or_else(|_| Err(closed(&self.addr)));
+            drop(guard);
+            reply
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(Status::new(StatusCode::Timeout, format!("rpc to {} timed out after {timeout:?}", self.addr))),
+        }
+    }
+
+    async fn connection(&self) -> Result<Arc<Connection>, Status> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if !c.dead.load(Ordering::Acquire) {
+                return Ok(c.clone());
+            }
+        }
+        let conn = Arc::new(self.connect().await?);
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn connect(&self) -> Result<Connection, Status> {
+        let unavailable = |e: String| Status::new(StatusCode::Unavailable, format!("connect {}: {e}", self.addr));
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| unavailable("timed out".into()))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::channel(1024);
+        let pending: Pending = Arc::default();
+        let dead = Arc::new(AtomicBool::new(false));
+        tokio::spawn(write_loop(wr, rx, dead.clone()));
+        tokio::spawn(read_loop(rd, pending.clone(), dead.clone(), self.limits, self.addr.clone()));
+        Ok(Connection { tx, pending, dead })
+    }
+}
+
+/// Removes a caller's entry when it stops waiting (timeout or cancellation).
+struct PendingGuard<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(&self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn closed(addr: &str) -> Status {
+    Status::new(StatusCode::ConnectionClosed, format!("connection to {addr} closed"))
+}
+
+async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, dead: Arc<AtomicBool>) {
+    let mut w = BufWriter::with_capacity(64 * 1024, wr);
+    'outer: while let Some(f) = rx.recv().await {
+        let mut next = Some(f);
+        while let Some(f) = next {
+            let ok = w.write_all(&f.header.encode()).await.is_ok()
+                && w.write_all(&f.body).await.is_ok()
+                && w.write_all(&f.payload).await.is_ok();
+            if !ok {
+                break 'outer;
+            }
+            next = rx.try_recv().ok();
+        }
+        if w.flush().await.is_err() {
+            break;
+        }
+    }
+    dead.store(true, Ordering::Release);
+}
+
+async fn read_loop(mut rd: OwnedReadHalf, pending: Pending, dead: Arc<AtomicBool>, limits: FrameLimits, addr: String) {
+    loop {
+        match read_frame(&mut rd, &limits).await {
+            Ok(frame) => {
+                let h = frame.header;
+                let reply = if h.status == 0 {
+                    Ok((frame.body, frame.payload))
+                } else {
+                    let msg = String::from_utf8_lossy(&frame.body).into_owned();
+                    Err(Status::new(StatusCode::from_u16(h.status), msg))
+                };
+                if let Some(tx) = lock(&pending).remove(&h.request_id) {
+                    let _ = tx.send(reply);
+                }
+            }
+            Err(FrameError::DataChecksum { header, what }) => {
+                let st = Status::new(StatusCode::ChecksumMismatch, format!("reply {what} from {addr} corrupted"));
+                if let Some(tx) = lock(&pending).remove(&header.request_id) {
+                    let _ = tx.send(Err(st));
+                }
+            }
+            Err(e) => {
+                if !matches!(e, FrameError::Closed) {
+                    tracing::warn!(%addr, error = %e, "dropping connection");
+                }
+                break;
+            }
+        }
+    }
+    dead.store(true, Ordering::Release);
+    // Wake every caller still waiting on this connection.
+    for (_, tx) in lock(&pending).drain() {
+        let _ = tx.send(Err(closed(&addr)));
+    }
+}
+
+/// Clients by address, shared by everything in a process that talks to the same peers.
+#[derive(Default)]
+pub struct PeerPool {
+    clients: Mutex<HashMap<String, Arc<RpcClient>>>,
+    timeout: Option<Duration>,
+}
+
+impl PeerPool {
+    pub fn new(timeout: Duration) -> Self {
+        PeerPool { clients: Mutex::default(), timeout: Some(timeout) }
+    }
+
+    pub fn get(&self, addr: &str) -> Arc<RpcClient> {
+        let mut map = lock(&self.clients);
+        map.entry(addr.to_owned())
+            .or_insert_with(|| {
+                let c = RpcClient::new(addr);
+                Arc::new(match self.timeout {
+                    Some(t) => c.with_timeout(t),
+                    None => c,
+                })
+            })
+            .clone()
+    }
+}

@@ -1,0 +1,211 @@
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ember_proto::Method;
+use ember_types::{Status, StatusCode};
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::frame::{read_frame, FrameError, FrameHeader, FrameKind, FrameLimits};
+
+/// Requests a single connection may have in flight; more wait in the socket buffer.
+const MAX_INFLIGHT_PER_CONN: usize = 256;
+const WRITE_QUEUE: usize = 1024;
+
+pub struct Request {
+    pub method: u16,
+    pub body: Bytes,
+    pub payload: Bytes,
+    pub deadline: Option<Instant>,
+    pub peer: SocketAddr,
+}
+
+#[derive(Default)]
+pub struct Response {
+    pub body: Bytes,
+    pub payload: Bytes,
+}
+
+impl Response {
+    pub fn msg<M: prost::Message>(m: &M) -> Self {
+        Response { body: m.encode_to_vec().into(), payload: Bytes::new() }
+    }
+
+    pub fn with_payload<M: prost::Message>(m: &M, payload: Bytes) -> Self {
+        Response { body: m.encode_to_vec().into(), payload }
+    }
+}
+
+pub type ServiceFuture = Pin<Box<dyn Future<Output = Result<Response, Status>> + Send + 'static>>;
+
+/// A service answers requests; it owns its state behind `Arc` so handlers can run as tasks.
+pub trait Service: Send + Sync + 'static {
+    fn call(self: Arc<Self>, req: Request) -> ServiceFuture;
+}
+
+struct OutFrame {
+    header: FrameHeader,
+    body: Bytes,
+    payload: Bytes,
+}
+
+/// Accepts connections forever, one task per connection and one per request.
+pub async fn serve(listener: TcpListener, service: Arc<dyn Service>, limits: FrameLimits) {
+    describe_metrics();
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_connection(stream, peer, service.clone(), limits));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn describe_metrics() {
+    let r = ember_telemetry::global();
+    r.describe("ember_rpc_requests_total", "RPC requests served, by method and status.");
+    r.describe("ember_rpc_seconds", "RPC handling time, by method.");
+    r.describe("ember_rpc_bad_frames_total", "Frames rejected before dispatch, by reason.");
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: Arc<dyn Service>, limits: FrameLimits) {
+    let (mut rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<OutFrame>(WRITE_QUEUE);
+    let writer = tokio::spawn(write_loop(wr, rx));
+    let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT_PER_CONN));
+    loop {
+        let frame = match read_frame(&mut rd, &limits).await {
+            Ok(f) => f,
+            Err(e) => {
+                if !reject_frame(e, peer, &tx).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        if frame.header.kind != FrameKind::Request {
+            bad_frame("unexpected_response");
+            break;
+        }
+        let Ok(permit) = inflight.clone().acquire_owned().await else { break };
+        let req = Request {
+            method: frame.header.method,
+            body: frame.body,
+            payload: frame.payload,
+            deadline: deadline_of(&frame.header),
+            peer,
+        };
+        let (svc, tx) = (service.clone(), tx.clone());
+        let request_id = frame.header.request_id;
+        tokio::spawn(async move {
+            let out = handle(svc, req, request_id).await;
+            let _ = tx.send(out).await;
+            drop(permit);
+        });
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Answers a frame that could not be dispatched. Returns whether the stream is still usable.
+async fn reject_frame(e: FrameError, peer: SocketAddr, tx: &mpsc::Sender<OutFrame>) -> bool {
+    match e {
+        FrameError::Closed => false,
+        FrameError::DataChecksum { header, what } => {
+            bad_frame("checksum");
+            let st = Status::new(StatusCode::ChecksumMismatch, format!("{what} checksum mismatch"));
+            let _ = tx.send(error_frame(header.method, header.request_id, &st)).await;
+            true
+        }
+        FrameError::TooLarge { header, what, len, max } => {
+            bad_frame("too_large");
+            tracing::warn!(%peer, what, len, max, "frame too large; closing connection");
+            let st = Status::new(StatusCode::FrameTooLarge, format!("{what} of {len} bytes exceeds {max}"));
+            let _ = tx.send(error_frame(header.method, header.request_id, &st)).await;
+            false
+        }
+        other => {
+            bad_frame("malformed");
+            tracing::warn!(%peer, error = %other, "malformed frame; closing connection");
+            let st = Status::new(StatusCode::BadFrame, other.to_string());
+            let _ = tx.send(error_frame(0, 0, &st)).await;
+            false
+        }
+    }
+}
+
+fn bad_frame(reason: &str) {
+    ember_telemetry::global().inc("ember_rpc_bad_frames_total", &format!("reason=\"{reason}\""), 1);
+}
+
+fn deadline_of(h: &FrameHeader) -> Option<Instant> {
+    (h.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(u64::from(h.timeout_ms)))
+}
+
+async fn handle(svc: Arc<dyn Service>, req: Request, request_id: u64) -> OutFrame {
+    let method = req.method;
+    let name = Method::from_u16(method).map(Method::name).unwrap_or("unknown");
+    let started = Instant::now();
+    let result = match req.deadline {
+        Some(d) => match tokio::time::timeout_at(d.into(), svc.call(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(Status::new(StatusCode::Timeout, "deadline expired on the server")),
+        },
+        None => svc.call(req).await,
+    };
+    let code = result.as_ref().err().map(|s| s.code).unwrap_or(StatusCode::Ok);
+    let reg = ember_telemetry::global();
+    reg.inc("ember_rpc_requests_total", &format!("method=\"{name}\",status=\"{code:?}\""), 1);
+    reg.observe("ember_rpc_seconds", &format!("method=\"{name}\""), started.elapsed());
+    match result {
+        Ok(resp) => {
+            let header = FrameHeader::for_data(FrameKind::Response, method, request_id, &resp.body, &resp.payload);
+            OutFrame { header, body: resp.body, payload: resp.payload }
+        }
+        Err(st) => error_frame(method, request_id, &st),
+    }
+}
+
+fn error_frame(method: u16, request_id: u64, st: &Status) -> OutFrame {
+    let body = Bytes::from(st.message.clone().into_bytes());
+    let mut header = FrameHeader::for_data(FrameKind::Response, method, request_id, &body, &[]);
+    header.status = st.code.as_u16();
+    OutFrame { header, body, payload: Bytes::new() }
+}
+
+async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<OutFrame>) {
+    let mut w = BufWriter::with_capacity(64 * 1024, wr);
+    while let Some(f) = rx.recv().await {
+        if write_one(&mut w, &f).await.is_err() {
+            return;
+        }
+        // Batch replies that are already queued into one flush.
+        while let Ok(f) = rx.try_recv() {
+            if write_one(&mut w, &f).await.is_err() {
+                return;
+            }
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+async fn write_one(w: &mut BufWriter<OwnedWriteHalf>, f: &OutFrame) -> std::io::Result<()> {
+    w.write_all(&f.header.encode()).await?;
+    w.write_all(&f.body).await?;
+    w.write_all(&f.payload).await
+}

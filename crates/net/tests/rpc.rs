@@ -1,0 +1,147 @@
+//! End-to-end tests of the transport: a real server on loopback, real and hostile clients.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ember_net::{serve, FrameHeader, FrameKind, FrameLimits, Request, Response, RpcClient, Service, ServiceFuture, HEADER_LEN};
+use ember_proto::meta::{GetAttrReq, AttrResp, Attr};
+use ember_proto::Method;
+use ember_types::{Status, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Echoes the inode of a GetAttr back as the attr, the payload back as the payload, and
+/// sleeps for `inode` milliseconds when the inode is below 10,000 (to test deadlines).
+struct Echo;
+
+impl Service for Echo {
+    fn call(self: Arc<Self>, req: Request) -> ServiceFuture {
+        Box::pin(async move {
+            if req.method != Method::MetaGetAttr as u16 {
+                return Err(Status::new(StatusCode::UnknownMethod, "no such method"));
+            }
+            let r: GetAttrReq = ember_net::decode_body(&req.body)?;
+            if r.inode < 10_000 {
+                tokio::time::sleep(Duration::from_millis(r.inode)).await;
+            }
+            let attr = Attr { inode: r.inode, ..Default::default() };
+            Ok(Response::with_payload(&AttrResp { attr: Some(attr) }, req.payload))
+        })
+    }
+}
+
+async fn start() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(serve(listener, Arc::new(Echo), FrameLimits::default()));
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_requests_in_flight_on_one_connection_get_their_own_replies() {
+    let addr = start().await;
+    let client = Arc::new(RpcClient::new(addr));
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let inode = 10_000 + i;
+            let payload = Bytes::from(vec![i as u8; (i as usize) * 100]);
+            let (resp, back) = c.call(&GetAttrReq { inode }, payload.clone()).await.unwrap();
+            assert_eq!(resp.attr.unwrap().inode, inode);
+            assert_eq!(back, payload);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn deadline_expires_as_timeout() {
+    let addr = start().await;
+    let client = RpcClient::new(addr).with_timeout(Duration::from_millis(100));
+    let err = client.unary(&GetAttrReq { inode: 2_000 }).await.unwrap_err();
+    assert_eq!(err.code, StatusCode::Timeout);
+    // The connection stays usable after a timed-out call.
+    assert_eq!(client.unary(&GetAttrReq { inode: 10_001 }).await.unwrap().attr.unwrap().inode, 10_001);
+}
+
+#[tokio::test]
+async fn unknown_method_is_an_error_status_not_a_dropped_connection() {
+    let addr = start().await;
+    let client = RpcClient::new(addr);
+    let err = client
+        .call_raw(0x7777, Bytes::new(), Bytes::new(), Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, StatusCode::UnknownMethod);
+    assert!(client.unary(&GetAttrReq { inode: 10_002 }).await.is_ok());
+}
+
+async fn read_reply_or_close(s: &mut TcpStream) -> Option<FrameHeader> {
+    let mut hb = [0u8; HEADER_LEN];
+    match tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut hb)).await {
+        Ok(Ok(_)) => FrameHeader::decode(&hb).ok(),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn hostile_clients_are_answered_or_dropped_and_others_keep_working() {
+    let addr = start().await;
+    let good = RpcClient::new(addr.clone());
+
+    // Garbage bytes.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(&[0xAB; 100]).await.unwrap();
+    let reply = read_reply_or_close(&mut s).await;
+    assert!(reply.is_none_or(|h| h.status == StatusCode::BadFrame as u16));
+
+    // A frame announcing a 4 GiB payload.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let mut h = FrameHeader::for_data(FrameKind::Request, Method::MetaGetAttr as u16, 9, b"", b"");
+    h.payload_len = u32::MAX;
+    s.write_all(&h.encode()).await.unwrap();
+    let reply = read_reply_or_close(&mut s).await.expect("an error reply");
+    assert_eq!(reply.status, StatusCode::FrameTooLarge as u16);
+    assert_eq!(reply.request_id, 9);
+
+    // A truncated frame, then the client goes away.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let h = FrameHeader::for_data(FrameKind::Request, Method::MetaGetAttr as u16, 1, b"abcdef", b"");
+    s.write_all(&h.encode()).await.unwrap();
+    s.write_all(b"abc").await.unwrap();
+    drop(s);
+
+    // A corrupted payload gets a checksum error for that request only.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let mut h = FrameHeader::for_data(FrameKind::Request, Method::MetaGetAttr as u16, 5, b"", b"payload");
+    h.payload_crc ^= 1;
+    s.write_all(&h.encode()).await.unwrap();
+    s.write_all(b"payload").await.unwrap();
+    let reply = read_reply_or_close(&mut s).await.expect("an error reply");
+    assert_eq!(reply.status, StatusCode::ChecksumMismatch as u16);
+
+    assert_eq!(good.unary(&GetAttrReq { inode: 10_003 }).await.unwrap().attr.unwrap().inode, 10_003);
+}
+
+#[tokio::test]
+async fn client_reconnects_after_a_dropped_connection() {
+    // First a listener that accepts and hangs up at once, then a real server on the same port.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = RpcClient::new(addr.to_string()).with_timeout(Duration::from_secs(2));
+    let rude = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        drop(s);
+        listener
+    });
+    let err = client.unary(&GetAttrReq { inode: 10_005 }).await.unwrap_err();
+    assert_eq!(err.code, StatusCode::ConnectionClosed);
+    let listener = rude.await.unwrap();
+    tokio::spawn(serve(listener, Arc::new(Echo), FrameLimits::default()));
+    let resp = client.unary(&GetAttrReq { inode: 10_006 }).await.unwrap();
+    assert_eq!(resp.attr.unwrap().inode, 10_006);
+}

@@ -1,0 +1,354 @@
+//! Metadata service messages. Every request is one transaction on the KV.
+
+use crate::{Method, Rpc};
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LayoutMsg {
+    #[prost(uint32, tag = "1")]
+    pub chunk_size: u32,
+    #[prost(uint32, repeated, tag = "2")]
+    pub chains: Vec<u32>,
+}
+
+/// Attributes of one inode as the client sees them.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Attr {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+    /// `ember_types::FileType::to_u8`.
+    #[prost(uint32, tag = "2")]
+    pub file_type: u32,
+    /// Permission bits including setuid/setgid/sticky (no type bits).
+    #[prost(uint32, tag = "3")]
+    pub mode: u32,
+    #[prost(uint32, tag = "4")]
+    pub uid: u32,
+    #[prost(uint32, tag = "5")]
+    pub gid: u32,
+    #[prost(uint32, tag = "6")]
+    pub nlink: u32,
+    #[prost(uint64, tag = "7")]
+    pub size: u64,
+    #[prost(int64, tag = "8")]
+    pub atime_ns: i64,
+    #[prost(int64, tag = "9")]
+    pub mtime_ns: i64,
+    #[prost(int64, tag = "10")]
+    pub ctime_ns: i64,
+    /// Present for regular files.
+    #[prost(message, optional, tag = "11")]
+    pub layout: Option<LayoutMsg>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AttrResp {
+    #[prost(message, optional, tag = "1")]
+    pub attr: Option<Attr>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EmptyResp {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LookupReq {
+    #[prost(uint64, tag = "1")]
+    pub parent: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub name: Vec<u8>,
+}
+
+impl Rpc for LookupReq {
+    const METHOD: Method = Method::MetaLookup;
+    type Response = AttrResp;
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetAttrReq {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+}
+
+impl Rpc for GetAttrReq {
+    const METHOD: Method = Method::MetaGetAttr;
+    type Response = AttrResp;
+}
+
+/// Creates a regular file and opens it in one transaction.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CreateReq {
+    #[prost(uint64, tag = "1")]
+    pub parent: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub name: Vec<u8>,
+    #[prost(uint32, tag = "3")]
+    pub mode: u32,
+    #[prost(uint32, tag = "4")]
+    pub uid: u32,
+    #[prost(uint32, tag = "5")]
+    pub gid: u32,
+    /// Fail with AlreadyExists instead of opening an existing file (O_EXCL).
+    #[prost(bool, tag = "6")]
+    pub exclusive: bool,
+    #[prost(uint64, tag = "7")]
+    pub client_id: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OpenResp {
+    #[prost(message, optional, tag = "1")]
+    pub attr: Option<Attr>,
+    /// Identifies this open handle until close; its chunks are kept while it exists.
+    #[prost(uint64, tag = "2")]
+    pub session_id: u64,
+}
+
+impl Rpc for CreateReq {
+    const METHOD: Method = Method::MetaCreate;
+    type Response = OpenResp;
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OpenReq {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+    #[prost(uint64, tag = "2")]
+    pub client_id: u64,
+    #[prost(bool, tag = "3")]
+    pub write: bool,
+}
+
+impl Rpc for OpenReq {
+    const METHOD: Method = Method::MetaOpen;
+    type Response = OpenResp;
+}
+
+/// Ends an open session; a writer reports the length it wrote up to.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CloseReq {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+    #[prost(uint64, tag = "2")]
+    pub session_id: u64,
+    #[prost(uint64, optional, tag = "3")]
+    pub written_end: Option<u64>,
+    #[prost(int64, optional, tag = "4")]
+    pub mtime_ns: Option<i64>,
+}
+
+impl Rpc for CloseReq {
+    const METHOD: Method = Method::MetaClose;
+    type Response = AttrResp;
+}
+
+/// Reports a writer's length without closing (fsync).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SyncReq {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+    #[prost(uint64, tag = "2")]
+    pub written_end: u64,
+    #[prost(int64, optional, tag = "3")]
+    pub mtime_ns: Option<i64>,
+}
+
+impl Rpc for SyncReq {
+    const METHOD: Method = Method::MetaSync;
+    type Response = AttrResp;
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MkdirReq {
+    #[prost(uint64, tag = "1")]
+    pub parent: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub name: Vec<u8>,
+    #[prost(uint32, tag = "3")]
+    pub mode: u32,
+    #[prost(uint32, tag = "4")]
+    pub uid: u32,
+    #[prost(uint32, tag = "5")]
+    pub gid: u32,
+}
+
+impl Rpc for MkdirReq {
+    const METHOD: Method = Method::MetaMkdir;
+    type Response = AttrResp;
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RmdirReq {
+    #[prost(uint64, tag = "1")]
+    pub parent: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub name: Vec<u8>,
+}
+
+impl Rpc for RmdirReq {
+    const METHOD: Method = Method::MetaRmdir;
+    type Response = EmptyResp;
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UnlinkReq {
+    #[prost(uint64, tag = "1")]
+    pub parent: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub name: Vec<u8>,
+}
+
+impl Rpc for UnlinkReq {
+    const METHOD: Method = Method::MetaUnlink;
+    type Response = EmptyResp;
+}
+
+/// `RENAME_NOREPLACE` from renameat2(2).
+pub const RENAME_NOREPLACE: u32 = 1;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RenameReq {
+    #[prost(uint64, tag = "1")]
+    pub old_parent: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub old_name: Vec<u8>,
+    #[prost(uint64, tag = "3")]
+    pub new_parent: u64,
+    #[prost(bytes = "vec", tag = "4")]
+    pub new_name: Vec<u8>,
+    #[prost(uint32, tag = "5")]
+    pub flags: u32,
+}
+
+impl Rpc for RenameReq {
+    const METHOD: Method = Method::MetaRename;
+    type Response = EmptyResp;
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LinkReq {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+    #[prost(uint64, tag = "2")]
+    pub new_parent: u64,
+    #[prost(bytes = "vec", tag = "3")]
+    pub new_name: Vec<u8>,
+}
+
+impl Rpc for LinkReq {
+    const METHOD: Method = Method::MetaLink;
+    type Response = AttrResp;
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SymlinkReq {
+    #[prost(uint64, tag = "1")]
+    pub parent: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub name: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub target: Vec<u8>,
+    #[prost(uint32, tag = "4")]
+    pub uid: u32,
+    #[prost(uint32, tag = "5")]
+    pub gid: u32,
+}
+
+impl Rpc for SymlinkReq {
+    const METHOD: Method = Method::MetaSymlink;
+    type Response = AttrResp;
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReadlinkReq {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReadlinkResp {
+    #[prost(bytes = "vec", tag = "1")]
+    pub target: Vec<u8>,
+}
+
+impl Rpc for ReadlinkReq {
+    const METHOD: Method = Method::MetaReadlink;
+    type Response = ReadlinkResp;
+}
+
+/// Changes only the fields that are present.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetAttrReq {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+    #[prost(uint32, optional, tag = "2")]
+    pub mode: Option<u32>,
+    #[prost(uint32, optional, tag = "3")]
+    pub uid: Option<u32>,
+    #[prost(uint32, optional, tag = "4")]
+    pub gid: Option<u32>,
+    /// The client has already cut the chunks on storage when it sends a smaller size.
+    #[prost(uint64, optional, tag = "5")]
+    pub size: Option<u64>,
+    #[prost(int64, optional, tag = "6")]
+    pub atime_ns: Option<i64>,
+    #[prost(int64, optional, tag = "7")]
+    pub mtime_ns: Option<i64>,
+}
+
+impl Rpc for SetAttrReq {
+    const METHOD: Method = Method::MetaSetAttr;
+    type Response = AttrResp;
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReadDirReq {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+    /// Resume after this name (exclusive); empty starts at the beginning.
+    #[prost(bytes = "vec", tag = "2")]
+    pub after: Vec<u8>,
+    #[prost(uint32, tag = "3")]
+    pub limit: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DirEntryMsg {
+    #[prost(bytes = "vec", tag = "1")]
+    pub name: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub inode: u64,
+    #[prost(uint32, tag = "3")]
+    pub file_type: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReadDirResp {
+    #[prost(message, repeated, tag = "1")]
+    pub entries: Vec<DirEntryMsg>,
+    #[prost(bool, tag = "2")]
+    pub more: bool,
+}
+
+impl Rpc for ReadDirReq {
+    const METHOD: Method = Method::MetaReadDir;
+    type Response = ReadDirResp;
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StatFsReq {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StatFsResp {
+    #[prost(uint64, tag = "1")]
+    pub capacity_bytes: u64,
+    #[prost(uint64, tag = "2")]
+    pub free_bytes: u64,
+    #[prost(uint64, tag = "3")]
+    pub used_bytes: u64,
+    #[prost(uint64, tag = "4")]
+    pub inodes: u64,
+}
+
+impl Rpc for StatFsReq {
+    const METHOD: Method = Method::MetaStatFs;
+    type Response = StatFsResp;
+}

@@ -1,0 +1,145 @@
+//! Storage service messages. Chunk bytes travel as the frame payload, never inside a message.
+
+use crate::{Method, Rpc};
+
+/// Names one chunk on one target of one chain, at the chain version the client routed by.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ChunkRef {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+    #[prost(uint32, tag = "2")]
+    pub index: u32,
+    #[prost(uint32, tag = "3")]
+    pub chain_id: u32,
+    #[prost(uint64, tag = "4")]
+    pub chain_version: u64,
+    #[prost(uint32, tag = "5")]
+    pub target_id: u32,
+}
+
+/// Writes the frame payload at `offset` inside the chunk.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WriteReq {
+    #[prost(message, optional, tag = "1")]
+    pub chunk: Option<ChunkRef>,
+    #[prost(uint32, tag = "2")]
+    pub offset: u32,
+    /// CRC32C of the payload computed by the client; storage verifies it before writing.
+    #[prost(uint32, tag = "3")]
+    pub crc32c: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WriteResp {
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    #[prost(uint32, tag = "2")]
+    pub chunk_len: u32,
+}
+
+impl Rpc for WriteReq {
+    const METHOD: Method = Method::StorageWrite;
+    type Response = WriteResp;
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReadIo {
+    #[prost(message, optional, tag = "1")]
+    pub chunk: Option<ChunkRef>,
+    #[prost(uint32, tag = "2")]
+    pub offset: u32,
+    #[prost(uint32, tag = "3")]
+    pub len: u32,
+}
+
+/// Many reads against one storage node in one round trip.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BatchReadReq {
+    #[prost(message, repeated, tag = "1")]
+    pub ios: Vec<ReadIo>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReadResult {
+    /// `StatusCode` of this io; 0 = ok.
+    #[prost(uint32, tag = "1")]
+    pub status: u32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+    /// Bytes of this io in the payload (may be short at the chunk end).
+    #[prost(uint32, tag = "3")]
+    pub len: u32,
+}
+
+/// The payload holds the results' bytes back to back, in request order.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BatchReadResp {
+    #[prost(message, repeated, tag = "1")]
+    pub results: Vec<ReadResult>,
+}
+
+impl Rpc for BatchReadReq {
+    const METHOD: Method = Method::StorageBatchRead;
+    type Response = BatchReadResp;
+}
+
+/// Cuts a file to `length` on one chain: later chunks go, the boundary chunk is shortened.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TruncateReq {
+    #[prost(message, optional, tag = "1")]
+    pub chain: Option<ChunkRef>,
+    #[prost(uint64, tag = "2")]
+    pub length: u64,
+    #[prost(uint32, tag = "3")]
+    pub chunk_size: u32,
+    /// Chains in the file's layout, to know which chunk indexes live on this chain.
+    #[prost(uint32, tag = "4")]
+    pub stripe: u32,
+    #[prost(uint32, tag = "5")]
+    pub stripe_position: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TruncateResp {
+    #[prost(uint32, tag = "1")]
+    pub removed_chunks: u32,
+}
+
+impl Rpc for TruncateReq {
+    const METHOD: Method = Method::StorageTruncate;
+    type Response = TruncateResp;
+}
+
+/// Removes every chunk of `chain.inode` with index >= `from_index` held on the chain.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RemoveChunksReq {
+    #[prost(message, optional, tag = "1")]
+    pub chain: Option<ChunkRef>,
+    #[prost(uint32, tag = "2")]
+    pub from_index: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RemoveChunksResp {
+    #[prost(uint32, tag = "1")]
+    pub removed: u32,
+}
+
+impl Rpc for RemoveChunksReq {
+    const METHOD: Method = Method::StorageRemoveChunks;
+    type Response = RemoveChunksResp;
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SpaceInfoReq {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SpaceInfoResp {
+    #[prost(message, repeated, tag = "1")]
+    pub targets: Vec<crate::mgmtd::TargetReport>,
+}
+
+impl Rpc for SpaceInfoReq {
+    const METHOD: Method = Method::StorageSpaceInfo;
+    type Response = SpaceInfoResp;
+}
