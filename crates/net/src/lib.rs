@@ -9,6 +9,7 @@
 
 mod client;
 mod frame;
+pub mod routing;
 mod server;
 
 pub use client::{PeerPool, RpcClient};

@@ -6,6 +6,7 @@
 
 pub mod meta;
 pub mod mgmtd;
+pub mod routing;
 pub mod storage;
 
 mod convert;
