@@ -22,3 +22,19 @@ use ember_types::{Status, StatusCode};
 pub fn decode_body<M: prost::Message + Default>(body: &[u8]) -> Result<M, Status> {
     ember_proto::decode(body).map_err(|e| Status::new(StatusCode::DecodeError, e))
 }
+
+/// Replaces `path` with `contents` atomically and durably: written to a temporary name,
+/// fsynced, renamed, and the directory fsynced. Used for the address a process bound (port 0
+/// picks a free one, a harness reads it) and for ids a node must never forget.
+pub fn write_file_atomic(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

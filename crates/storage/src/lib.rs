@@ -1,1 +1,26 @@
-//! placeholder
+//! Ember's storage service.
+//!
+//! - [`engine`]: the per-target chunk engine: block-granular copy-on-write storage of chunks in
+//!   one data file per target, chunk metadata in fjall, CRC32C per block.
+//! - `service`: the RPC front that checks routing and checksums and calls the engines.
+//! - `node`: the process: registration with mgmtd, heartbeats, serving.
+
+pub mod engine;
+mod node;
+mod service;
+
+pub use engine::{ChunkEngine, ChunkInfo, EngineError, EngineOptions, EngineStats};
+pub use node::{run_storage, StorageConfig};
+pub use service::StorageService;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("rpc: {0}")]
+    Rpc(ember_types::Status),
+    #[error("startup: {0}")]
+    Startup(String),
+}

@@ -1,0 +1,607 @@
+//! The chunk engine: stores the chunks of one storage target (a directory on one disk).
+//!
+//! # Layout on disk
+//!
+//! ```text
+//! <dir>/blocks.dat   data file, an array of 4 KiB blocks; grows in steps (64 MiB by default)
+//! <dir>/meta/        fjall database
+//!     keyspace "chunks":  key = ChunkId::to_bytes() (12 B big-endian: inode, index)
+//!                         value = chunk record, see `record.rs` (version, length, extents, CRCs)
+//!     keyspace "engine":  key "format" = [1u8, BLOCK_SIZE as u32 LE]
+//! ```
+//!
+//! Big-endian keys make the chunks of one inode a contiguous, index-ordered key range, so
+//! `remove_chunks` is one range scan.
+//!
+//! # Space
+//!
+//! Space is allocated per 4 KiB block, so a 10 KiB chunk uses 3 blocks. The allocation bitmap
+//! lives only in memory and is rebuilt at open from the chunk records: a block is in use exactly
+//! when a committed record references it. Blocks written by a write that crashed before its
+//! metadata commit (orphans) are therefore free again after a restart, without any log. The
+//! allocator hands out the lowest free blocks so the file stays compact; it grows `blocks.dat`
+//! (fallocate, falling back to set_len) only when no block is free. A full disk is reported as
+//! [`EngineError::NoSpace`] and leaves the metadata untouched.
+//!
+//! # Writes: block-level copy-on-write
+//!
+//! 1. Lock the chunk exclusively and load its record.
+//! 2. Split the range into logical blocks; for a partially covered edge block, start from the
+//!    existing block image (CRC-verified) or zeros for a hole.
+//! 3. Allocate a new physical block for every touched logical block and pwrite the images (one
+//!    pwrite per physically contiguous run); fdatasync `blocks.dat` (group commit).
+//! 4. Commit the new record (version + 1, length = max(old, end of write), new block refs and
+//!    CRCs) to fjall and persist the journal with fdatasync (group commit).
+//! 5. Only now free the replaced blocks: the durable metadata no longer references them.
+//!
+//! A crash before step 4 completes leaves the old record in place (the new blocks are orphans);
+//! after it, the new record is durable. In-memory state is never ahead of the disk in a way a
+//! crash could expose: allocations are only in memory (lost on crash = freed), and frees happen
+//! after the commit is durable. A failed fsync poisons the engine (all later mutations fail),
+//! because after one the kernel may have dropped the dirty pages.
+//!
+//! Truncate is the same scheme: blocks past the new end are freed after the commit, and a partial
+//! last block whose tail is not already zero is rewritten copy-on-write with a zeroed tail, which
+//! keeps the invariant that bytes of the last block past the chunk length are zero (so growing a
+//! chunk again exposes zeros).
+//!
+//! # Reads
+//!
+//! A read takes the chunk lock shared, clips the range to the chunk length, reads the mapped
+//! blocks (one pread per physically contiguous run), verifies the CRC32C of every block it touches
+//! and fills holes with zeros.
+//!
+//! # Concurrency
+//!
+//! The API is blocking and `ChunkEngine` is `Send + Sync`; call it from many threads (e.g. from
+//! `spawn_blocking`). Operations on one chunk serialize on a sharded reader/writer lock table;
+//! other chunks proceed in parallel. Concurrent writers share fdatasyncs of `blocks.dat` and
+//! fjall journal persists through leader/follower group commit (`sync.rs`).
+
+mod bitmap;
+mod error;
+mod locks;
+mod record;
+mod space;
+mod sync;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ember_types::{ChunkId, InodeId, BLOCK_SIZE, MAX_CHUNK_SIZE};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+pub use error::EngineError;
+use locks::LockTable;
+use record::{blocks_for, BlockRef, ChunkMeta};
+use space::{run_len, BlockFile, BS};
+use sync::GroupSync;
+
+const DATA_FILE: &str = "blocks.dat";
+const META_DIR: &str = "meta";
+const FORMAT_KEY: &str = "format";
+const FORMAT_VERSION: u8 = 1;
+/// Longest run of blocks read with one pread (bounds the temporary buffer to 1 MiB).
+const MAX_READ_RUN: usize = 256;
+/// Chunks removed per metadata batch by `remove_chunks` (bounds memory and lock hold times).
+const REMOVE_BATCH: usize = 1024;
+
+/// Tunables of one engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Largest chunk length accepted; writes or truncates past it fail with `TooLarge`.
+    pub max_chunk_size: u32,
+    /// How much `blocks.dat` grows at a time when no block is free (rounded to 4 KiB).
+    pub grow_bytes: u64,
+    /// Optional cap on the size of `blocks.dat`; growing past it fails with `NoSpace`.
+    pub capacity_bytes: Option<u64>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            max_chunk_size: MAX_CHUNK_SIZE,
+            grow_bytes: 64 << 20,
+            capacity_bytes: None,
+        }
+    }
+}
+
+/// Committed state of one chunk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChunkInfo {
+    /// Incremented by every committed write or truncate; 0 means "never written".
+    pub version: u64,
+    pub len: u32,
+}
+
+/// Space accounting of one target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub block_size: u32,
+    /// Size of `blocks.dat` in blocks.
+    pub total_blocks: u64,
+    /// Blocks referenced by committed chunks (plus blocks of writes in flight).
+    pub used_blocks: u64,
+    pub chunks: u64,
+    /// Size of the file system holding the target (or the configured capacity, if smaller).
+    pub capacity_bytes: u64,
+    /// Space available to unprivileged users on the file system plus free blocks inside
+    /// `blocks.dat` (bounded by the configured capacity, if any).
+    pub free_bytes: u64,
+}
+
+/// Chunk storage of one target. See the module documentation for the design.
+pub struct ChunkEngine {
+    dir: PathBuf,
+    opts: EngineOptions,
+    blocks: BlockFile,
+    db: Database,
+    chunks: Keyspace,
+    meta_sync: GroupSync,
+    locks: LockTable,
+    chunk_count: AtomicU64,
+}
+
+impl ChunkEngine {
+    /// Creates the target in `dir` or reopens it, rebuilding the block allocator from the
+    /// committed chunk records (which reclaims blocks of writes that never committed).
+    pub fn open(dir: &Path, opts: EngineOptions) -> Result<ChunkEngine, EngineError> {
+        if opts.max_chunk_size == 0 {
+            return Err(EngineError::InvalidArgument(
+                "max_chunk_size must be positive".into(),
+            ));
+        }
+        std::fs::create_dir_all(dir).map_err(EngineError::from_io)?;
+        // fjall takes a lock file, so a second engine on the same directory fails here.
+        let db = Database::builder(dir.join(META_DIR))
+            .open()
+            .map_err(EngineError::from_fjall)?;
+        let chunks = db
+            .keyspace("chunks", KeyspaceCreateOptions::default)
+            .map_err(EngineError::from_fjall)?;
+        check_format(&db)?;
+        let blocks = BlockFile::open(&dir.join(DATA_FILE), opts.grow_bytes, opts.capacity_bytes)?;
+        let chunk_count = claim_committed_blocks(&chunks, &blocks)?;
+        let (total, used) = blocks.counts();
+        tracing::info!(dir = %dir.display(), chunks = chunk_count, total_blocks = total, used_blocks = used, "chunk engine open");
+        Ok(ChunkEngine {
+            dir: dir.to_path_buf(),
+            opts,
+            blocks,
+            db,
+            chunks,
+            meta_sync: GroupSync::new("chunk metadata"),
+            locks: LockTable::new(),
+            chunk_count: AtomicU64::new(chunk_count),
+        })
+    }
+
+    /// Writes `data` at `offset` inside the chunk; durable (data and metadata fsynced) before it
+    /// returns. An empty write changes nothing and returns the current state.
+    pub fn write(
+        &self,
+        chunk: ChunkId,
+        offset: u32,
+        data: &[u8],
+    ) -> Result<ChunkInfo, EngineError> {
+        let end = self.check_end(u64::from(offset) + data.len() as u64, "write")?;
+        let _guard = self.locks.write(chunk);
+        let old = self.load(chunk)?;
+        if data.is_empty() {
+            return Ok(old.map(|m| m.info()).unwrap_or_default());
+        }
+        let (first, images) = self.build_images(chunk, old.as_ref(), u64::from(offset), data)?;
+        let phys = self.write_new_blocks(&images)?;
+        let mut meta = old.clone().unwrap_or_default();
+        let replaced = install_blocks(&mut meta, first, &phys, &images);
+        meta.version += 1;
+        meta.len = meta.len.max(end);
+        self.commit_and_release(chunk, &meta, old.is_none(), &replaced)?;
+        Ok(meta.info())
+    }
+
+    /// Reads up to `len` bytes at `offset`, clipped to the chunk length. Holes read as zeros;
+    /// every block read is CRC32C-verified. A missing chunk reads as empty.
+    pub fn read(&self, chunk: ChunkId, offset: u32, len: u32) -> Result<Vec<u8>, EngineError> {
+        if offset > self.opts.max_chunk_size {
+            return Err(EngineError::InvalidArgument(format!(
+                "read offset {offset} is past the maximum chunk size {}",
+                self.opts.max_chunk_size
+            )));
+        }
+        let _guard = self.locks.read(chunk);
+        let Some(meta) = self.load(chunk)? else {
+            return Ok(Vec::new());
+        };
+        let (start, end) = (
+            u64::from(offset),
+            (u64::from(offset) + u64::from(len)).min(u64::from(meta.len)),
+        );
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let mut out = vec![0u8; (end - start) as usize];
+        let mapped: Vec<(u32, BlockRef)> = meta
+            .blocks
+            .range((start / BS) as u32..=((end - 1) / BS) as u32)
+            .map(|(&l, &r)| (l, r))
+            .collect();
+        let mut i = 0;
+        while i < mapped.len() {
+            let n = run_len(&mapped[i..], |(_, r)| r.phys).min(MAX_READ_RUN);
+            let run = &mapped[i..i + n];
+            let buf = self.read_verified(chunk, run)?;
+            for (k, (l, _)) in run.iter().enumerate() {
+                copy_block_part(
+                    &buf[k * BS as usize..(k + 1) * BS as usize],
+                    *l,
+                    start,
+                    end,
+                    &mut out,
+                );
+            }
+            i += run.len();
+        }
+        Ok(out)
+    }
+
+    /// Sets the chunk length (creating the chunk if needed). Shrinking frees whole blocks past the
+    /// end and zeroes the tail of the last partial block (copy-on-write); growing just raises the
+    /// length. Durable on return.
+    pub fn truncate(&self, chunk: ChunkId, len: u32) -> Result<ChunkInfo, EngineError> {
+        self.check_end(u64::from(len), "truncate")?;
+        let _guard = self.locks.write(chunk);
+        let old = self.load(chunk)?;
+        let mut meta = old.clone().unwrap_or_default();
+        let keep = blocks_for(u64::from(len)) as u32;
+        let mut freed: Vec<u64> = meta
+            .blocks
+            .split_off(&keep)
+            .into_values()
+            .map(|r| r.phys)
+            .collect();
+        if len < meta.len {
+            freed.extend(self.zero_tail(chunk, &mut meta, len)?);
+        }
+        meta.len = len;
+        meta.version += 1;
+        self.commit_and_release(chunk, &meta, old.is_none(), &freed)?;
+        Ok(meta.info())
+    }
+
+    /// Removes every chunk of `inode` with index >= `from_index`; returns how many were removed.
+    /// Durable on return. Chunks created concurrently with the call may survive it.
+    pub fn remove_chunks(&self, inode: InodeId, from_index: u32) -> Result<u32, EngineError> {
+        let ids = self.list_chunks(inode, from_index)?;
+        let mut removed = 0;
+        for group in ids.chunks(REMOVE_BATCH) {
+            removed += self.remove_group(group)?;
+        }
+        Ok(removed)
+    }
+
+    /// The committed version and length of a chunk, or `None` if it does not exist.
+    pub fn chunk_info(&self, chunk: ChunkId) -> Result<Option<ChunkInfo>, EngineError> {
+        let _guard = self.locks.read(chunk);
+        Ok(self.load(chunk)?.map(|m| m.info()))
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let (total, used) = self.blocks.counts();
+        let (fs_size, fs_avail) = fs_space(&self.dir).unwrap_or((0, 0));
+        let mut capacity = fs_size;
+        let mut free = fs_avail.saturating_add((total - used) * BS);
+        if let Some(cap) = self.opts.capacity_bytes {
+            capacity = capacity.min(cap);
+            free = free.min(cap.saturating_sub(used * BS));
+        }
+        EngineStats {
+            block_size: BLOCK_SIZE,
+            total_blocks: total,
+            used_blocks: used,
+            chunks: self.chunk_count.load(Ordering::Relaxed),
+            capacity_bytes: capacity,
+            free_bytes: free,
+        }
+    }
+
+    /// Rejects chunk ends past the maximum chunk size; returns the end as u32.
+    fn check_end(&self, end: u64, what: &str) -> Result<u32, EngineError> {
+        let max = self.opts.max_chunk_size;
+        if end > u64::from(max) {
+            return Err(EngineError::TooLarge(format!(
+                "{what} up to byte {end} exceeds the maximum chunk size {max}"
+            )));
+        }
+        Ok(end as u32)
+    }
+
+    fn load(&self, chunk: ChunkId) -> Result<Option<ChunkMeta>, EngineError> {
+        let Some(value) = self
+            .chunks
+            .get(chunk.to_bytes())
+            .map_err(EngineError::from_fjall)?
+        else {
+            return Ok(None);
+        };
+        ChunkMeta::decode(&value)
+            .map(Some)
+            .map_err(|e| EngineError::Corrupt(format!("chunk {chunk}: bad metadata record: {e}")))
+    }
+
+    /// Builds the full images of the logical blocks touched by a write of `data` at `offset`.
+    /// Returns the first logical block index and the images back to back.
+    fn build_images(
+        &self,
+        chunk: ChunkId,
+        meta: Option<&ChunkMeta>,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(u32, Vec<u8>), EngineError> {
+        let end = offset + data.len() as u64;
+        let (first, last) = (offset / BS, (end - 1) / BS);
+        let mut images = vec![0u8; ((last - first + 1) * BS) as usize];
+        for (k, img) in images.chunks_exact_mut(BS as usize).enumerate() {
+            let l = first + k as u64;
+            let block_start = l * BS;
+            let whole = offset <= block_start && end >= block_start + BS;
+            // Partial edge block: keep the bytes the write does not cover. Holes stay zero.
+            if let (false, Some(r)) = (whole, meta.and_then(|m| m.blocks.get(&(l as u32)))) {
+                img.copy_from_slice(&self.read_verified(chunk, &[(l as u32, *r)])?);
+            }
+            let (lo, hi) = (block_start.max(offset), (block_start + BS).min(end));
+            img[(lo - block_start) as usize..(hi - block_start) as usize]
+                .copy_from_slice(&data[(lo - offset) as usize..(hi - offset) as usize]);
+        }
+        Ok((first as u32, images))
+    }
+
+    /// Reads a physically contiguous run of blocks and verifies each block's CRC32C.
+    fn read_verified(
+        &self,
+        chunk: ChunkId,
+        run: &[(u32, BlockRef)],
+    ) -> Result<Vec<u8>, EngineError> {
+        let Some((first_l, first)) = run.first() else {
+            return Ok(Vec::new());
+        };
+        let mut buf = vec![0u8; run.len() * BS as usize];
+        self.blocks
+            .read_blocks(first.phys, &mut buf)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => EngineError::Corrupt(format!(
+                "chunk {chunk} block {first_l}: physical block {} lies past the end of {DATA_FILE}",
+                first.phys
+            )),
+                _ => EngineError::from_io(e),
+            })?;
+        for ((l, r), img) in run.iter().zip(buf.chunks_exact(BS as usize)) {
+            let crc = crc32c::crc32c(img);
+            if crc != r.crc {
+                return Err(EngineError::Corrupt(format!(
+                    "chunk {chunk} block {l} (physical block {}): CRC32C mismatch, stored {:08x}, computed {crc:08x}",
+                    r.phys, r.crc
+                )));
+            }
+        }
+        Ok(buf)
+    }
+
+    /// Allocates blocks for `images`, writes them and makes them durable. On failure nothing
+    /// references the new blocks, so they go straight back to the allocator.
+    fn write_new_blocks(&self, images: &[u8]) -> Result<Vec<u64>, EngineError> {
+        if let Some(e) = self.blocks.poisoned() {
+            return Err(e);
+        }
+        let phys = self.blocks.allocate(images.len() / BS as usize)?;
+        let result = self
+            .blocks
+            .write_blocks(&phys, images)
+            .and_then(|()| self.blocks.sync_data());
+        if let Err(e) = result {
+            self.blocks.release(&phys);
+            return Err(e);
+        }
+        Ok(phys)
+    }
+
+    /// Copy-on-write of the last partial block when shrinking: a new block with a zeroed tail.
+    /// Returns the replaced physical block, if one was replaced.
+    fn zero_tail(
+        &self,
+        chunk: ChunkId,
+        meta: &mut ChunkMeta,
+        len: u32,
+    ) -> Result<Option<u64>, EngineError> {
+        let (l, cut) = (len / BLOCK_SIZE, (len % BLOCK_SIZE) as usize);
+        let Some(old) = meta.blocks.get(&l).copied().filter(|_| cut != 0) else {
+            return Ok(None);
+        };
+        let mut img = self.read_verified(chunk, &[(l, old)])?;
+        if img[cut..].iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        img[cut..].fill(0);
+        let phys = self.write_new_blocks(&img)?;
+        meta.blocks.insert(
+            l,
+            BlockRef {
+                phys: phys[0],
+                crc: crc32c::crc32c(&img),
+            },
+        );
+        Ok(Some(old.phys))
+    }
+
+    /// Commits `meta` durably, then frees `freed` (no durable record references them anymore).
+    /// If the commit fails, nothing is freed: the outcome on disk is unknown, and leaking blocks
+    /// until the next open is safe while reusing them might not be.
+    fn commit_and_release(
+        &self,
+        chunk: ChunkId,
+        meta: &ChunkMeta,
+        created: bool,
+        freed: &[u64],
+    ) -> Result<(), EngineError> {
+        let mut batch = self.db.batch();
+        batch.insert(&self.chunks, chunk.to_bytes(), meta.encode());
+        batch.commit().map_err(EngineError::from_fjall)?;
+        self.persist_meta()?;
+        if created {
+            self.chunk_count.fetch_add(1, Ordering::Relaxed);
+        }
+        self.blocks.release(freed);
+        Ok(())
+    }
+
+    /// Makes every fjall batch committed so far durable (group-committed fdatasync of the journal).
+    fn persist_meta(&self) -> Result<(), EngineError> {
+        self.meta_sync.sync_after_write(|| {
+            self.db
+                .persist(PersistMode::SyncData)
+                .map_err(EngineError::from_fjall)
+        })
+    }
+
+    fn list_chunks(&self, inode: InodeId, from_index: u32) -> Result<Vec<ChunkId>, EngineError> {
+        let lo = ChunkId::new(inode, from_index).to_bytes();
+        let hi = ChunkId::new(inode, u32::MAX).to_bytes();
+        let mut ids = Vec::new();
+        for guard in self.chunks.range(lo..=hi) {
+            let key = guard.key().map_err(EngineError::from_fjall)?;
+            let id = ChunkId::from_bytes(&key)
+                .ok_or_else(|| EngineError::Corrupt(format!("chunk key of {} bytes", key.len())))?;
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    /// Removes a group of chunks in one durable batch. Chunks already gone are skipped.
+    fn remove_group(&self, ids: &[ChunkId]) -> Result<u32, EngineError> {
+        let _guards = self.locks.write_many(ids);
+        let mut batch = self.db.batch();
+        let (mut freed, mut removed) = (Vec::new(), 0u32);
+        for &chunk in ids {
+            if let Some(meta) = self.load(chunk)? {
+                batch.remove(&self.chunks, chunk.to_bytes());
+                freed.extend(meta.blocks.values().map(|r| r.phys));
+                removed += 1;
+            }
+        }
+        if removed == 0 {
+            return Ok(0);
+        }
+        batch.commit().map_err(EngineError::from_fjall)?;
+        self.persist_meta()?;
+        self.chunk_count
+            .fetch_sub(u64::from(removed), Ordering::Relaxed);
+        self.blocks.release(&freed);
+        Ok(removed)
+    }
+}
+
+impl ChunkMeta {
+    fn info(&self) -> ChunkInfo {
+        ChunkInfo {
+            version: self.version,
+            len: self.len,
+        }
+    }
+}
+
+/// Points logical blocks `first..` at the new physical blocks; returns the replaced ones.
+fn install_blocks(meta: &mut ChunkMeta, first: u32, phys: &[u64], images: &[u8]) -> Vec<u64> {
+    let mut replaced = Vec::new();
+    for (k, (&p, img)) in phys
+        .iter()
+        .zip(images.chunks_exact(BS as usize))
+        .enumerate()
+    {
+        let r = BlockRef {
+            phys: p,
+            crc: crc32c::crc32c(img),
+        };
+        if let Some(old) = meta.blocks.insert(first + k as u32, r) {
+            replaced.push(old.phys);
+        }
+    }
+    replaced
+}
+
+/// Copies the part of logical block `l` (image `img`) that falls in `[start, end)` into `out`,
+/// which holds the bytes from `start` on.
+fn copy_block_part(img: &[u8], l: u32, start: u64, end: u64, out: &mut [u8]) {
+    let block_start = u64::from(l) * BS;
+    let (lo, hi) = (block_start.max(start), (block_start + BS).min(end));
+    out[(lo - start) as usize..(hi - start) as usize]
+        .copy_from_slice(&img[(lo - block_start) as usize..(hi - block_start) as usize]);
+}
+
+/// Checks (or, on a new target, writes) the engine format marker.
+fn check_format(db: &Database) -> Result<(), EngineError> {
+    let info = db
+        .keyspace("engine", KeyspaceCreateOptions::default)
+        .map_err(EngineError::from_fjall)?;
+    let mut expected = vec![FORMAT_VERSION];
+    expected.extend_from_slice(&BLOCK_SIZE.to_le_bytes());
+    match info.get(FORMAT_KEY).map_err(EngineError::from_fjall)? {
+        Some(found) if *found == *expected => Ok(()),
+        Some(found) => Err(EngineError::Meta(format!(
+            "unsupported engine format {found:?}, expected {expected:?}"
+        ))),
+        None => {
+            info.insert(FORMAT_KEY, expected)
+                .map_err(EngineError::from_fjall)?;
+            db.persist(PersistMode::SyncAll)
+                .map_err(EngineError::from_fjall)
+        }
+    }
+}
+
+/// Marks every block referenced by a committed chunk record as used; returns the chunk count.
+/// A corrupt record or a block claimed twice fails the open: serving with a wrong allocation
+/// map could hand out a block that still holds live data.
+fn claim_committed_blocks(chunks: &Keyspace, blocks: &BlockFile) -> Result<u64, EngineError> {
+    let mut count = 0;
+    for guard in chunks.iter() {
+        let (key, value) = guard.into_inner().map_err(EngineError::from_fjall)?;
+        let chunk = ChunkId::from_bytes(&key)
+            .ok_or_else(|| EngineError::Corrupt(format!("chunk key of {} bytes", key.len())))?;
+        let meta = ChunkMeta::decode(&value).map_err(|e| {
+            EngineError::Corrupt(format!("chunk {chunk}: bad metadata record: {e}"))
+        })?;
+        for r in meta.blocks.values() {
+            if !blocks.claim_at_open(r.phys)? {
+                return Err(EngineError::Corrupt(format!(
+                    "chunk {chunk}: physical block {} is referenced twice",
+                    r.phys
+                )));
+            }
+        }
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// (size, space available to unprivileged users) of the file system holding `dir`.
+#[allow(clippy::unnecessary_cast)] // statvfs field types differ between platforms.
+fn fs_space(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `path` is NUL-terminated and `st` points to writable memory of the right type.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs succeeded, so it filled `st` (it was zeroed before in any case).
+    let st = unsafe { st.assume_init() };
+    let frsize = st.f_frsize as u64;
+    Some((
+        (st.f_blocks as u64).saturating_mul(frsize),
+        (st.f_bavail as u64).saturating_mul(frsize),
+    ))
+}

@@ -1,0 +1,610 @@
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use ember_types::StatusCode;
+
+use super::*;
+
+const B: usize = BLOCK_SIZE as usize;
+
+fn small_opts() -> EngineOptions {
+    EngineOptions {
+        grow_bytes: 1 << 20,
+        ..EngineOptions::default()
+    }
+}
+
+fn open(dir: &Path) -> ChunkEngine {
+    ChunkEngine::open(dir, small_opts()).unwrap()
+}
+
+fn cid(inode: u64, index: u32) -> ChunkId {
+    ChunkId::new(InodeId(inode), index)
+}
+
+/// Deterministic pseudo-random bytes (xorshift), different for every seed.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn meta(e: &ChunkEngine, c: ChunkId) -> ChunkMeta {
+    e.load(c).unwrap().unwrap()
+}
+
+#[test]
+fn engine_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<ChunkEngine>();
+    assert_send_sync::<Arc<ChunkEngine>>();
+}
+
+#[test]
+fn round_trip_unaligned_with_holes_clipping_and_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let c = cid(0x1000, 0);
+    assert_eq!(
+        e.read(c, 0, 100).unwrap(),
+        Vec::<u8>::new(),
+        "missing chunk reads empty"
+    );
+    assert_eq!(e.chunk_info(c).unwrap(), None);
+
+    let a = pattern(1, 3 * B + 1000);
+    let info = e.write(c, 1234, &a).unwrap();
+    assert_eq!(
+        info,
+        ChunkInfo {
+            version: 1,
+            len: (1234 + a.len()) as u32
+        }
+    );
+    let mut expect = vec![0u8; 1234];
+    expect.extend_from_slice(&a);
+    assert_eq!(
+        e.read(c, 0, 1 << 20).unwrap(),
+        expect,
+        "read is clipped to the chunk length"
+    );
+
+    // A second write far past the end leaves a hole of whole unmapped blocks.
+    let b = pattern(2, 2 * B + 3);
+    let off = 10 * B + 7;
+    let info = e.write(c, off as u32, &b).unwrap();
+    assert_eq!(
+        info,
+        ChunkInfo {
+            version: 2,
+            len: (off + b.len()) as u32
+        }
+    );
+    expect.resize(off, 0);
+    expect.extend_from_slice(&b);
+    assert_eq!(e.read(c, 0, u32::MAX).unwrap(), expect);
+    assert_eq!(
+        e.read(c, (5 * B) as u32, (4 * B) as u32).unwrap(),
+        vec![0u8; 4 * B],
+        "hole reads zeros"
+    );
+    let mapped: Vec<u32> = meta(&e, c).blocks.keys().copied().collect();
+    assert_eq!(mapped, vec![0, 1, 2, 3, 10, 11, 12]);
+    assert_eq!(e.stats().used_blocks, 7);
+
+    // Overwrite across a block boundary in the middle: surrounding bytes are kept.
+    let mid = pattern(3, 40);
+    e.write(c, (2 * B - 20) as u32, &mid).unwrap();
+    expect[2 * B - 20..2 * B + 20].copy_from_slice(&mid);
+    assert_eq!(e.read(c, 0, u32::MAX).unwrap(), expect);
+    assert_eq!(e.stats().used_blocks, 7, "replaced blocks were freed");
+
+    // Unaligned partial reads, and reads at or past the end.
+    let len = expect.len() as u32;
+    assert_eq!(e.read(c, 4000, 5000).unwrap(), expect[4000..9000]);
+    assert_eq!(e.read(c, len - 5, 100).unwrap(), expect[len as usize - 5..]);
+    assert!(e.read(c, len, 10).unwrap().is_empty());
+    assert!(e.read(c, len + 4096, 10).unwrap().is_empty());
+    assert_eq!(
+        e.chunk_info(c).unwrap(),
+        Some(ChunkInfo { version: 3, len })
+    );
+}
+
+#[test]
+fn reopen_keeps_data_versions_and_accounting() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunks: Vec<(ChunkId, Vec<u8>)> = (0..5)
+        .map(|i| {
+            (
+                cid(0x2000 + i, i as u32),
+                pattern(i, 5000 + 3000 * i as usize),
+            )
+        })
+        .collect();
+    let before = {
+        let e = open(dir.path());
+        for (c, data) in &chunks {
+            e.write(*c, 0, data).unwrap();
+            e.write(*c, 100, &data[..50]).unwrap();
+        }
+        e.truncate(chunks[4].0, 6000).unwrap();
+        e.stats()
+    };
+    let e = open(dir.path());
+    for (i, (c, data)) in chunks.iter().enumerate() {
+        let mut expect = data.clone();
+        expect[100..150].copy_from_slice(&data[..50]);
+        let mut version = 2;
+        if i == 4 {
+            expect.truncate(6000);
+            version = 3;
+        }
+        assert_eq!(e.read(*c, 0, u32::MAX).unwrap(), expect, "chunk {i}");
+        assert_eq!(
+            e.chunk_info(*c).unwrap(),
+            Some(ChunkInfo {
+                version,
+                len: expect.len() as u32
+            })
+        );
+    }
+    let after = e.stats();
+    assert_eq!(
+        (after.used_blocks, after.chunks, after.total_blocks),
+        (before.used_blocks, before.chunks, before.total_blocks)
+    );
+    assert_eq!(after.chunks, 5);
+}
+
+#[test]
+fn space_is_reused_and_the_file_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let c = cid(0x3000, 0);
+    for i in 0..100 {
+        e.write(c, 0, &pattern(i, 64 * 1024)).unwrap();
+    }
+    for i in 0..100 {
+        e.write(c, (i * 613) as u32, &pattern(1000 + i, 3000))
+            .unwrap();
+    }
+    let s = e.stats();
+    assert_eq!(s.used_blocks, 16);
+    assert_eq!(s.total_blocks, 256, "one 1 MiB growth step must be enough");
+    assert_eq!(
+        std::fs::metadata(dir.path().join(DATA_FILE)).unwrap().len(),
+        256 * BS
+    );
+    // Lowest-first allocation: 16 live blocks + at most 16 being replaced.
+    assert!(meta(&e, c).blocks.values().all(|r| r.phys < 32));
+    assert_eq!(e.remove_chunks(InodeId(0x3000), 0).unwrap(), 1);
+    assert_eq!((e.stats().used_blocks, e.stats().chunks), (0, 0));
+    e.write(cid(0x3001, 0), 0, &pattern(5, 4 * B)).unwrap();
+    let phys: Vec<u64> = meta(&e, cid(0x3001, 0))
+        .blocks
+        .values()
+        .map(|r| r.phys)
+        .collect();
+    assert_eq!(
+        phys,
+        vec![0, 1, 2, 3],
+        "freed blocks are reused from the bottom"
+    );
+}
+
+#[test]
+fn orphan_blocks_of_uncommitted_writes_are_reclaimed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cid(0x4000, 0);
+    let data = pattern(4, 3 * B);
+    {
+        let e = open(dir.path());
+        e.write(c, 0, &data).unwrap();
+        // The first half of a write (allocate, pwrite, fdatasync) without its metadata commit:
+        // exactly what a crash between the two leaves behind.
+        let orphans = e.write_new_blocks(&pattern(9, 5 * B)).unwrap();
+        assert_eq!(orphans, vec![3, 4, 5, 6, 7]);
+        assert_eq!(e.stats().used_blocks, 8);
+    }
+    let e = open(dir.path());
+    assert_eq!(
+        e.stats().used_blocks,
+        3,
+        "only committed blocks count after reopen"
+    );
+    assert_eq!(e.read(c, 0, u32::MAX).unwrap(), data);
+    e.write(cid(0x4001, 0), 0, &pattern(6, 5 * B)).unwrap();
+    let phys: Vec<u64> = meta(&e, cid(0x4001, 0))
+        .blocks
+        .values()
+        .map(|r| r.phys)
+        .collect();
+    assert_eq!(
+        phys,
+        vec![3, 4, 5, 6, 7],
+        "orphaned blocks are handed out again"
+    );
+}
+
+#[test]
+fn corrupted_block_is_detected_on_read_and_on_read_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let c = cid(0x5000, 2);
+    let data = pattern(5, 3 * B);
+    e.write(c, 0, &data).unwrap();
+    let victim = meta(&e, c).blocks[&1].phys;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.path().join(DATA_FILE))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, victim * BS + 100).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x40], victim * BS + 100)
+        .unwrap();
+
+    match e.read(c, 0, u32::MAX) {
+        Err(err @ EngineError::Corrupt(_)) => {
+            let msg = err.to_string();
+            assert!(
+                msg.contains("chunk 5000:2") && msg.contains("block 1"),
+                "{msg}"
+            );
+            assert_eq!(err.status().code, StatusCode::CorruptData);
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // Only the blocks a read touches are verified.
+    assert_eq!(e.read(c, 0, BLOCK_SIZE).unwrap(), data[..B]);
+    assert_eq!(
+        e.read(c, 2 * BLOCK_SIZE, BLOCK_SIZE).unwrap(),
+        data[2 * B..]
+    );
+    // A partial write must not merge with a corrupt block, and must leave the chunk unchanged.
+    assert!(matches!(
+        e.write(c, BLOCK_SIZE + 10, b"xyz"),
+        Err(EngineError::Corrupt(_))
+    ));
+    assert_eq!(e.chunk_info(c).unwrap().unwrap().version, 1);
+    assert_eq!(e.stats().used_blocks, 3);
+    // A whole-block overwrite needs no merge and repairs the chunk.
+    e.write(c, BLOCK_SIZE, &data[B..2 * B]).unwrap();
+    assert_eq!(e.read(c, 0, u32::MAX).unwrap(), data);
+}
+
+#[test]
+fn truncate_down_then_up_reads_zeros_past_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let c = cid(0x6000, 0);
+    let data = pattern(6, 3 * B + 100);
+    e.write(c, 0, &data).unwrap();
+    let cut = B + 10;
+    assert_eq!(
+        e.truncate(c, cut as u32).unwrap(),
+        ChunkInfo {
+            version: 2,
+            len: cut as u32
+        }
+    );
+    assert_eq!(e.read(c, 0, u32::MAX).unwrap(), data[..cut]);
+    assert_eq!(e.stats().used_blocks, 2);
+    assert_eq!(
+        e.truncate(c, (3 * B) as u32).unwrap(),
+        ChunkInfo {
+            version: 3,
+            len: (3 * B) as u32
+        }
+    );
+    let mut expect = data[..cut].to_vec();
+    expect.resize(3 * B, 0);
+    assert_eq!(
+        e.read(c, 0, u32::MAX).unwrap(),
+        expect,
+        "bytes past the old cut read as zeros"
+    );
+    assert_eq!(e.stats().used_blocks, 2, "growing allocates nothing");
+    // Cut on a block boundary and to zero; a missing chunk is created by truncate.
+    e.truncate(c, BLOCK_SIZE).unwrap();
+    assert_eq!(e.stats().used_blocks, 1);
+    e.truncate(c, 0).unwrap();
+    assert_eq!(e.stats().used_blocks, 0);
+    assert!(e.read(c, 0, 10).unwrap().is_empty());
+    let fresh = cid(0x6001, 0);
+    assert_eq!(
+        e.truncate(fresh, 5000).unwrap(),
+        ChunkInfo {
+            version: 1,
+            len: 5000
+        }
+    );
+    assert_eq!(e.read(fresh, 0, u32::MAX).unwrap(), vec![0u8; 5000]);
+    assert_eq!(e.stats().chunks, 2);
+}
+
+#[test]
+fn remove_chunks_removes_exactly_the_tail_of_one_inode() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let (a, before, after) = (0x7000u64, 0x6fffu64, 0x7001u64);
+    for i in 0..5 {
+        e.write(cid(a, i), 0, &pattern(u64::from(i), 2 * B))
+            .unwrap();
+    }
+    e.write(cid(a, u32::MAX), 0, &pattern(99, B)).unwrap();
+    for inode in [before, after] {
+        for i in 0..3 {
+            e.write(cid(inode, i), 0, &pattern(inode + u64::from(i), B))
+                .unwrap();
+        }
+    }
+    assert_eq!(e.stats().used_blocks, 10 + 1 + 6);
+    assert_eq!(e.remove_chunks(InodeId(a), 2).unwrap(), 4);
+    for i in 0..2 {
+        assert_eq!(
+            e.read(cid(a, i), 0, u32::MAX).unwrap(),
+            pattern(u64::from(i), 2 * B)
+        );
+    }
+    for i in [2, 3, 4, u32::MAX] {
+        assert_eq!(e.chunk_info(cid(a, i)).unwrap(), None);
+    }
+    for inode in [before, after] {
+        for i in 0..3 {
+            assert_eq!(
+                e.read(cid(inode, i), 0, u32::MAX).unwrap(),
+                pattern(inode + u64::from(i), B)
+            );
+        }
+    }
+    let s = e.stats();
+    assert_eq!((s.used_blocks, s.chunks), (4 + 6, 2 + 6));
+    assert_eq!(e.remove_chunks(InodeId(a), 2).unwrap(), 0);
+    assert_eq!(e.remove_chunks(InodeId(a), 0).unwrap(), 2);
+    drop(e);
+    let e = open(dir.path());
+    assert_eq!(
+        (e.stats().used_blocks, e.stats().chunks),
+        (6, 6),
+        "removal is durable"
+    );
+}
+
+#[test]
+fn concurrent_writers_are_serializable() {
+    const ITERS: u8 = 30;
+    let dir = tempfile::tempdir().unwrap();
+    let e = Arc::new(open(dir.path()));
+    let shared = cid(0x8000, 0);
+    let mut threads = Vec::new();
+    // 8 threads on disjoint chunks.
+    for t in 0..8u64 {
+        let e = e.clone();
+        threads.push(std::thread::spawn(move || {
+            for i in 0..ITERS {
+                let c = cid(0x9000 + t, u32::from(i % 3));
+                let off = (u64::from(i) * 777 % 9000) as u32;
+                e.write(c, off, &pattern(t * 1000 + u64::from(i), 5000))
+                    .unwrap();
+            }
+        }));
+    }
+    // 4 threads on overlapping, block-aligned regions of one chunk: thread t covers blocks
+    // [4t, 4t + 8), so each block is covered by at most two threads.
+    for t in 0..4u8 {
+        let e = e.clone();
+        threads.push(std::thread::spawn(move || {
+            for i in 0..ITERS {
+                let fill = vec![t * 64 + i; 8 * B];
+                e.write(shared, u32::from(t) * 4 * BLOCK_SIZE, &fill)
+                    .unwrap();
+            }
+        }));
+    }
+    // A reader must never see a torn block or a CRC error.
+    let reader = {
+        let e = e.clone();
+        std::thread::spawn(move || {
+            for _ in 0..200 {
+                let data = e.read(shared, 0, u32::MAX).unwrap();
+                for block in data.chunks(B) {
+                    assert!(block.iter().all(|&x| x == block[0]), "torn block");
+                }
+            }
+        })
+    };
+    for t in threads {
+        t.join().unwrap();
+    }
+    reader.join().unwrap();
+
+    let data = e.read(shared, 0, u32::MAX).unwrap();
+    assert_eq!(data.len(), 20 * B);
+    let owner: Vec<u8> = data
+        .chunks(B)
+        .map(|b| {
+            assert!(b.iter().all(|&x| x == b[0]));
+            b[0]
+        })
+        .collect();
+    for (blk, &v) in owner.iter().enumerate() {
+        let (t, i) = (v / 64, v % 64);
+        assert_eq!(i, ITERS - 1, "block {blk}: last write of each thread wins");
+        assert!(
+            (4 * t as usize..4 * t as usize + 8).contains(&blk),
+            "block {blk} written by thread {t}"
+        );
+    }
+    // Each shared region of two threads is wholly from one of them (writes are atomic).
+    for t in 1..4usize {
+        let region = &owner[4 * t..4 * t + 4];
+        assert!(
+            region.iter().all(|&v| v == region[0]),
+            "overlap {t} mixed: {region:?}"
+        );
+    }
+    assert_eq!(
+        e.chunk_info(shared).unwrap().unwrap().version,
+        4 * u64::from(ITERS)
+    );
+    for t in 0..8u64 {
+        for idx in 0..3u32 {
+            let last = (0..ITERS).rev().find(|i| u32::from(*i % 3) == idx).unwrap();
+            let c = cid(0x9000 + t, idx);
+            // Reconstruct the chunk from the serial order of this thread's writes.
+            let mut expect = Vec::new();
+            for i in (0..=last).filter(|i| u32::from(*i % 3) == idx) {
+                let off = (u64::from(i) * 777 % 9000) as usize;
+                let p = pattern(t * 1000 + u64::from(i), 5000);
+                if expect.len() < off + p.len() {
+                    expect.resize(off + p.len(), 0);
+                }
+                expect[off..off + p.len()].copy_from_slice(&p);
+            }
+            assert_eq!(e.read(c, 0, u32::MAX).unwrap(), expect, "chunk {c}");
+        }
+    }
+    let used: u64 = (0..8u64)
+        .flat_map(|t| (0..3).map(move |i| cid(0x9000 + t, i)))
+        .chain([shared])
+        .map(|c| meta(&e, c).blocks.len() as u64)
+        .sum();
+    assert_eq!(
+        e.stats().used_blocks,
+        used,
+        "no block leaked or double-freed"
+    );
+}
+
+#[test]
+fn bad_metadata_record_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cid(0xa000, 1);
+    {
+        let e = open(dir.path());
+        e.write(cid(0xa000, 0), 0, b"fine").unwrap();
+        e.chunks.insert(c.to_bytes(), vec![1u8, 2, 3]).unwrap();
+        e.db.persist(PersistMode::SyncAll).unwrap();
+        assert!(matches!(e.chunk_info(c), Err(EngineError::Corrupt(_))));
+        assert!(matches!(e.read(c, 0, 10), Err(EngineError::Corrupt(_))));
+        assert!(matches!(e.write(c, 0, b"x"), Err(EngineError::Corrupt(_))));
+        assert_eq!(e.read(cid(0xa000, 0), 0, 10).unwrap(), b"fine");
+    }
+    match ChunkEngine::open(dir.path(), small_opts()) {
+        Err(EngineError::Corrupt(msg)) => assert!(msg.contains("a000:1"), "{msg}"),
+        Err(other) => panic!("expected Corrupt, got {other:?}"),
+        Ok(_) => panic!("opened with a corrupt record"),
+    }
+}
+
+#[test]
+fn limits_and_empty_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EngineOptions {
+        max_chunk_size: 64 * 1024,
+        ..small_opts()
+    };
+    let e = ChunkEngine::open(dir.path(), opts).unwrap();
+    let c = cid(0xb000, 0);
+    let err = e.write(c, 64 * 1024 - 10, &[1u8; 20]).unwrap_err();
+    assert_eq!(err.status().code, StatusCode::ChunkTooLarge);
+    assert!(matches!(
+        e.truncate(c, 64 * 1024 + 1),
+        Err(EngineError::TooLarge(_))
+    ));
+    assert_eq!(
+        e.read(c, 64 * 1024 + 1, 1).unwrap_err().status().code,
+        StatusCode::InvalidArgument
+    );
+    assert_eq!(
+        e.chunk_info(c).unwrap(),
+        None,
+        "failed calls create nothing"
+    );
+    e.write(c, 64 * 1024 - 10, &[1u8; 10]).unwrap();
+    assert_eq!(
+        e.write(c, 5, b"").unwrap(),
+        ChunkInfo {
+            version: 1,
+            len: 64 * 1024
+        }
+    );
+    assert_eq!(
+        e.write(cid(0xb000, 1), 5, b"").unwrap(),
+        ChunkInfo::default()
+    );
+    assert_eq!(e.stats().chunks, 1);
+}
+
+#[test]
+fn running_out_of_space_is_no_space_and_leaves_the_chunk_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EngineOptions {
+        grow_bytes: 64 * BS,
+        capacity_bytes: Some(64 * BS),
+        ..EngineOptions::default()
+    };
+    let e = ChunkEngine::open(dir.path(), opts.clone()).unwrap();
+    let c = cid(0xc000, 0);
+    let data = pattern(12, 40 * B);
+    e.write(c, 0, &data).unwrap();
+    // A full overwrite needs 40 new blocks while the old 40 are still live: only 24 are free.
+    let err = e.write(c, 0, &pattern(13, 40 * B)).unwrap_err();
+    assert!(matches!(err, EngineError::NoSpace), "{err:?}");
+    assert_eq!(err.status().code, StatusCode::NoSpace);
+    assert_eq!(e.read(c, 0, u32::MAX).unwrap(), data);
+    assert_eq!(
+        e.chunk_info(c).unwrap(),
+        Some(ChunkInfo {
+            version: 1,
+            len: (40 * B) as u32
+        })
+    );
+    let s = e.stats();
+    assert_eq!((s.used_blocks, s.total_blocks), (40, 64));
+    assert!(
+        s.capacity_bytes <= 64 * BS && s.free_bytes == 24 * BS,
+        "{s:?}"
+    );
+    // Smaller writes still fit and reuse space.
+    e.write(c, 0, &pattern(14, 20 * B)).unwrap();
+    e.write(c, (20 * B) as u32, &pattern(15, 20 * B)).unwrap();
+    assert_eq!(e.stats().used_blocks, 40);
+    drop(e);
+    let e = ChunkEngine::open(dir.path(), opts).unwrap();
+    let mut expect = pattern(14, 20 * B);
+    expect.extend(pattern(15, 20 * B));
+    assert_eq!(e.read(c, 0, u32::MAX).unwrap(), expect);
+}
+
+#[test]
+fn stats_report_the_file_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    e.write(cid(0xd000, 0), 0, &pattern(1, 10 * 1024)).unwrap();
+    let s = e.stats();
+    assert_eq!(s.block_size, BLOCK_SIZE);
+    assert_eq!(
+        (s.used_blocks, s.chunks, s.total_blocks),
+        (3, 1, 256),
+        "10 KiB uses 3 blocks"
+    );
+    assert!(
+        s.capacity_bytes > 0 && s.free_bytes > 0 && s.free_bytes <= s.capacity_bytes + 256 * BS
+    );
+}
+
+#[test]
+fn second_engine_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _e = open(dir.path());
+    assert!(ChunkEngine::open(dir.path(), small_opts()).is_err());
+}
