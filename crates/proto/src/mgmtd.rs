@@ -203,6 +203,10 @@ pub struct ClientSessionInfo {
 pub struct ListClientSessionsResp {
     #[prost(message, repeated, tag = "1")]
     pub sessions: Vec<ClientSessionInfo>,
+    /// False while mgmtd has been up for less than one session timeout: sessions live only in
+    /// its memory, so a client missing from the list may simply not have called in yet.
+    #[prost(bool, tag = "2")]
+    pub complete: bool,
 }
 
 impl Rpc for ListClientSessionsReq {

@@ -1,0 +1,261 @@
+//! Optimistic concurrency control over any [`Engine`], plus group commit.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use crate::engine::{Engine, EngineSnapshot, Write};
+use crate::history::History;
+use crate::pending::Pending;
+use crate::{Key, KvError};
+
+/// The shared state of one store: engine, live snapshots, conflict history, durability.
+pub(crate) struct Store<E: Engine> {
+    pub(crate) engine: E,
+    live: Mutex<Live>,
+    commit: Mutex<CommitState>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+}
+
+/// Published version and registered snapshots, under one lock so that a snapshot registers the
+/// version it read before any trimming can pass it.
+struct Live {
+    version: u64,
+    snapshots: BTreeMap<u64, usize>,
+}
+
+impl Live {
+    fn oldest(&self) -> u64 {
+        self.snapshots.keys().next().copied().unwrap_or(self.version)
+    }
+}
+
+struct CommitState {
+    version: u64,
+    history: History,
+}
+
+struct SyncState {
+    synced_upto: u64,
+    syncing: bool,
+}
+
+/// Everything a transaction hands over at commit.
+pub(crate) struct CommitRequest {
+    pub(crate) reads: BTreeSet<Key>,
+    pub(crate) ranges: Vec<(Key, Key)>,
+    pub(crate) writes: BTreeMap<Key, Pending>,
+}
+
+/// Keeps snapshot `version` live (its data and conflict history retained) until dropped.
+pub(crate) struct Registration<E: Engine> {
+    pub(crate) store: Arc<Store<E>>,
+    pub(crate) version: u64,
+}
+
+impl<E: Engine> Drop for Registration<E> {
+    fn drop(&mut self) {
+        let mut live = relock(&self.store.live);
+        if let Some(count) = live.snapshots.get_mut(&self.version) {
+            *count -= 1;
+            if *count == 0 {
+                live.snapshots.remove(&self.version);
+            }
+        }
+    }
+}
+
+/// For locks whose protected state stays consistent even if a holder panicked.
+fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<E: Engine> Store<E> {
+    /// A store whose last durable commit is `version`.
+    pub(crate) fn new(engine: E, version: u64, history_cap: usize) -> Arc<Self> {
+        Arc::new(Store {
+            engine,
+            live: Mutex::new(Live { version, snapshots: BTreeMap::new() }),
+            commit: Mutex::new(CommitState { version, history: History::new(version, history_cap) }),
+            sync: Mutex::new(SyncState { synced_upto: version, syncing: false }),
+            synced: Condvar::new(),
+        })
+    }
+
+    /// Registers the current version as live and opens an engine snapshot at it.
+    pub(crate) fn begin(self: &Arc<Self>) -> (Registration<E>, E::Snapshot) {
+        let version = {
+            let mut live = relock(&self.live);
+            let version = live.version;
+            *live.snapshots.entry(version).or_insert(0) += 1;
+            version
+        };
+        let snapshot = self.engine.snapshot(version);
+        (Registration { store: Arc::clone(self), version }, snapshot)
+    }
+
+    /// Validates, applies and makes durable; returns the commit version.
+    pub(crate) fn commit(&self, reg: Registration<E>, req: CommitRequest) -> Result<u64, KvError> {
+        let version = self.apply_serialized(reg, req)?;
+        self.wait_durable(version)?;
+        Ok(version)
+    }
+
+    fn apply_serialized(&self, reg: Registration<E>, req: CommitRequest) -> Result<u64, KvError> {
+        // A panic half-way through a commit may leave history and engine out of step; refuse
+        // further commits rather than risk an undetected conflict.
+        let mut st = self.commit.lock().map_err(|_| KvError::Closed)?;
+        st.history.validate(reg.version, &req.reads, &req.ranges)?;
+        drop(reg);
+        let writes = self.resolve(st.version, req.writes)?;
+        let version = st.version + 1;
+        let oldest_live = relock(&self.live).oldest();
+        self.engine.apply(version, &writes, oldest_live)?;
+        st.version = version;
+        let oldest = {
+            let mut live = relock(&self.live);
+            live.version = version;
+            live.oldest()
+        };
+        st.history.record(version, writes.into_iter().map(|(k, _)| k).collect());
+        st.history.trim(oldest);
+        Ok(version)
+    }
+
+    /// Turns buffered writes into final values; atomic ops read the latest committed value,
+    /// which is stable because the caller holds the commit mutex.
+    fn resolve(&self, latest: u64, pending: BTreeMap<Key, Pending>) -> Result<Vec<Write>, KvError> {
+        let needs_read = pending.values().any(|p| matches!(p, Pending::Atomic(_)));
+        let view = needs_read.then(|| self.engine.snapshot(latest));
+        let mut writes = Vec::with_capacity(pending.len());
+        for (key, p) in pending {
+            let base = match (&p, &view) {
+                (Pending::Atomic(_), Some(view)) => view.get(&key)?,
+                _ => None,
+            };
+            let value = p.resolve(base);
+            writes.push((key, value));
+        }
+        Ok(writes)
+    }
+
+    /// Group commit: one committer at a time persists everything applied so far; the others
+    /// wait and are released together when a persist covers their version.
+    fn wait_durable(&self, version: u64) -> Result<(), KvError> {
+        let mut st = relock(&self.sync);
+        loop {
+            if st.synced_upto >= version {
+                return Ok(());
+            }
+            if st.syncing {
+                st = self.synced.wait(st).unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            st.syncing = true;
+            drop(st);
+            let result = self.persist_applied();
+            st = relock(&self.sync);
+            st.syncing = false;
+            if let Ok(upto) = result {
+                st.synced_upto = st.synced_upto.max(upto);
+            }
+            self.synced.notify_all();
+            result?;
+        }
+    }
+
+    /// Persists and returns the version the persist is known to cover.
+    fn persist_applied(&self) -> Result<u64, KvError> {
+        // Read before persisting: every version published by now has been applied.
+        let upto = relock(&self.live).version;
+        self.engine.persist().inspect_err(|e| tracing::error!(error = %e, "kv persist failed"))?;
+        Ok(upto)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn history_len(&self) -> usize {
+        relock(&self.commit).history.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::MemEngine;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A memory engine whose persist is slow and counted.
+    struct SlowPersist {
+        inner: MemEngine,
+        persists: AtomicUsize,
+    }
+
+    impl Engine for SlowPersist {
+        type Snapshot = <MemEngine as Engine>::Snapshot;
+        fn snapshot(&self, version: u64) -> Self::Snapshot {
+            self.inner.snapshot(version)
+        }
+        fn apply(&self, version: u64, writes: &[Write], oldest: u64) -> Result<(), KvError> {
+            self.inner.apply(version, writes, oldest)
+        }
+        fn persist(&self) -> Result<(), KvError> {
+            self.persists.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(5));
+            Ok(())
+        }
+    }
+
+    fn blind_write(key: &[u8]) -> CommitRequest {
+        let mut writes = BTreeMap::new();
+        writes.insert(key.to_vec(), Pending::Put(Some(b"v".to_vec())));
+        CommitRequest { reads: BTreeSet::new(), ranges: Vec::new(), writes }
+    }
+
+    #[test]
+    fn concurrent_committers_share_persists() {
+        let engine = SlowPersist { inner: MemEngine::default(), persists: AtomicUsize::new(0) };
+        let store = Store::new(engine, 0, crate::history::DEFAULT_CAP);
+        let threads: Vec<_> = (0..8u8)
+            .map(|t| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    for i in 0..20u8 {
+                        let (reg, _snap) = store.begin();
+                        store.commit(reg, blind_write(&[t, i])).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let persists = store.engine.persists.load(Ordering::SeqCst);
+        assert!(persists < 160, "{persists} persists for 160 commits");
+        assert_eq!(relock(&store.sync).synced_upto, 160);
+    }
+
+    #[test]
+    fn history_stays_small_without_live_snapshots() {
+        let store = Store::new(MemEngine::default(), 0, crate::history::DEFAULT_CAP);
+        for i in 0..2000u32 {
+            let (reg, _snap) = store.begin();
+            store.commit(reg, blind_write(&i.to_be_bytes())).unwrap();
+        }
+        assert!(store.history_len() <= 1, "history holds {}", store.history_len());
+    }
+
+    #[test]
+    fn history_over_cap_makes_old_readers_too_old() {
+        let store = Store::new(MemEngine::default(), 0, 10);
+        let (old, _old_snap) = store.begin();
+        for i in 0..100u32 {
+            let (reg, _snap) = store.begin();
+            store.commit(reg, blind_write(&i.to_be_bytes())).unwrap();
+        }
+        assert!(store.history_len() <= 10);
+        let mut req = blind_write(b"x");
+        req.reads.insert(b"y".to_vec());
+        assert!(matches!(store.commit(old, req), Err(KvError::TooOld)));
+    }
+}

@@ -1,0 +1,429 @@
+//! The cluster as mgmtd sees it: durable records mirrored in memory, plus liveness.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ember_kv::{Transaction, TxnKv};
+use ember_proto::mgmtd::{
+    ChainInfo, ChainTableInfo, ClientSessionInfo, HeartbeatReq, NodeInfo, RegisterNodeReq, RoutingInfo, TargetInfo,
+    TargetReport,
+};
+use ember_types::{NodeKind, TargetState};
+use prost::Message;
+
+use crate::records::{self, ChainRecord, ChainTableRecord, NodeRecord, TargetRecord};
+use crate::MgmtdError;
+
+/// The chain table new chains join and new files take chains from.
+pub const DEFAULT_TABLE: u32 = 1;
+
+#[derive(Clone, Debug)]
+pub struct MgmtdOptions {
+    pub heartbeat_timeout: Duration,
+    pub client_session_timeout: Duration,
+    pub auto_create_chains: bool,
+}
+
+struct Node {
+    record: NodeRecord,
+    last_heartbeat: Instant,
+    alive: bool,
+    heartbeat_seq: u64,
+}
+
+struct Target {
+    record: TargetRecord,
+    report: TargetReport,
+}
+
+struct ClientSession {
+    description: String,
+    extended: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    routing_version: u64,
+    nodes: BTreeMap<u32, Node>,
+    targets: BTreeMap<u32, Target>,
+    chains: BTreeMap<u32, ChainRecord>,
+    tables: BTreeMap<u32, ChainTableRecord>,
+    sessions: HashMap<u64, ClientSession>,
+}
+
+pub struct ClusterState {
+    kv: Arc<dyn TxnKv>,
+    options: MgmtdOptions,
+    started: Instant,
+    inner: Mutex<Inner>,
+}
+
+/// Writes queued while the in-memory state changes, committed as one transaction.
+#[derive(Default)]
+struct Batch {
+    puts: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Batch {
+    fn put<M: Message>(&mut self, key: Vec<u8>, m: &M) {
+        self.puts.push((key, m.encode_to_vec()));
+    }
+}
+
+impl ClusterState {
+    /// Loads durable state. Known nodes start alive with a fresh deadline: after a mgmtd restart
+    /// they get one heartbeat timeout to call in before their targets go offline.
+    pub fn load(kv: Arc<dyn TxnKv>, options: MgmtdOptions) -> Result<Self, MgmtdError> {
+        let mut inner = Inner::default();
+        let now = Instant::now();
+        ember_kv::run(kv.as_ref(), |txn| -> Result<(), MgmtdError> {
+            inner = Inner::default();
+            inner.routing_version = read_u64(txn, records::ROUTING_VERSION)?;
+            for (k, v) in scan_prefix(txn, records::NODE)? {
+                let record: NodeRecord = records::decode(&k, &v)?;
+                let node = Node { record, last_heartbeat: now, alive: true, heartbeat_seq: 0 };
+                inner.nodes.insert(records::id_of(&k)?, node);
+            }
+            for (k, v) in scan_prefix(txn, records::TARGET)? {
+                let record: TargetRecord = records::decode(&k, &v)?;
+                inner.targets.insert(records::id_of(&k)?, Target { record, report: TargetReport::default() });
+            }
+            for (k, v) in scan_prefix(txn, records::CHAIN)? {
+                inner.chains.insert(records::id_of(&k)?, records::decode(&k, &v)?);
+            }
+            for (k, v) in scan_prefix(txn, records::TABLE)? {
+                inner.tables.insert(records::id_of(&k)?, records::decode(&k, &v)?);
+            }
+            Ok(())
+        })?;
+        Ok(ClusterState { kv, options, started: now, inner: Mutex::new(inner) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a node (new or returning) and its targets; returns the node id and target ids.
+    pub fn register(&self, req: &RegisterNodeReq) -> Result<(u32, Vec<u32>), MgmtdError> {
+        let kind = NodeKind::from_u8(req.kind as u8)
+            .ok_or_else(|| MgmtdError::Invalid(format!("unknown node kind {}", req.kind)))?;
+        if req.address.is_empty() {
+            return Err(MgmtdError::Invalid("a node must register with its address".into()));
+        }
+        let mut inner = self.lock();
+        let mut batch = Batch::default();
+        let node_id = match req.node_id {
+            0 => inner.nodes.keys().next_back().map_or(1, |id| id + 1),
+            id => id,
+        };
+        if kind != NodeKind::Storage && !req.target_ids.is_empty() {
+            return Err(MgmtdError::Invalid("only storage nodes have targets".into()));
+        }
+        let record = NodeRecord { kind: kind.to_u8().into(), address: req.address.clone(), hostname: req.hostname.clone() };
+        batch.put(records::key(records::NODE, node_id), &record);
+        let mut target_ids = Vec::with_capacity(req.target_ids.len());
+        for &t in &req.target_ids {
+            target_ids.push(self.register_target(&mut inner, &mut batch, node_id, t)?);
+        }
+        let node = Node { record, last_heartbeat: Instant::now(), alive: true, heartbeat_seq: 0 };
+        inner.nodes.insert(node_id, node);
+        self.bump_routing(&mut inner, &mut batch);
+        self.commit(batch)?;
+        tracing::info!(node_id, kind = kind.name(), address = %req.address, targets = ?target_ids, "node registered");
+        Ok((node_id, target_ids))
+    }
+
+    fn register_target(&self, inner: &mut Inner, batch: &mut Batch, node_id: u32, id: u32) -> Result<u32, MgmtdError> {
+        if id != 0 {
+            return match inner.targets.get(&id) {
+                Some(t) if t.record.node_id == node_id => Ok(id),
+                Some(t) => Err(MgmtdError::Invalid(format!("target {id} belongs to node {}", t.record.node_id))),
+                None => Err(MgmtdError::Invalid(format!("target {id} is unknown to this cluster"))),
+            };
+        }
+        let id = inner.targets.keys().next_back().map_or(1, |t| t + 1);
+        let mut record = TargetRecord { node_id, chain_id: 0 };
+        if self.options.auto_create_chains {
+            record.chain_id = create_chain(inner, batch, vec![id]);
+        }
+        batch.put(records::key(records::TARGET, id), &record);
+        inner.targets.insert(id, Target { record, report: TargetReport::default() });
+        Ok(id)
+    }
+
+    /// Records a heartbeat. A node mgmtd does not know must register again.
+    pub fn heartbeat(&self, req: &HeartbeatReq) -> Result<u64, MgmtdError> {
+        let mut inner = self.lock();
+        let node = inner.nodes.get_mut(&req.node_id).ok_or(MgmtdError::UnknownNode(req.node_id))?;
+        if req.seq != 0 && req.seq < node.heartbeat_seq {
+            return Ok(inner.routing_version);
+        }
+        node.heartbeat_seq = req.seq;
+        node.last_heartbeat = Instant::now();
+        let revived = !node.alive;
+        node.alive = true;
+        for report in &req.targets {
+            if let Some(t) = inner.targets.get_mut(&report.target_id) {
+                if t.record.node_id == req.node_id {
+                    t.report = report.clone();
+                }
+            }
+        }
+        if revived {
+            tracing::info!(node_id = req.node_id, "node is back");
+            let mut batch = Batch::default();
+            self.node_state_changed(&mut inner, &mut batch, req.node_id);
+            self.commit(batch)?;
+        }
+        Ok(inner.routing_version)
+    }
+
+    /// Declares nodes dead whose heartbeats stopped.
+    pub fn check_liveness(&self) -> Result<(), MgmtdError> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let expired: Vec<u32> = inner
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.alive && now.duration_since(n.last_heartbeat) > self.options.heartbeat_timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        if expired.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        for id in expired {
+            tracing::warn!(node_id = id, "node missed its heartbeats; marking it dead");
+            if let Some(n) = inner.nodes.get_mut(&id) {
+                n.alive = false;
+            }
+            self.node_state_changed(&mut inner, &mut batch, id);
+        }
+        self.commit(batch)
+    }
+
+    /// Bumps the version of every chain holding one of the node's targets, and the routing.
+    fn node_state_changed(&self, inner: &mut Inner, batch: &mut Batch, node_id: u32) {
+        let chains: Vec<u32> = inner
+            .targets
+            .values()
+            .filter(|t| t.record.node_id == node_id && t.record.chain_id != 0)
+            .map(|t| t.record.chain_id)
+            .collect();
+        for c in chains {
+            if let Some(chain) = inner.chains.get_mut(&c) {
+                chain.version += 1;
+                batch.put(records::key(records::CHAIN, c), chain);
+            }
+        }
+        self.bump_routing(inner, batch);
+    }
+
+    fn bump_routing(&self, inner: &mut Inner, batch: &mut Batch) {
+        inner.routing_version += 1;
+        batch.puts.push((records::ROUTING_VERSION.to_vec(), inner.routing_version.to_le_bytes().to_vec()));
+    }
+
+    fn commit(&self, batch: Batch) -> Result<(), MgmtdError> {
+        ember_kv::run(self.kv.as_ref(), |txn| -> Result<(), MgmtdError> {
+            for (k, v) in &batch.puts {
+                txn.set(k, v);
+            }
+            Ok(())
+        })
+    }
+
+    /// The routing info, or `None` when the caller already has the current version.
+    pub fn routing(&self, known_version: u64) -> Option<RoutingInfo> {
+        let inner = self.lock();
+        if known_version == inner.routing_version && known_version != 0 {
+            return None;
+        }
+        Some(build_routing(&inner))
+    }
+
+    pub fn extend_session(&self, client_id: u64, description: String) {
+        let mut inner = self.lock();
+        inner.sessions.insert(client_id, ClientSession { description, extended: Instant::now() });
+    }
+
+    /// Live client sessions, and whether mgmtd has been up long enough for the list to be whole.
+    pub fn client_sessions(&self) -> (Vec<ClientSessionInfo>, bool) {
+        let mut inner = self.lock();
+        let timeout = self.options.client_session_timeout;
+        inner.sessions.retain(|_, s| s.extended.elapsed() <= timeout);
+        let list = inner
+            .sessions
+            .iter()
+            .map(|(id, s)| ClientSessionInfo {
+                client_id: *id,
+                description: s.description.clone(),
+                last_extended_ms: s.extended.elapsed().as_millis() as u64,
+            })
+            .collect();
+        (list, self.started.elapsed() > timeout)
+    }
+
+    pub fn session_timeout(&self) -> Duration {
+        self.options.client_session_timeout
+    }
+}
+
+/// Adds a chain of `targets` to the default table; returns its id.
+fn create_chain(inner: &mut Inner, batch: &mut Batch, targets: Vec<u32>) -> u32 {
+    let id = inner.chains.keys().next_back().map_or(1, |c| c + 1);
+    let chain = ChainRecord { version: 1, targets };
+    batch.put(records::key(records::CHAIN, id), &chain);
+    inner.chains.insert(id, chain);
+    let table = inner.tables.entry(DEFAULT_TABLE).or_default();
+    table.version += 1;
+    table.chains.push(id);
+    batch.put(records::key(records::TABLE, DEFAULT_TABLE), table);
+    id
+}
+
+fn build_routing(inner: &Inner) -> RoutingInfo {
+    let nodes = inner
+        .nodes
+        .iter()
+        .map(|(id, n)| NodeInfo {
+            node_id: *id,
+            kind: n.record.kind,
+            address: n.record.address.clone(),
+            hostname: n.record.hostname.clone(),
+            alive: n.alive,
+            last_heartbeat_ms: n.last_heartbeat.elapsed().as_millis() as u64,
+        })
+        .collect();
+    let targets = inner
+        .targets
+        .iter()
+        .map(|(id, t)| {
+            let alive = inner.nodes.get(&t.record.node_id).is_some_and(|n| n.alive);
+            let state = if alive { TargetState::Serving } else { TargetState::Offline };
+            TargetInfo {
+                target_id: *id,
+                node_id: t.record.node_id,
+                state: state.to_u8().into(),
+                chain_id: t.record.chain_id,
+                used_bytes: t.report.used_bytes,
+                capacity_bytes: t.report.capacity_bytes,
+                free_bytes: t.report.free_bytes,
+                chunks: t.report.chunks,
+            }
+        })
+        .collect();
+    let chains = inner
+        .chains
+        .iter()
+        .map(|(id, c)| ChainInfo { chain_id: *id, version: c.version, targets: c.targets.clone() })
+        .collect();
+    let chain_tables = inner
+        .tables
+        .iter()
+        .map(|(id, t)| ChainTableInfo { table_id: *id, version: t.version, chains: t.chains.clone() })
+        .collect();
+    RoutingInfo { version: inner.routing_version, nodes, targets, chains, chain_tables }
+}
+
+fn read_u64(txn: &mut dyn Transaction, key: &[u8]) -> Result<u64, MgmtdError> {
+    match txn.get(key)? {
+        None => Ok(0),
+        Some(v) => {
+            let b: [u8; 8] = v.as_slice().try_into().map_err(|_| MgmtdError::Corrupt {
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason: format!("expected 8 bytes, found {}", v.len()),
+            })?;
+            Ok(u64::from_le_bytes(b))
+        }
+    }
+}
+
+fn scan_prefix(txn: &mut dyn Transaction, prefix: &[u8; 4]) -> Result<Vec<ember_kv::KeyValue>, MgmtdError> {
+    Ok(txn.scan(prefix, &records::prefix_end(prefix), 0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(timeout_ms: u64) -> MgmtdOptions {
+        MgmtdOptions {
+            heartbeat_timeout: Duration::from_millis(timeout_ms),
+            client_session_timeout: Duration::from_millis(timeout_ms),
+            auto_create_chains: true,
+        }
+    }
+
+    fn storage(node_id: u32, targets: Vec<u32>) -> RegisterNodeReq {
+        RegisterNodeReq {
+            node_id,
+            kind: NodeKind::Storage.to_u8().into(),
+            address: "127.0.0.1:1".into(),
+            target_ids: targets,
+            hostname: "h".into(),
+        }
+    }
+
+    fn target_states(r: &RoutingInfo) -> Vec<u32> {
+        r.targets.iter().map(|t| t.state).collect()
+    }
+
+    #[test]
+    fn registration_creates_chains_and_survives_reload() {
+        let kv: Arc<dyn TxnKv> = Arc::new(ember_kv::MemKv::new());
+        let st = ClusterState::load(kv.clone(), options(1000)).unwrap();
+        let (node, targets) = st.register(&storage(0, vec![0, 0])).unwrap();
+        assert_eq!((node, targets.clone()), (1, vec![1, 2]));
+        let r = st.routing(0).unwrap();
+        assert_eq!(r.chains.len(), 2);
+        assert_eq!(r.chain_tables[0].chains, vec![1, 2]);
+        assert!(st.routing(r.version).is_none());
+
+        let again = ClusterState::load(kv, options(1000)).unwrap();
+        let r2 = again.routing(0).unwrap();
+        assert_eq!(r2.version, r.version);
+        assert_eq!(r2.chains, r.chains);
+        // A returning node keeps its ids; a foreign target id is refused.
+        assert_eq!(again.register(&storage(1, targets)).unwrap(), (1, vec![1, 2]));
+        assert!(again.register(&storage(2, vec![1])).is_err());
+    }
+
+    #[test]
+    fn missed_heartbeats_take_targets_offline_and_bump_chain_versions() {
+        let kv: Arc<dyn TxnKv> = Arc::new(ember_kv::MemKv::new());
+        let st = ClusterState::load(kv, options(50)).unwrap();
+        st.register(&storage(0, vec![0])).unwrap();
+        let before = st.routing(0).unwrap();
+        assert_eq!(target_states(&before), vec![u32::from(TargetState::Serving.to_u8())]);
+        std::thread::sleep(Duration::from_millis(80));
+        st.check_liveness().unwrap();
+        let after = st.routing(0).unwrap();
+        assert_eq!(target_states(&after), vec![u32::from(TargetState::Offline.to_u8())]);
+        assert!(after.version > before.version);
+        assert_eq!(after.chains[0].version, before.chains[0].version + 1);
+        st.heartbeat(&HeartbeatReq { node_id: 1, seq: 1, ..Default::default() }).unwrap();
+        let back = st.routing(0).unwrap();
+        assert_eq!(target_states(&back), vec![u32::from(TargetState::Serving.to_u8())]);
+    }
+
+    #[test]
+    fn heartbeat_from_unknown_node_asks_for_registration() {
+        let st = ClusterState::load(Arc::new(ember_kv::MemKv::new()), options(1000)).unwrap();
+        let err = st.heartbeat(&HeartbeatReq { node_id: 42, ..Default::default() }).unwrap_err();
+        assert!(matches!(err, MgmtdError::UnknownNode(42)));
+    }
+
+    #[test]
+    fn client_sessions_expire() {
+        let st = ClusterState::load(Arc::new(ember_kv::MemKv::new()), options(40)).unwrap();
+        st.extend_session(7, "mount".into());
+        let (list, _) = st.client_sessions();
+        assert_eq!(list.len(), 1);
+        std::thread::sleep(Duration::from_millis(60));
+        let (list, complete) = st.client_sessions();
+        assert!(list.is_empty());
+        assert!(complete);
+    }
+}
