@@ -1,1 +1,113 @@
-fn main() {}
+//! `ember`: one binary for every role of an Ember cluster.
+//!
+//! Exit codes: 0 success, 1 the operation failed (see the message), 2 bad usage or
+//! configuration (clap's convention), 3 the cluster could not be reached.
+
+mod admin;
+mod config;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ember", version, about = "Ember distributed file system", propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a whole single-node cluster (mgmtd, meta, storage as separate processes) and mount it.
+    Up(up::UpArgs),
+    /// Run the cluster manager.
+    Mgmtd(config::MgmtdArgs),
+    /// Run a metadata server.
+    Meta(config::MetaArgs),
+    /// Run a storage server with one or more targets.
+    Storage(config::StorageArgs),
+    /// Mount the file system with FUSE.
+    Mount(config::MountArgs),
+    /// Inspect and operate a running cluster.
+    Admin(admin::AdminArgs),
+}
+
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+/// An error with the exit code it should produce.
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure { code: EXIT_FAILED, error: e.into() }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ember_telemetry::init_logging("info");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ember: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let result = runtime.block_on(run(cli.command));
+    // Blocking tasks (fsyncs, FUSE threads) are not waited for once the command is done.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("ember: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Up(a) => up::run(a).await,
+        Command::Mgmtd(a) => {
+            let Some(c) = a.resolve()? else { return Ok(()) };
+            ember_mgmtd::run_mgmtd(c, shutdown_signal()).await.map_err(Failure::from)
+        }
+        Command::Meta(a) => {
+            let Some(c) = a.resolve()? else { return Ok(()) };
+            ember_meta::run_meta(c, shutdown_signal()).await.map_err(Failure::from)
+        }
+        Command::Storage(a) => {
+            let Some(c) = a.resolve()? else { return Ok(()) };
+            ember_storage::run_storage(c, shutdown_signal()).await.map_err(Failure::from)
+        }
+        Command::Mount(a) => {
+            let Some(c) = a.resolve()? else { return Ok(()) };
+            ember_fuse::run_mount(c, shutdown_signal()).await.map_err(Failure::from)
+        }
+        Command::Admin(a) => admin::run(a).await,
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+

@@ -1,1 +1,142 @@
-//! placeholder
+//! Ember's client core, shared by the FUSE mount and the admin CLI: follows mgmtd's routing
+//! info, sends metadata requests to a live meta server, and turns file I/O into chunk
+//! reads and writes on the right storage targets, batched per storage node, with retries when
+//! routing changes or a server restarts.
+
+mod io;
+mod session;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ember_net::routing::RoutingWatcher;
+use ember_net::{PeerPool, RpcClient};
+use ember_proto::Rpc;
+use ember_types::{NodeKind, Status, StatusCode};
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub mgmtd: String,
+    /// Deadline of one RPC.
+    pub rpc_timeout: Duration,
+    /// How long an operation keeps retrying while servers restart or routing changes.
+    pub retry_for: Duration,
+    /// Free-form text shown by `ember admin status` for this client's session.
+    pub description: String,
+}
+
+impl ClientConfig {
+    pub fn new(mgmtd: impl Into<String>) -> Self {
+        ClientConfig {
+            mgmtd: mgmtd.into(),
+            rpc_timeout: Duration::from_secs(30),
+            retry_for: Duration::from_secs(60),
+            description: String::new(),
+        }
+    }
+}
+
+/// Whether repeating a request after an unknown outcome (connection lost mid-call) is safe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    Idempotent,
+    /// Retried only when the request certainly did not reach a server.
+    OnlyIfNotSent,
+}
+
+pub struct EmberClient {
+    routing: Arc<RoutingWatcher>,
+    peers: PeerPool,
+    client_id: u64,
+    config: ClientConfig,
+}
+
+impl EmberClient {
+    /// Connects to mgmtd and starts the routing poller and the session keep-alive.
+    pub async fn connect(config: ClientConfig) -> Result<Arc<Self>, Status> {
+        let routing = RoutingWatcher::new(&config.mgmtd);
+        let client = Arc::new(EmberClient {
+            routing,
+            peers: PeerPool::new(config.rpc_timeout),
+            client_id: session::new_client_id(),
+            config,
+        });
+        client.routing.refresh().await?;
+        client.routing.spawn_poller(Duration::from_secs(1));
+        session::spawn_keepalive(&client);
+        Ok(client)
+    }
+
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    pub fn routing(&self) -> &Arc<RoutingWatcher> {
+        &self.routing
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// A live meta server, refreshing routing once if none is known.
+    async fn meta_server(&self) -> Result<Arc<RpcClient>, Status> {
+        for attempt in 0..2 {
+            let table = if attempt == 0 { self.routing.get() } else { self.routing.refresh().await? };
+            if let Some(n) = table.alive_nodes(NodeKind::Meta).first() {
+                return Ok(self.peers.get(&n.address));
+            }
+        }
+        Err(Status::new(StatusCode::Unavailable, "no live meta server in the routing info"))
+    }
+
+    /// Sends a metadata request, retrying while servers restart or transactions conflict.
+    pub async fn meta<R: Rpc>(&self, req: &R, retry: Retry) -> Result<R::Response, Status> {
+        let deadline = Instant::now() + self.config.retry_for;
+        let mut backoff = Backoff::new();
+        loop {
+            let result = match self.meta_server().await {
+                Ok(server) => server.unary(req).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(st) if should_retry(&st, retry) && Instant::now() < deadline => {
+                    tracing::debug!(method = R::METHOD.name(), error = %st, "retrying metadata request");
+                    let _ = self.routing.refresh().await;
+                    backoff.wait().await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub(crate) fn peer(&self, addr: &str) -> Arc<RpcClient> {
+        self.peers.get(addr)
+    }
+}
+
+/// Retry decisions shared by metadata and storage calls.
+pub(crate) fn should_retry(st: &Status, retry: Retry) -> bool {
+    match st.code {
+        StatusCode::Unavailable | StatusCode::TxnConflict | StatusCode::Busy | StatusCode::RoutingStale => true,
+        StatusCode::NoSuchTarget | StatusCode::NotRegistered => true,
+        StatusCode::ConnectionClosed | StatusCode::Timeout => retry == Retry::Idempotent,
+        _ => false,
+    }
+}
+
+/// Exponential backoff from 20 ms to 1 s.
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Backoff { next: Duration::from_millis(20) }
+    }
+
+    pub(crate) async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(Duration::from_secs(1));
+    }
+}

@@ -1,1 +1,26 @@
-//! placeholder
+//! Ember's metadata service.
+//!
+//! Stateless in the 3FS sense: every request is one serializable transaction on the shared KV
+//! (`ember-kv`), so any number of meta servers can serve any request. The pieces:
+//!
+//! * [`schema`]: key layout (`INOD`, `DENT`, `DATR`, `INOS`, `GCQ_`, `SING`) and stored records;
+//! * [`ids`]: inode ids from persistent sharded counters, handed out in blocks;
+//! * [`MetaStore`]: every file-system operation as a plain synchronous call, testable over
+//!   `MemKv` without a network;
+//! * [`gc`]: background removal of unlinked files' chunks once no live session holds them;
+//! * [`MetaService`]: the RPC adapter; [`run_meta`]: the whole process.
+
+pub mod chains;
+mod error;
+pub mod gc;
+pub mod ids;
+pub mod schema;
+mod server;
+mod service;
+pub mod store;
+
+pub use chains::{ChainSource, FixedChains, RoutingChains, Space};
+pub use error::MetaError;
+pub use server::{run_meta, MetaConfig};
+pub use service::MetaService;
+pub use store::{check_name, now_ns, MetaStore, Perm, SetAttrs, StoreConfig};

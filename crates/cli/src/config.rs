@@ -1,0 +1,157 @@
+//! Command-line arguments of the service roles: a TOML file (`--config`), then flags on top.
+//! `--print-default-config` prints the full default file of a role.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::{Failure, EXIT_USAGE};
+
+#[derive(Args, Clone, Debug, Default)]
+pub struct Common {
+    /// TOML configuration file; flags given on the command line override it.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Print the default configuration as TOML and exit.
+    #[arg(long)]
+    pub print_default_config: bool,
+}
+
+/// Loads `--config` over the defaults, or prints the defaults and returns `None`.
+fn load<C: Serialize + DeserializeOwned + Default>(common: &Common) -> Result<Option<C>, Failure> {
+    if common.print_default_config {
+        let text = toml::to_string_pretty(&C::default())?;
+        print!("{text}");
+        return Ok(None);
+    }
+    match &common.config {
+        None => Ok(Some(C::default())),
+        Some(path) => read_config(path).map(Some).map_err(|error| Failure { code: EXIT_USAGE, error }),
+    }
+}
+
+fn read_config<C: DeserializeOwned>(path: &Path) -> anyhow::Result<C> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct MgmtdArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// RPC listen address (host:port; port 0 = any free port).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Prometheus metrics address ("" disables).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// State directory (embedded KV).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+impl MgmtdArgs {
+    pub fn resolve(self) -> Result<Option<ember_mgmtd::MgmtdConfig>, Failure> {
+        let Some(mut c) = load::<ember_mgmtd::MgmtdConfig>(&self.common)? else { return Ok(None) };
+        set(&mut c.listen, self.listen);
+        set(&mut c.metrics_listen, self.metrics_listen);
+        set(&mut c.data_dir, self.data);
+        Ok(Some(c))
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct MetaArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long)]
+    pub listen: Option<String>,
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// Address of mgmtd.
+    #[arg(long)]
+    pub mgmtd: Option<String>,
+    /// State directory (embedded KV).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+impl MetaArgs {
+    pub fn resolve(self) -> Result<Option<ember_meta::MetaConfig>, Failure> {
+        let Some(mut c) = load::<ember_meta::MetaConfig>(&self.common)? else { return Ok(None) };
+        set(&mut c.listen, self.listen);
+        set(&mut c.metrics_listen, self.metrics_listen);
+        set(&mut c.mgmtd, self.mgmtd);
+        set(&mut c.data_dir, self.data);
+        Ok(Some(c))
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct StorageArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long)]
+    pub listen: Option<String>,
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// Address of mgmtd.
+    #[arg(long)]
+    pub mgmtd: Option<String>,
+    /// Node state directory.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// A target directory (repeat for several disks); default `<data>/target0`.
+    #[arg(long = "target")]
+    pub targets: Vec<PathBuf>,
+}
+
+impl StorageArgs {
+    pub fn resolve(self) -> Result<Option<ember_storage::StorageConfig>, Failure> {
+        let Some(mut c) = load::<ember_storage::StorageConfig>(&self.common)? else { return Ok(None) };
+        set(&mut c.listen, self.listen);
+        set(&mut c.metrics_listen, self.metrics_listen);
+        set(&mut c.mgmtd, self.mgmtd);
+        set(&mut c.data_dir, self.data);
+        if !self.targets.is_empty() {
+            c.targets = self.targets;
+        }
+        Ok(Some(c))
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct MountArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Where to mount.
+    pub mountpoint: Option<PathBuf>,
+    /// Address of mgmtd.
+    #[arg(long)]
+    pub mgmtd: Option<String>,
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// FUSE worker threads.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl MountArgs {
+    pub fn resolve(self) -> Result<Option<ember_fuse::MountConfig>, Failure> {
+        let Some(mut c) = load::<ember_fuse::MountConfig>(&self.common)? else { return Ok(None) };
+        set(&mut c.mountpoint, self.mountpoint);
+        set(&mut c.mgmtd, self.mgmtd);
+        set(&mut c.metrics_listen, self.metrics_listen);
+        set(&mut c.threads, self.threads);
+        Ok(Some(c))
+    }
+}

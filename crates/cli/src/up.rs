@@ -1,0 +1,259 @@
+//! `ember up`: a whole single-node cluster from one command. mgmtd, meta, storage and the
+//! mount run as separate child processes of this binary, each logging to `<data>/logs`; this
+//! process waits for each to be ready, then supervises them and stops them in order.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::Args;
+use tokio::process::{Child, Command};
+
+use crate::config::Common;
+use crate::Failure;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Args, Clone, Debug)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// State directory of the whole cluster.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Where to mount the file system.
+    #[arg(long)]
+    pub mount: Option<PathBuf>,
+    /// Number of storage targets (directories under `<data>/storage`).
+    #[arg(long)]
+    pub targets: Option<usize>,
+    /// Let every service pick a free port instead of the configured ones.
+    #[arg(long)]
+    pub any_port: bool,
+}
+
+/// Settings of `ember up` (`ember up --print-default-config`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpConfig {
+    pub data_dir: PathBuf,
+    pub mountpoint: PathBuf,
+    pub targets: usize,
+    pub mgmtd_listen: String,
+    pub meta_listen: String,
+    pub storage_listen: String,
+    /// Base port of the four /metrics endpoints (mgmtd, meta, storage, mount); 0 = any free port.
+    pub metrics_base_port: u16,
+}
+
+impl Default for UpConfig {
+    fn default() -> Self {
+        UpConfig {
+            data_dir: PathBuf::from("/var/lib/ember"),
+            mountpoint: PathBuf::from("/mnt/ember"),
+            targets: 2,
+            mgmtd_listen: "127.0.0.1:9000".into(),
+            meta_listen: "127.0.0.1:9100".into(),
+            storage_listen: "127.0.0.1:9200".into(),
+            metrics_base_port: 9001,
+        }
+    }
+}
+
+struct Role {
+    name: &'static str,
+    child: Child,
+}
+
+pub async fn run(args: UpArgs) -> Result<(), Failure> {
+    let Some(config) = resolve(args)? else { return Ok(()) };
+    let mut roles: Vec<Role> = Vec::new();
+    let started = start_all(&config, &mut roles).await;
+    if let Err(e) = started {
+        stop_all(&mut roles).await;
+        return Err(e.into());
+    }
+    println!(
+        "ember up: mounted at {} (state in {}, logs in {}). Ctrl-C stops it.",
+        config.mountpoint.display(),
+        config.data_dir.display(),
+        config.data_dir.join("logs").display()
+    );
+    let outcome = supervise(&mut roles).await;
+    stop_all(&mut roles).await;
+    outcome.map_err(Failure::from)
+}
+
+fn resolve(args: UpArgs) -> Result<Option<UpConfig>, Failure> {
+    let mut c: UpConfig = if args.common.print_default_config {
+        print!("{}", toml::to_string_pretty(&UpConfig::default())?);
+        return Ok(None);
+    } else if let Some(path) = &args.common.config {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+    } else {
+        UpConfig::default()
+    };
+    if let Some(d) = args.data {
+        c.data_dir = d;
+    }
+    if let Some(m) = args.mount {
+        c.mountpoint = m;
+    }
+    if let Some(t) = args.targets {
+        c.targets = t.max(1);
+    }
+    if args.any_port {
+        for l in [&mut c.mgmtd_listen, &mut c.meta_listen, &mut c.storage_listen] {
+            *l = "127.0.0.1:0".into();
+        }
+        c.metrics_base_port = 0;
+    }
+    Ok(Some(c))
+}
+
+fn metrics_addr(c: &UpConfig, offset: u16) -> String {
+    match c.metrics_base_port {
+        0 => "127.0.0.1:0".into(),
+        p => format!("127.0.0.1:{}", p + offset * 100),
+    }
+}
+
+async fn start_all(c: &UpConfig, roles: &mut Vec<Role>) -> anyhow::Result<()> {
+    let logs = c.data_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let dir = |r: &str| c.data_dir.join(r);
+    let s = |p: &Path| p.display().to_string();
+    for (role, file) in [("mgmtd", "mgmtd.addr"), ("meta", "meta.addr"), ("storage", "storage.addr")] {
+        let _ = std::fs::remove_file(dir(role).join(file));
+    }
+
+    let mgmtd_dir = s(&dir("mgmtd"));
+    let args = ["mgmtd", "--data", &mgmtd_dir, "--listen", &c.mgmtd_listen, "--metrics-listen", &metrics_addr(c, 0)];
+    roles.push(spawn("mgmtd", &args, &logs)?);
+    let mgmtd = wait_for_file(&dir("mgmtd").join("mgmtd.addr"), roles).await?;
+
+    let meta_dir = s(&dir("meta"));
+    let args = ["meta", "--data", &meta_dir, "--listen", &c.meta_listen, "--mgmtd", &mgmtd, "--metrics-listen", &metrics_addr(c, 1)];
+    roles.push(spawn("meta", &args, &logs)?);
+
+    let storage_dir = s(&dir("storage"));
+    let mut args: Vec<String> = ["storage", "--data", &storage_dir, "--listen", &c.storage_listen, "--mgmtd", &mgmtd]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    args.extend(["--metrics-listen".into(), metrics_addr(c, 2)]);
+    for i in 0..c.targets {
+        args.extend(["--target".into(), s(&dir("storage").join(format!("target{i}")))]);
+    }
+    roles.push(spawn("storage", &args, &logs)?);
+    wait_for_file(&dir("meta").join("meta.addr"), roles).await?;
+    wait_for_file(&dir("storage").join("storage.addr"), roles).await?;
+
+    std::fs::create_dir_all(&c.mountpoint).with_context(|| format!("creating {}", c.mountpoint.display()))?;
+    let mnt = s(&c.mountpoint);
+    let args = ["mount", &mnt, "--mgmtd", &mgmtd, "--metrics-listen", &metrics_addr(c, 3)];
+    roles.push(spawn("mount", &args, &logs)?);
+    wait_for_mount(&c.mountpoint, roles).await
+}
+
+fn spawn<S: AsRef<std::ffi::OsStr>>(name: &'static str, args: &[S], logs: &Path) -> anyhow::Result<Role> {
+    let exe = std::env::current_exe().context("locating the ember binary")?;
+    let log_path = logs.join(format!("{name}.log"));
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Own process group: a terminal's Ctrl-C reaches only `up`, which stops roles in order.
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Role { name, child })
+}
+
+/// Fails early, with the role's name, if a child exits while we wait for readiness.
+fn check_alive(roles: &mut [Role]) -> anyhow::Result<()> {
+    for r in roles.iter_mut() {
+        if let Some(status) = r.child.try_wait()? {
+            bail!("{} exited during start-up ({status}); see its log", r.name);
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_file(path: &Path, roles: &mut [Role]) -> anyhow::Result<String> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if !s.trim().is_empty() {
+                return Ok(s.trim().to_owned());
+            }
+        }
+        check_alive(roles)?;
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {}", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether `path` is a mount point, per the kernel's mount table.
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(canon) = path.canonicalize() else { return false };
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = canon.to_string_lossy();
+    table.lines().any(|l| l.split(' ').nth(4) == Some(want.as_ref()))
+}
+
+async fn wait_for_mount(path: &Path, roles: &mut [Role]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !is_mounted(path) {
+        check_alive(roles)?;
+        if Instant::now() > deadline {
+            bail!("timed out waiting for the mount at {}", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Waits for a stop signal or for any role to exit on its own (an error).
+async fn supervise(roles: &mut [Role]) -> anyhow::Result<()> {
+    let mut signal = std::pin::pin!(crate::shutdown_signal());
+    loop {
+        tokio::select! {
+            _ = &mut signal => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                for r in roles.iter_mut() {
+                    if let Some(status) = r.child.try_wait()? {
+                        return Err(anyhow!("{} exited unexpectedly ({status}); stopping the cluster", r.name));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stops roles newest first (mount, storage, meta, mgmtd): SIGTERM, then SIGKILL if stuck.
+async fn stop_all(roles: &mut Vec<Role>) {
+    while let Some(mut r) = roles.pop() {
+        if let Some(pid) = r.child.id() {
+            // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+        match tokio::time::timeout(STOP_TIMEOUT, r.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("ember up: {} did not stop in {STOP_TIMEOUT:?}; killing it", r.name);
+                let _ = r.child.kill().await;
+            }
+        }
+    }
+}

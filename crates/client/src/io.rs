@@ -1,0 +1,233 @@
+//! File data I/O: maps byte ranges to chunks and chains, sends writes to each chain's
+//! primary and reads to a serving replica, batched per storage node.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use ember_proto::storage::{BatchReadReq, ChunkRef, ReadIo, TruncateReq, WriteReq};
+use ember_proto::routing::RoutingTable;
+use ember_types::{ChainId, ChunkSpan, InodeId, Layout, Status, StatusCode, TargetId};
+use tokio::task::JoinSet;
+
+use crate::{should_retry, Backoff, EmberClient, Retry};
+
+/// Reads of one request grouped by the storage node that will serve them.
+struct ReadPlan {
+    by_node: BTreeMap<String, Vec<(ChunkSpan, ReadIo)>>,
+}
+
+impl EmberClient {
+    /// Writes `data` at `offset`; returns once every chunk write is durable on storage.
+    pub async fn write(self: &Arc<Self>, inode: InodeId, layout: &Layout, offset: u64, data: Bytes) -> Result<(), Status> {
+        let spans = layout.spans(inode, offset, data.len()).map_err(|e| Status::invalid(e.to_string()))?;
+        let mut tasks = JoinSet::new();
+        for span in spans {
+            let part = data.slice(span.buf_offset..span.buf_offset + span.len as usize);
+            let me = self.clone();
+            tasks.spawn(async move { me.write_span(span, part).await });
+        }
+        let mut first_err = None;
+        while let Some(joined) = tasks.join_next().await {
+            let result = joined.map_err(|e| Status::internal(format!("write task failed: {e}"))).and_then(|r| r);
+            if let Err(e) = result {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    async fn write_span(&self, span: ChunkSpan, data: Bytes) -> Result<(), Status> {
+        let crc = crc32c::crc32c(&data);
+        self.with_route(span.chain, Retry::Idempotent, |table| {
+            let (chunk, addr) = route(table, &span)?;
+            let req = WriteReq { chunk: Some(chunk), offset: span.offset, crc32c: crc };
+            Ok((addr, req))
+        }, |addr, req| {
+            let peer = self.peer(&addr);
+            let payload = data.clone();
+            async move { peer.call(&req, payload).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    /// Reads `len` bytes at `offset`; bytes no chunk holds (holes, short chunks) read as zeros.
+    /// The caller clips the range to the file length.
+    pub async fn read(self: &Arc<Self>, inode: InodeId, layout: &Layout, offset: u64, len: usize) -> Result<Vec<u8>, Status> {
+        let mut out = vec![0u8; len];
+        let spans = layout.spans(inode, offset, len).map_err(|e| Status::invalid(e.to_string()))?;
+        let deadline = Instant::now() + self.config.retry_for;
+        let mut backoff = Backoff::new();
+        let mut pending = spans;
+        while !pending.is_empty() {
+            let plan = plan_reads(&self.routing.get(), &pending)?;
+            pending = self.run_plan(plan, &mut out).await?;
+            if !pending.is_empty() {
+                if Instant::now() >= deadline {
+                    return Err(Status::new(StatusCode::Unavailable, "storage did not serve the read in time"));
+                }
+                let _ = self.routing.refresh().await;
+                backoff.wait().await;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs one batch per node in parallel; returns the spans to retry.
+    async fn run_plan(self: &Arc<Self>, plan: ReadPlan, out: &mut [u8]) -> Result<Vec<ChunkSpan>, Status> {
+        let mut tasks = JoinSet::new();
+        for (addr, ios) in plan.by_node {
+            let peer = self.peer(&addr);
+            tasks.spawn(async move {
+                let (spans, ios): (Vec<ChunkSpan>, Vec<ReadIo>) = ios.into_iter().unzip();
+                let result = peer.call(&BatchReadReq { ios }, Bytes::new()).await;
+                (spans, result)
+            });
+        }
+        let mut retry = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (spans, result) = joined.map_err(|e| Status::internal(format!("read task failed: {e}")))?;
+            match result {
+                Ok((resp, payload)) => retry.extend(place_results(&spans, &resp.results, &payload, out)?),
+                Err(st) if should_retry(&st, Retry::Idempotent) => retry.extend(spans),
+                Err(st) => return Err(st),
+            }
+        }
+        Ok(retry)
+    }
+
+    /// Cuts the file's chunks on every chain of its layout down to `length`.
+    pub async fn truncate_chunks(&self, inode: InodeId, layout: &Layout, length: u64) -> Result<(), Status> {
+        let stripe = layout.chains.len() as u32;
+        for (position, chain) in layout.chains.iter().enumerate() {
+            self.with_route(*chain, Retry::Idempotent, |table| {
+                let refs = chain_refs(table, inode, *chain)?;
+                Ok(((), refs))
+            }, |_, refs| async move {
+                for (addr, c) in refs {
+                    let req = TruncateReq {
+                        chain: Some(c),
+                        length,
+                        chunk_size: layout.chunk_size,
+                        stripe,
+                        stripe_position: position as u32,
+                    };
+                    self.peer(&addr).unary(&req).await?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Resolves a route with `plan`, runs `call`, and retries both while routing changes.
+    async fn with_route<A, R, F, Fut>(&self, chain: ChainId, retry: Retry, plan: F, call: impl Fn(A, R) -> Fut) -> Result<(), Status>
+    where
+        F: Fn(&RoutingTable) -> Result<(A, R), Status>,
+        Fut: std::future::Future<Output = Result<(), Status>>,
+    {
+        let deadline = Instant::now() + self.config.retry_for;
+        let mut backoff = Backoff::new();
+        loop {
+            let result = match plan(&self.routing.get()) {
+                Ok((a, r)) => call(a, r).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(st) if should_retry(&st, retry) && Instant::now() < deadline => {
+                    tracing::debug!(chain = chain.0, error = %st, "retrying storage request");
+                    let _ = self.routing.refresh().await;
+                    backoff.wait().await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// The chain's primary (first serving target) for one span, with its node address.
+fn route(table: &RoutingTable, span: &ChunkSpan) -> Result<(ChunkRef, String), Status> {
+    let chain = table
+        .chain(span.chain)
+        .ok_or_else(|| Status::new(StatusCode::RoutingStale, format!("chain {} unknown", span.chain)))?;
+    let target = *table
+        .serving_targets(span.chain)
+        .first()
+        .ok_or_else(|| Status::new(StatusCode::Unavailable, format!("chain {} has no serving target", span.chain)))?;
+    let addr = table
+        .target_address(target)
+        .ok_or_else(|| Status::new(StatusCode::RoutingStale, format!("target {target} has no node")))?;
+    let c = ChunkRef {
+        inode: span.chunk.inode.0,
+        index: span.chunk.index,
+        chain_id: span.chain.0,
+        chain_version: chain.version,
+        target_id: target.0,
+    };
+    Ok((c, addr.to_owned()))
+}
+
+/// One reference per serving target of a chain (for requests every replica must apply).
+fn chain_refs(table: &RoutingTable, inode: InodeId, chain: ChainId) -> Result<Vec<(String, ChunkRef)>, Status> {
+    let version = table
+        .chain(chain)
+        .map(|c| c.version)
+        .ok_or_else(|| Status::new(StatusCode::RoutingStale, format!("chain {chain} unknown")))?;
+    let targets: Vec<TargetId> = table.serving_targets(chain);
+    if targets.is_empty() {
+        return Err(Status::new(StatusCode::Unavailable, format!("chain {chain} has no serving target")));
+    }
+    targets
+        .into_iter()
+        .map(|t| {
+            let addr = table
+                .target_address(t)
+                .ok_or_else(|| Status::new(StatusCode::RoutingStale, format!("target {t} has no node")))?;
+            let c = ChunkRef { inode: inode.0, index: 0, chain_id: chain.0, chain_version: version, target_id: t.0 };
+            Ok((addr.to_owned(), c))
+        })
+        .collect()
+}
+
+fn plan_reads(table: &RoutingTable, spans: &[ChunkSpan]) -> Result<ReadPlan, Status> {
+    let mut by_node: BTreeMap<String, Vec<(ChunkSpan, ReadIo)>> = BTreeMap::new();
+    for span in spans {
+        let (chunk, addr) = route(table, span)?;
+        let io = ReadIo { chunk: Some(chunk), offset: span.offset, len: span.len };
+        by_node.entry(addr).or_default().push((*span, io));
+    }
+    Ok(ReadPlan { by_node })
+}
+
+/// Copies each io's bytes to its place in `out`; returns spans whose io asked for a retry.
+fn place_results(
+    spans: &[ChunkSpan],
+    results: &[ember_proto::storage::ReadResult],
+    payload: &[u8],
+    out: &mut [u8],
+) -> Result<Vec<ChunkSpan>, Status> {
+    if results.len() != spans.len() {
+        return Err(Status::internal("storage answered a different number of reads than asked"));
+    }
+    let mut retry = Vec::new();
+    let mut pos = 0usize;
+    for (span, r) in spans.iter().zip(results) {
+        if r.status != 0 {
+            let st = Status::new(StatusCode::from_u16(r.status as u16), r.message.clone());
+            if should_retry(&st, Retry::Idempotent) {
+                retry.push(*span);
+                continue;
+            }
+            return Err(st);
+        }
+        let n = r.len as usize;
+        if n > span.len as usize || pos + n > payload.len() {
+            return Err(Status::internal("storage returned more bytes than asked"));
+        }
+        out[span.buf_offset..span.buf_offset + n].copy_from_slice(&payload[pos..pos + n]);
+        pos += n;
+    }
+    Ok(retry)
+}

@@ -1,0 +1,343 @@
+//! The `fuser` adapter: each kernel request becomes one `Vfs` call on the tokio runtime,
+//! with a tracing span, a metrics observation and an errno mapping.
+
+use std::ffi::OsStr;
+use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ember_proto::meta::Attr;
+use ember_types::{FileType, Status};
+use fuser::{
+    Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use tracing::Instrument;
+
+use crate::Vfs;
+
+/// Largest read/write the kernel sends in one request (the kernel's own ceiling here).
+const MAX_IO: u32 = 1 << 20;
+const BLOCK: u32 = 4096;
+
+pub struct EmberFs {
+    vfs: Arc<Vfs>,
+    rt: tokio::runtime::Handle,
+    ttl: Duration,
+}
+
+impl EmberFs {
+    pub fn new(vfs: Arc<Vfs>, rt: tokio::runtime::Handle, ttl: Duration) -> Self {
+        EmberFs { vfs, rt, ttl }
+    }
+
+    /// Runs one operation to completion on the runtime (fuser worker threads block here).
+    fn run<T>(&self, op: &'static str, fut: impl Future<Output = Result<T, Status>>) -> Result<T, Errno> {
+        let started = Instant::now();
+        let span = tracing::debug_span!("fuse", op);
+        let result = self.rt.block_on(fut.instrument(span));
+        let reg = ember_telemetry::global();
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        reg.inc("ember_fuse_ops_total", &format!("op=\"{op}\",result=\"{outcome}\""), 1);
+        reg.observe("ember_fuse_op_seconds", &format!("op=\"{op}\""), started.elapsed());
+        result.map_err(|st| {
+            tracing::debug!(op, error = %st, "fuse op failed");
+            Errno::from_i32(crate::errno_of(&st))
+        })
+    }
+
+    fn file_attr(&self, a: &Attr) -> FileAttr {
+        let kind = match FileType::from_u8(a.file_type as u8) {
+            Some(FileType::Directory) => fuser::FileType::Directory,
+            Some(FileType::Symlink) => fuser::FileType::Symlink,
+            _ => fuser::FileType::RegularFile,
+        };
+        FileAttr {
+            ino: INodeNo(a.inode),
+            size: a.size,
+            blocks: a.size.div_ceil(512),
+            atime: time_of(a.atime_ns),
+            mtime: time_of(a.mtime_ns),
+            ctime: time_of(a.ctime_ns),
+            crtime: time_of(a.ctime_ns),
+            kind,
+            perm: (a.mode & 0o7777) as u16,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: 0,
+            blksize: BLOCK,
+            flags: 0,
+        }
+    }
+
+    fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
+        match r {
+            Ok(a) => reply.entry(&self.ttl, &self.file_attr(&a), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn empty(reply: ReplyEmpty, r: Result<(), Errno>) {
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+fn time_of(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn ns_of(t: TimeOrNow) -> i64 {
+    let t = match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    };
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(e) => -(e.duration().as_nanos() as i64),
+    }
+}
+
+fn name(n: &OsStr) -> &[u8] {
+    n.as_bytes()
+}
+
+impl Filesystem for EmberFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // The kernel may refuse a larger value; the nearest it accepts is fine.
+        let _ = config.set_max_write(MAX_IO);
+        let _ = config.set_max_readahead(MAX_IO);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
+        let r = self.run("lookup", self.vfs.lookup(parent.0, name(n)));
+        self.entry(reply, r);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.run("getattr", self.vfs.getattr(ino.0)) {
+            Ok(a) => reply.attr(&self.ttl, &self.file_attr(&a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let mode = mode.map(|m| m & 0o7777);
+        let fut = self.vfs.setattr(ino.0, mode, uid, gid, size, atime.map(ns_of), mtime.map(ns_of));
+        match self.run("setattr", fut) {
+            Ok(a) => reply.attr(&self.ttl, &self.file_attr(&a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.run("readlink", self.vfs.readlink(ino.0)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, _rdev: u32, reply: ReplyEntry) {
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            // Device nodes, FIFOs and sockets are not stored yet.
+            reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+            return;
+        }
+        let perm = mode & !umask & 0o7777;
+        let r = self.run("mknod", async {
+            let (attr, fh) = self.vfs.create(parent.0, name(n), perm, req.uid(), req.gid(), libc::O_EXCL).await?;
+            self.vfs.release(fh).await?;
+            Ok(attr)
+        });
+        self.entry(reply, r);
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let perm = mode & !umask & 0o7777;
+        let r = self.run("mkdir", self.vfs.mkdir(parent.0, name(n), perm, req.uid(), req.gid()));
+        self.entry(reply, r);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        Self::empty(reply, self.run("unlink", self.vfs.unlink(parent.0, name(n))));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        Self::empty(reply, self.run("rmdir", self.vfs.rmdir(parent.0, name(n))));
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, n: &OsStr, target: &Path, reply: ReplyEntry) {
+        let target = target.as_os_str().as_bytes();
+        let r = self.run("symlink", self.vfs.symlink(parent.0, name(n), target, req.uid(), req.gid()));
+        self.entry(reply, r);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let fut = self.vfs.rename(parent.0, name(n), newparent.0, name(newname), flags.bits());
+        Self::empty(reply, self.run("rename", fut));
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let r = self.run("link", self.vfs.link(ino.0, newparent.0, name(newname)));
+        self.entry(reply, r);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.run("open", self.vfs.open(ino.0, flags.0)) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.run("read", self.vfs.read(fh.0, offset, size)) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.run("write", self.vfs.write(fh.0, offset, data)) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        Self::empty(reply, self.run("flush", self.vfs.flush(fh.0)));
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        Self::empty(reply, self.run("release", self.vfs.release(fh.0)));
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        Self::empty(reply, self.run("fsync", self.vfs.flush(fh.0)));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.run("opendir", self.vfs.opendir(ino.0)) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let listing = match self.vfs.listing(fh.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(Errno::from_i32(crate::errno_of(&e))),
+        };
+        // Offsets: 1 = ".", 2 = "..", 3.. = listing entries; each entry carries the next offset.
+        let dots = [(ino.0, fuser::FileType::Directory, &b"."[..]), (ino.0, fuser::FileType::Directory, &b".."[..])];
+        let entries = dots.into_iter().chain(listing.iter().map(|e| {
+            let kind = match e.file_type {
+                FileType::Directory => fuser::FileType::Directory,
+                FileType::Symlink => fuser::FileType::Symlink,
+                FileType::File => fuser::FileType::RegularFile,
+            };
+            (e.inode, kind, e.name.as_slice())
+        }));
+        for (i, (inode, kind, n)) in entries.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(inode), i as u64 + 1, kind, OsStr::from_bytes(n)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.vfs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // Every metadata change is durable in the KV before it is acknowledged.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.run("statfs", self.vfs.statfs()) {
+            Ok(s) => {
+                let b = u64::from(BLOCK);
+                let free = s.free_bytes / b;
+                reply.statfs(s.capacity_bytes / b, free, free, s.inodes + (1 << 32), 1 << 32, BLOCK, 255, BLOCK);
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+        let perm = mode & !umask & 0o7777;
+        match self.run("create", self.vfs.create(parent.0, name(n), perm, req.uid(), req.gid(), flags)) {
+            Ok((a, fh)) => reply.created(&self.ttl, &self.file_attr(&a), Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! The file system as the kernel sees it, minus the kernel: inodes, open handles, write
+//! buffers and directory listings on top of `EmberClient`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use ember_client::{EmberClient, Retry};
+use ember_proto::meta::*;
+use ember_types::{FileType, InodeId, Layout, Status, StatusCode};
+
+#[derive(Clone, Debug)]
+pub struct VfsConfig {
+    /// Sequential writes are gathered up to this size before they go to storage.
+    pub write_buffer: usize,
+    /// Entries fetched per readdir RPC.
+    pub readdir_page: u32,
+}
+
+impl Default for VfsConfig {
+    fn default() -> Self {
+        VfsConfig { write_buffer: 4 << 20, readdir_page: 512 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub inode: u64,
+    pub file_type: FileType,
+}
+
+/// What this client knows about one inode that has open handles.
+#[derive(Default)]
+struct InodeState {
+    /// Pending sequential data not yet sent to storage.
+    buffer: Vec<u8>,
+    buffer_offset: u64,
+    /// Length as this client sees it: the size at open, grown by writes, set by truncate.
+    size: u64,
+    /// Highest end written by this client and not yet reported to meta.
+    unreported_end: Option<u64>,
+    /// A failed background flush, reported by the next flush/fsync/close.
+    error: Option<Status>,
+    open_handles: usize,
+}
+
+struct Handle {
+    inode: InodeId,
+    session_id: u64,
+    layout: Option<Layout>,
+    state: Arc<tokio::sync::Mutex<InodeState>>,
+}
+
+pub struct Vfs {
+    client: Arc<EmberClient>,
+    config: VfsConfig,
+    next_fh: AtomicU64,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    inodes: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<InodeState>>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+fn attr_of(resp: AttrResp) -> Result<Attr, Status> {
+    resp.attr.ok_or_else(|| Status::internal("meta replied without attributes"))
+}
+
+fn layout_of(attr: &Attr) -> Result<Option<Layout>, Status> {
+    attr.layout
+        .as_ref()
+        .map(|l| ember_proto::layout_from_msg(l).map_err(|e| Status::internal(format!("bad layout from meta: {e}"))))
+        .transpose()
+}
+
+impl Vfs {
+    pub fn new(client: Arc<EmberClient>, config: VfsConfig) -> Self {
+        Vfs {
+            client,
+            config,
+            next_fh: AtomicU64::new(1),
+            handles: Mutex::default(),
+            inodes: Mutex::default(),
+            dirs: Mutex::default(),
+        }
+    }
+
+    pub fn client(&self) -> &Arc<EmberClient> {
+        &self.client
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<Handle>, Status> {
+        lock(&self.handles)
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| Status::new(StatusCode::StaleHandle, format!("no open handle {fh}")))
+    }
+
+    /// Overlays what this client knows but meta may not yet: sizes of files being written.
+    async fn local_view(&self, mut attr: Attr) -> Attr {
+        let state = lock(&self.inodes).get(&attr.inode).cloned();
+        if let Some(state) = state {
+            attr.size = attr.size.max(state.lock().await.size);
+        }
+        attr
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, Status> {
+        let r = LookupReq { parent, name: name.to_vec() };
+        let attr = attr_of(self.client.meta(&r, Retry::Idempotent).await?)?;
+        Ok(self.local_view(attr).await)
+    }
+
+    pub async fn getattr(&self, inode: u64) -> Result<Attr, Status> {
+        let attr = attr_of(self.client.meta(&GetAttrReq { inode }, Retry::Idempotent).await?)?;
+        Ok(self.local_view(attr).await)
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &[u8], mode: u32, uid: u32, gid: u32) -> Result<Attr, Status> {
+        let r = MkdirReq { parent, name: name.to_vec(), mode, uid, gid };
+        attr_of(self.client.meta(&r, Retry::OnlyIfNotSent).await?)
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), Status> {
+        let r = UnlinkReq { parent, name: name.to_vec() };
+        self.client.meta(&r, Retry::OnlyIfNotSent).await.map(|_| ())
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), Status> {
+        let r = RmdirReq { parent, name: name.to_vec() };
+        self.client.meta(&r, Retry::OnlyIfNotSent).await.map(|_| ())
+    }
+
+    pub async fn rename(&self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], flags: u32) -> Result<(), Status> {
+        let r = RenameReq { old_parent: parent, old_name: name.to_vec(), new_parent, new_name: new_name.to_vec(), flags };
+        self.client.meta(&r, Retry::OnlyIfNotSent).await.map(|_| ())
+    }
+
+    pub async fn link(&self, inode: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr, Status> {
+        let r = LinkReq { inode, new_parent, new_name: new_name.to_vec() };
+        let attr = attr_of(self.client.meta(&r, Retry::OnlyIfNotSent).await?)?;
+        Ok(self.local_view(attr).await)
+    }
+
+    pub async fn symlink(&self, parent: u64, name: &[u8], target: &[u8], uid: u32, gid: u32) -> Result<Attr, Status> {
+        let r = SymlinkReq { parent, name: name.to_vec(), target: target.to_vec(), uid, gid };
+        attr_of(self.client.meta(&r, Retry::OnlyIfNotSent).await?)
+    }
+
+    pub async fn readlink(&self, inode: u64) -> Result<Vec<u8>, Status> {
+        Ok(self.client.meta(&ReadlinkReq { inode }, Retry::Idempotent).await?.target)
+    }
+
+    pub async fn statfs(&self) -> Result<StatFsResp, Status> {
+        self.client.meta(&StatFsReq {}, Retry::Idempotent).await
+    }
+
+    /// Changes attributes; a size change first cuts or clears the chunks on storage.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn setattr(
+        &self,
+        inode: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime_ns: Option<i64>,
+        mtime_ns: Option<i64>,
+    ) -> Result<Attr, Status> {
+        if let Some(new_size) = size {
+            self.truncate(inode, new_size).await?;
+        }
+        let r = SetAttrReq { inode, mode, uid, gid, size, atime_ns, mtime_ns };
+        let attr = attr_of(self.client.meta(&r, Retry::Idempotent).await?)?;
+        Ok(self.local_view(attr).await)
+    }
+
+    async fn truncate(&self, inode: u64, new_size: u64) -> Result<(), Status> {
+        let state = lock(&self.inodes).get(&inode).cloned();
+        let mut guard = match &state {
+            Some(s) => Some(s.lock().await),
+            None => None,
+        };
+        let attr = attr_of(self.client.meta(&GetAttrReq { inode }, Retry::Idempotent).await?)?;
+        let layout = layout_of(&attr)?.ok_or_else(|| Status::new(StatusCode::IsDirectory, "only files can be truncated"))?;
+        let mut known = attr.size;
+        if let Some(st) = guard.as_deref_mut() {
+            self.flush_buffer(InodeId(inode), &layout, st).await?;
+            known = known.max(st.size);
+        }
+        // Cut to the smaller length: bytes past it must read as zeros after growing again.
+        self.client.truncate_chunks(InodeId(inode), &layout, known.min(new_size)).await?;
+        if let Some(st) = guard.as_deref_mut() {
+            st.size = new_size;
+            st.unreported_end = None;
+        }
+        Ok(())
+    }
+
+    /// Creates and opens a regular file.
+    pub async fn create(&self, parent: u64, name: &[u8], mode: u32, uid: u32, gid: u32, flags: i32) -> Result<(Attr, u64), Status> {
+        let exclusive = flags & libc::O_EXCL != 0;
+        let r = CreateReq { parent, name: name.to_vec(), mode, uid, gid, exclusive, client_id: self.client.client_id() };
+        let retry = if exclusive { Retry::OnlyIfNotSent } else { Retry::Idempotent };
+        let resp = self.client.meta(&r, retry).await?;
+        let attr = resp.attr.ok_or_else(|| Status::internal("create replied without attributes"))?;
+        let fh = self.register_handle(&attr, resp.session_id).await?;
+        Ok((self.local_view(attr).await, fh))
+    }
+
+    pub async fn open(&self, inode: u64, flags: i32) -> Result<u64, Status> {
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let r = OpenReq { inode, client_id: self.client.client_id(), write: writable };
+        let resp = self.client.meta(&r, Retry::Idempotent).await?;
+        let attr = resp.attr.ok_or_else(|| Status::internal("open replied without attributes"))?;
+        self.register_handle(&attr, resp.session_id).await
+    }
+
+    async fn register_handle(&self, attr: &Attr, session_id: u64) -> Result<u64, Status> {
+        let layout = layout_of(attr)?;
+        let state = lock(&self.inodes).entry(attr.inode).or_default().clone();
+        {
+            let mut st = state.lock().await;
+            if st.open_handles == 0 {
+                st.size = attr.size;
+            }
+            st.open_handles += 1;
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let handle = Handle { inode: InodeId(attr.inode), session_id, layout, state };
+        lock(&self.handles).insert(fh, Arc::new(handle));
+        Ok(fh)
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Status> {
+        let h = self.handle(fh)?;
+        let layout = h.layout.as_ref().ok_or_else(|| Status::new(StatusCode::IsDirectory, "not a file"))?;
+        let file_size = {
+            let mut st = h.state.lock().await;
+            // Read-after-write within this client: what is buffered must be readable.
+            self.flush_buffer(h.inode, layout, &mut st).await?;
+            st.size
+        };
+        if offset >= file_size {
+            return Ok(Vec::new());
+        }
+        let len = (file_size - offset).min(u64::from(size)) as usize;
+        self.client.read(h.inode, layout, offset, len).await
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Status> {
+        let h = self.handle(fh)?;
+        let layout = h.layout.as_ref().ok_or_else(|| Status::new(StatusCode::IsDirectory, "not a file"))?;
+        let mut st = h.state.lock().await;
+        if let Some(e) = st.error.take() {
+            return Err(e);
+        }
+        let contiguous = !st.buffer.is_empty() && st.buffer_offset + st.buffer.len() as u64 == offset;
+        if !contiguous || st.buffer.len() + data.len() > self.config.write_buffer {
+            self.flush_buffer(h.inode, layout, &mut st).await?;
+        }
+        if st.buffer.is_empty() {
+            st.buffer_offset = offset;
+        }
+        st.buffer.extend_from_slice(data);
+        let end = offset + data.len() as u64;
+        st.size = st.size.max(end);
+        st.unreported_end = Some(st.unreported_end.unwrap_or(0).max(end));
+        if st.buffer.len() >= self.config.write_buffer {
+            self.flush_buffer(h.inode, layout, &mut st).await?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    async fn flush_buffer(&self, inode: InodeId, layout: &Layout, st: &mut InodeState) -> Result<(), Status> {
+        if st.buffer.is_empty() {
+            return Ok(());
+        }
+        let data = Bytes::from(std::mem::take(&mut st.buffer));
+        if let Err(e) = self.client.write(inode, layout, st.buffer_offset, data).await {
+            st.error = Some(e.clone());
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Makes everything written through this handle durable and its length known to meta.
+    /// Called on every close(2) (FUSE flush) and on fsync.
+    pub async fn flush(&self, fh: u64) -> Result<(), Status> {
+        let h = self.handle(fh)?;
+        let Some(layout) = h.layout.as_ref() else { return Ok(()) };
+        let mut st = h.state.lock().await;
+        if let Some(e) = st.error.take() {
+            return Err(e);
+        }
+        self.flush_buffer(h.inode, layout, &mut st).await?;
+        if let Some(end) = st.unreported_end {
+            let r = SyncReq { inode: h.inode.0, written_end: end, mtime_ns: Some(now_ns()) };
+            self.client.meta(&r, Retry::Idempotent).await?;
+            st.unreported_end = None;
+        }
+        Ok(())
+    }
+
+    /// Drops a handle: flushes what is left and ends its session on meta.
+    pub async fn release(&self, fh: u64) -> Result<(), Status> {
+        let flushed = self.flush(fh).await;
+        let Some(h) = lock(&self.handles).remove(&fh) else { return flushed };
+        let last = {
+            let mut st = h.state.lock().await;
+            st.open_handles = st.open_handles.saturating_sub(1);
+            st.open_handles == 0
+        };
+        if last {
+            lock(&self.inodes).remove(&h.inode.0);
+        }
+        // `flush` above already reported the length; close only ends the session.
+        let r = CloseReq { inode: h.inode.0, session_id: h.session_id, written_end: None, mtime_ns: None };
+        let closed = self.client.meta(&r, Retry::Idempotent).await.map(|_| ());
+        flushed.and(closed)
+    }
+
+    /// Lists a directory once per open and serves the kernel's offsets from that listing, so
+    /// every name appears exactly once even if the directory changes while it is read.
+    pub async fn opendir(&self, inode: u64) -> Result<u64, Status> {
+        let mut entries = Vec::new();
+        let mut after = Vec::new();
+        loop {
+            let r = ReadDirReq { inode, after: after.clone(), limit: self.config.readdir_page };
+            let resp = self.client.meta(&r, Retry::Idempotent).await?;
+            for e in &resp.entries {
+                let file_type = FileType::from_u8(e.file_type as u8)
+                    .ok_or_else(|| Status::internal(format!("bad file type {} in listing", e.file_type)))?;
+                entries.push(DirEntry { name: e.name.clone(), inode: e.inode, file_type });
+            }
+            match (resp.more, resp.entries.last()) {
+                (true, Some(last)) => after = last.name.clone(),
+                _ => break,
+            }
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.dirs).insert(fh, Arc::new(entries));
+        Ok(fh)
+    }
+
+    pub fn listing(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>, Status> {
+        lock(&self.dirs)
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| Status::new(StatusCode::StaleHandle, format!("no open directory {fh}")))
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.dirs).remove(&fh);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

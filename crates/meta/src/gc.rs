@@ -1,0 +1,338 @@
+//! Background garbage collection of unlinked files.
+//!
+//! Every pass reads a bounded batch of the `GCQ_` queue. For each queued file, sessions of
+//! clients that mgmtd no longer lists are dropped; a file with no session left is claimed, its
+//! chunks are removed on every target of every chain of its layout, and then its inode and
+//! queue entry are deleted in one transaction. Any failure leaves the entry queued for the next
+//! pass. Storage removal and the live-client list are traits so the decision logic is testable
+//! without a network.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ember_net::routing::RoutingWatcher;
+use ember_net::PeerPool;
+use ember_proto::mgmtd::ListClientSessionsReq;
+use ember_proto::storage::{ChunkRef, RemoveChunksReq};
+use ember_types::{ChainId, InodeId, Layout, TargetId, TargetState};
+
+use crate::store::GcItem;
+use crate::{MetaError, MetaStore};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Removes every chunk of a file from storage.
+pub trait ChunkRemover: Send + Sync {
+    fn remove<'a>(
+        &'a self,
+        inode: InodeId,
+        layout: &'a Layout,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// The clients that are still alive. `None` = unknown right now: no session is declared stale.
+pub trait LiveClients: Send + Sync {
+    fn live(&self) -> BoxFuture<'_, Option<Arc<HashSet<u64>>>>;
+}
+
+/// What one pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcStats {
+    /// Files whose chunks and inode are gone.
+    pub removed: usize,
+    /// Files still open (or reopened) and left queued.
+    pub busy: usize,
+    /// Files whose removal failed and will be retried.
+    pub failed: usize,
+    /// Sessions of dead clients dropped.
+    pub stale_sessions: usize,
+}
+
+enum Outcome {
+    Removed,
+    Busy,
+}
+
+pub struct Gc {
+    store: Arc<MetaStore>,
+    remover: Arc<dyn ChunkRemover>,
+    clients: Arc<dyn LiveClients>,
+    batch: usize,
+    /// Where the next pass resumes, so files held open at the head of the queue do not starve
+    /// the rest of it.
+    cursor: Mutex<Option<InodeId>>,
+}
+
+async fn blocking<T: Send + 'static>(
+    store: &Arc<MetaStore>,
+    f: impl FnOnce(&MetaStore) -> Result<T, MetaError> + Send + 'static,
+) -> Result<T, MetaError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| MetaError::Internal(format!("gc task: {e}")))?
+}
+
+impl Gc {
+    pub fn new(
+        store: Arc<MetaStore>,
+        remover: Arc<dyn ChunkRemover>,
+        clients: Arc<dyn LiveClients>,
+        batch: usize,
+    ) -> Self {
+        Gc {
+            store,
+            remover,
+            clients,
+            batch: batch.max(1),
+            cursor: Mutex::new(None),
+        }
+    }
+
+    /// Runs a pass every `every` until the task is aborted.
+    pub fn spawn(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match self.pass().await {
+                    Ok(s) if s != GcStats::default() => tracing::debug!(?s, "gc pass"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "gc pass failed"),
+                }
+            }
+        })
+    }
+
+    /// One pass over the next batch of the queue.
+    pub async fn pass(&self) -> Result<GcStats, MetaError> {
+        let after = *self.cursor.lock().unwrap_or_else(|p| p.into_inner());
+        let batch = self.batch;
+        let items = blocking(&self.store, move |s| s.gc_scan(after, batch)).await?;
+        let next = if items.len() < batch {
+            None
+        } else {
+            items.last().map(|i| i.inode)
+        };
+        *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) = next;
+        let live = match items.iter().any(|i| !i.sessions.is_empty()) {
+            true => self.clients.live().await,
+            false => None,
+        };
+        let mut stats = GcStats::default();
+        for item in items {
+            let ino = item.inode;
+            match self.collect(item, live.as_deref(), &mut stats).await {
+                Ok(Outcome::Removed) => stats.removed += 1,
+                Ok(Outcome::Busy) => stats.busy += 1,
+                Err(e) => {
+                    stats.failed += 1;
+                    tracing::warn!(inode = %ino, error = %e, "gc of file failed; will retry");
+                }
+            }
+        }
+        record(&stats);
+        Ok(stats)
+    }
+
+    async fn collect(
+        &self,
+        item: GcItem,
+        live: Option<&HashSet<u64>>,
+        stats: &mut GcStats,
+    ) -> Result<Outcome, MetaError> {
+        let ino = item.inode;
+        let stale: Vec<u64> = match live {
+            Some(live) => item
+                .sessions
+                .iter()
+                .filter(|s| !live.contains(&s.client_id))
+                .map(|s| s.id)
+                .collect(),
+            None => Vec::new(),
+        };
+        if !stale.is_empty() {
+            stats.stale_sessions += stale.len();
+            let dropped = stale.clone();
+            blocking(&self.store, move |s| s.gc_drop_sessions(ino, &dropped)).await?;
+        }
+        if item.sessions.len() > stale.len()
+            || !blocking(&self.store, move |s| s.gc_claim(ino)).await?
+        {
+            return Ok(Outcome::Busy);
+        }
+        if let Some(layout) = &item.layout {
+            self.remover
+                .remove(ino, layout)
+                .await
+                .map_err(MetaError::Unavailable)?;
+        }
+        blocking(&self.store, move |s| s.gc_finish(ino)).await?;
+        Ok(Outcome::Removed)
+    }
+}
+
+fn record(s: &GcStats) {
+    let r = ember_telemetry::global();
+    r.inc(
+        "ember_meta_gc_files_total",
+        "result=\"removed\"",
+        s.removed as u64,
+    );
+    r.inc(
+        "ember_meta_gc_files_total",
+        "result=\"failed\"",
+        s.failed as u64,
+    );
+    r.inc(
+        "ember_meta_gc_stale_sessions_total",
+        "",
+        s.stale_sessions as u64,
+    );
+}
+
+/// Removes chunks by `RemoveChunksReq` to every target of every chain, addresses from routing.
+pub struct RoutingRemover {
+    routing: Arc<RoutingWatcher>,
+    pool: Arc<PeerPool>,
+}
+
+impl RoutingRemover {
+    pub fn new(routing: Arc<RoutingWatcher>, pool: Arc<PeerPool>) -> Self {
+        RoutingRemover { routing, pool }
+    }
+
+    /// One request per live target of `chain`. Offline targets are skipped: they are brought
+    /// back in sync from a serving replica before they serve again.
+    fn requests(
+        &self,
+        inode: InodeId,
+        chain: ChainId,
+    ) -> Result<Vec<(String, RemoveChunksReq)>, String> {
+        let table = self.routing.get();
+        let info = table
+            .chain(chain)
+            .ok_or_else(|| format!("chain {chain} is not in routing v{}", table.version()))?;
+        let mut out = Vec::new();
+        for &t in &info.targets {
+            let state = table
+                .target(TargetId(t))
+                .and_then(|ti| u8::try_from(ti.state).ok())
+                .and_then(TargetState::from_u8);
+            if state == Some(TargetState::Offline) {
+                continue;
+            }
+            let addr = table
+                .target_address(TargetId(t))
+                .ok_or_else(|| format!("no address for target {t}"))?;
+            let chunk = ChunkRef {
+                inode: inode.0,
+                index: 0,
+                chain_id: chain.0,
+                chain_version: info.version,
+                target_id: t,
+            };
+            out.push((
+                addr.to_owned(),
+                RemoveChunksReq {
+                    chain: Some(chunk),
+                    from_index: 0,
+                },
+            ));
+        }
+        if out.is_empty() {
+            return Err(format!("chain {chain} has no reachable target"));
+        }
+        Ok(out)
+    }
+}
+
+impl ChunkRemover for RoutingRemover {
+    fn remove<'a>(
+        &'a self,
+        inode: InodeId,
+        layout: &'a Layout,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let mut chains = layout.chains.clone();
+            chains.sort();
+            chains.dedup();
+            let mut calls = tokio::task::JoinSet::new();
+            for chain in chains {
+                for (addr, req) in self.requests(inode, chain)? {
+                    let client = self.pool.get(&addr);
+                    calls.spawn(async move {
+                        client
+                            .unary(&req)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| format!("remove chunks of {inode} on {addr}: {e}"))
+                    });
+                }
+            }
+            let mut first_err = None;
+            while let Some(done) = calls.join_next().await {
+                let res = done.map_err(|e| e.to_string()).and_then(|r| r);
+                if let Err(e) = res {
+                    first_err.get_or_insert(e);
+                }
+            }
+            first_err.map_or(Ok(()), Err)
+        })
+    }
+}
+
+/// A client list and when it was fetched.
+type CachedList = Option<(Instant, Option<Arc<HashSet<u64>>>)>;
+
+/// The live client list from mgmtd, cached for `ttl`.
+pub struct MgmtdClients {
+    routing: Arc<RoutingWatcher>,
+    ttl: Duration,
+    cache: tokio::sync::Mutex<CachedList>,
+}
+
+impl MgmtdClients {
+    pub fn new(routing: Arc<RoutingWatcher>, ttl: Duration) -> Self {
+        MgmtdClients {
+            routing,
+            ttl,
+            cache: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn fetch(&self) -> Option<Arc<HashSet<u64>>> {
+        match self.routing.mgmtd().unary(&ListClientSessionsReq {}).await {
+            // An incomplete list (mgmtd restarted recently) cannot prove a client dead.
+            Ok(resp) if resp.complete => Some(Arc::new(
+                resp.sessions.iter().map(|s| s.client_id).collect(),
+            )),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "listing client sessions failed");
+                None
+            }
+        }
+    }
+}
+
+impl LiveClients for MgmtdClients {
+    fn live(&self) -> BoxFuture<'_, Option<Arc<HashSet<u64>>>> {
+        Box::pin(async move {
+            let mut cache = self.cache.lock().await;
+            if let Some((at, list)) = cache.as_ref() {
+                if at.elapsed() < self.ttl {
+                    return list.clone();
+                }
+            }
+            let list = self.fetch().await;
+            *cache = Some((Instant::now(), list.clone()));
+            list
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,167 @@
+//! The RPC face of [`MetaStore`]: decodes a request by method id, runs the store call on the
+//! blocking pool (KV transactions block on locks and fsync), encodes the reply.
+
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use ember_net::{decode_body, Request, Response, Service, ServiceFuture};
+use ember_proto::meta::*;
+use ember_proto::Method;
+use ember_types::{InodeId, Status, StatusCode};
+
+use crate::store::{Perm, SetAttrs};
+use crate::{MetaError, MetaStore};
+
+pub struct MetaService {
+    /// `None` after `close`: connection tasks outlive the listener, and must not keep the KV
+    /// open once the server has shut down.
+    store: RwLock<Option<Arc<MetaStore>>>,
+}
+
+impl MetaService {
+    pub fn new(store: Arc<MetaStore>) -> Arc<Self> {
+        Arc::new(MetaService {
+            store: RwLock::new(Some(store)),
+        })
+    }
+
+    /// Stops serving: later requests fail with `Unavailable`.
+    pub fn close(&self) {
+        self.store.write().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    fn store(&self) -> Option<Arc<MetaStore>> {
+        self.store.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+type Handler<Req, Resp> = fn(&MetaStore, Req) -> Result<Resp, MetaError>;
+
+/// Decodes `Req`, runs `f` on the blocking pool and encodes its `Resp`.
+fn unary<Req, Resp>(store: Arc<MetaStore>, body: Bytes, f: Handler<Req, Resp>) -> ServiceFuture
+where
+    Req: prost::Message + Default + Send + 'static,
+    Resp: prost::Message + Send + 'static,
+{
+    Box::pin(async move {
+        let req: Req = decode_body(&body)?;
+        let resp = tokio::task::spawn_blocking(move || f(&store, req))
+            .await
+            .map_err(|e| Status::internal(format!("metadata task failed: {e}")))??;
+        Ok(Response::msg(&resp))
+    })
+}
+
+fn attr(a: Attr) -> AttrResp {
+    AttrResp { attr: Some(a) }
+}
+
+fn opened((a, session_id): (Attr, u64)) -> OpenResp {
+    OpenResp {
+        attr: Some(a),
+        session_id,
+    }
+}
+
+impl Service for MetaService {
+    fn call(self: Arc<Self>, req: Request) -> ServiceFuture {
+        let Some(s) = self.store() else {
+            return Box::pin(async {
+                Err(Status::new(
+                    StatusCode::Unavailable,
+                    "meta server is shutting down",
+                ))
+            });
+        };
+        let body = req.body;
+        let Some(method) = Method::from_u16(req.method) else {
+            let st = Status::new(
+                StatusCode::UnknownMethod,
+                format!("unknown method {:#06x}", req.method),
+            );
+            return Box::pin(async move { Err(st) });
+        };
+        match method {
+            Method::MetaLookup => unary(s, body, |s, r: LookupReq| {
+                s.lookup(InodeId(r.parent), &r.name).map(attr)
+            }),
+            Method::MetaGetAttr => unary(s, body, |s, r: GetAttrReq| {
+                s.getattr(InodeId(r.inode)).map(attr)
+            }),
+            Method::MetaCreate => unary(s, body, |s, r: CreateReq| {
+                let perm = Perm::new(r.mode, r.uid, r.gid);
+                s.create(InodeId(r.parent), &r.name, perm, r.exclusive, r.client_id)
+                    .map(opened)
+            }),
+            Method::MetaOpen => unary(s, body, |s, r: OpenReq| {
+                s.open(InodeId(r.inode), r.client_id, r.write).map(opened)
+            }),
+            Method::MetaClose => unary(s, body, |s, r: CloseReq| {
+                s.close(InodeId(r.inode), r.session_id, r.written_end, r.mtime_ns)
+                    .map(attr)
+            }),
+            Method::MetaSync => unary(s, body, |s, r: SyncReq| {
+                s.sync(InodeId(r.inode), r.written_end, r.mtime_ns)
+                    .map(attr)
+            }),
+            Method::MetaMkdir => unary(s, body, |s, r: MkdirReq| {
+                s.mkdir(InodeId(r.parent), &r.name, Perm::new(r.mode, r.uid, r.gid))
+                    .map(attr)
+            }),
+            Method::MetaRmdir => unary(s, body, |s, r: RmdirReq| {
+                s.rmdir(InodeId(r.parent), &r.name).map(|()| EmptyResp {})
+            }),
+            Method::MetaUnlink => unary(s, body, |s, r: UnlinkReq| {
+                s.unlink(InodeId(r.parent), &r.name).map(|()| EmptyResp {})
+            }),
+            Method::MetaRename => unary(s, body, |s, r: RenameReq| {
+                s.rename(
+                    InodeId(r.old_parent),
+                    &r.old_name,
+                    InodeId(r.new_parent),
+                    &r.new_name,
+                    r.flags,
+                )
+                .map(|()| EmptyResp {})
+            }),
+            Method::MetaLink => unary(s, body, |s, r: LinkReq| {
+                s.link(InodeId(r.inode), InodeId(r.new_parent), &r.new_name)
+                    .map(attr)
+            }),
+            Method::MetaSymlink => unary(s, body, |s, r: SymlinkReq| {
+                s.symlink(InodeId(r.parent), &r.name, &r.target, r.uid, r.gid)
+                    .map(attr)
+            }),
+            Method::MetaReadlink => unary(s, body, |s, r: ReadlinkReq| {
+                s.readlink(InodeId(r.inode))
+                    .map(|target| ReadlinkResp { target })
+            }),
+            Method::MetaSetAttr => unary(s, body, |s, r: SetAttrReq| {
+                s.setattr(InodeId(r.inode), set_attrs(&r)).map(attr)
+            }),
+            Method::MetaReadDir => unary(s, body, |s, r: ReadDirReq| {
+                s.readdir(InodeId(r.inode), &r.after, r.limit)
+                    .map(|(entries, more)| ReadDirResp { entries, more })
+            }),
+            Method::MetaStatFs => unary(s, body, |s, _: StatFsReq| s.statfs()),
+            other => {
+                let st = Status::new(
+                    StatusCode::UnknownMethod,
+                    format!("{} is not served by meta", other.name()),
+                );
+                Box::pin(async move { Err(st) })
+            }
+        }
+    }
+}
+
+fn set_attrs(r: &SetAttrReq) -> SetAttrs {
+    SetAttrs {
+        mode: r.mode,
+        uid: r.uid,
+        gid: r.gid,
+        size: r.size,
+        atime_ns: r.atime_ns,
+        mtime_ns: r.mtime_ns,
+    }
+}

@@ -1,0 +1,193 @@
+//! Namespace changes other than rename: mkdir, rmdir, unlink, link, symlink.
+
+use ember_proto::meta::Attr;
+use ember_types::{FileType, InodeId};
+
+use super::file::once;
+use super::{check_name, new_record, now_ns, MetaStore, Perm, Tx};
+use crate::schema::{inode_key, GcRecord, InodeRecord, MAX_SYMLINK_LEN};
+use crate::MetaError;
+
+/// Largest link count of a file (as ext4).
+const MAX_LINKS: u32 = 65_000;
+
+fn exists(parent: InodeId, name: &[u8]) -> MetaError {
+    MetaError::AlreadyExists(format!(
+        "{:?} in directory {parent}",
+        String::from_utf8_lossy(name)
+    ))
+}
+
+/// Fails unless `parent` is a directory without an entry `name`.
+fn require_free_name(t: &mut Tx<'_>, parent: InodeId, name: &[u8]) -> Result<(), MetaError> {
+    t.require_dir(parent)?;
+    if t.entry(parent, name)?.is_some() {
+        return Err(exists(parent, name));
+    }
+    Ok(())
+}
+
+fn check_symlink_target(target: &[u8]) -> Result<(), MetaError> {
+    if target.is_empty() || target.contains(&0) {
+        return Err(MetaError::InvalidArgument(
+            "symlink target must be non-empty and contain no NUL".into(),
+        ));
+    }
+    if target.len() > MAX_SYMLINK_LEN {
+        return Err(MetaError::NameTooLong(target.len()));
+    }
+    Ok(())
+}
+
+impl MetaStore {
+    pub fn mkdir(&self, parent: InodeId, name: &[u8], perm: Perm) -> Result<Attr, MetaError> {
+        check_name(name)?;
+        let mut new_id = None;
+        self.run(|t| {
+            require_free_name(t, parent, name)?;
+            let ino = once(&mut new_id, || self.ids.allocate())?;
+            let now = now_ns();
+            let rec = InodeRecord {
+                parent: parent.0,
+                name: name.to_vec(),
+                ..new_record(FileType::Directory, perm, now)
+            };
+            t.put_inode(ino, &rec);
+            t.init_dir_attrs(ino, now);
+            t.put_entry(parent, name, ino, FileType::Directory);
+            t.add_subdirs(parent, 1);
+            t.touch_dir(parent, now);
+            t.count_inodes(1);
+            t.attr(ino, &rec)
+        })
+    }
+
+    pub fn rmdir(&self, parent: InodeId, name: &[u8]) -> Result<(), MetaError> {
+        check_name(name)?;
+        self.run(|t| {
+            let entry = t.require_entry(parent, name)?;
+            let dir = InodeId(entry.inode);
+            if entry.kind()? != FileType::Directory {
+                return Err(MetaError::NotDirectory(dir));
+            }
+            if !t.dir_is_empty(dir)? {
+                return Err(MetaError::NotEmpty(dir));
+            }
+            t.delete_entry(parent, name);
+            t.delete_dir(dir);
+            t.add_subdirs(parent, -1);
+            t.touch_dir(parent, now_ns());
+            Ok(())
+        })
+    }
+
+    /// Removes a name of a file or symlink. A file whose last name goes is queued for GC, never
+    /// deleted at once: open handles may still read it.
+    pub fn unlink(&self, parent: InodeId, name: &[u8]) -> Result<(), MetaError> {
+        check_name(name)?;
+        self.run(|t| {
+            let entry = t.require_entry(parent, name)?;
+            if entry.kind()? == FileType::Directory {
+                return Err(MetaError::IsDirectory(InodeId(entry.inode)));
+            }
+            let now = now_ns();
+            t.delete_entry(parent, name);
+            t.touch_dir(parent, now);
+            drop_link(t, InodeId(entry.inode), now)
+        })
+    }
+
+    /// Adds the name `new_parent/new_name` for the file or symlink `ino`.
+    pub fn link(
+        &self,
+        ino: InodeId,
+        new_parent: InodeId,
+        new_name: &[u8],
+    ) -> Result<Attr, MetaError> {
+        check_name(new_name)?;
+        self.run(|t| {
+            let mut rec = t.require_inode(ino)?;
+            let kind = rec.kind()?;
+            if kind == FileType::Directory {
+                return Err(MetaError::PermissionDenied(format!(
+                    "inode {ino} is a directory; hard links to directories are not allowed"
+                )));
+            }
+            if rec.nlink == 0 {
+                return Err(MetaError::NotFound(format!("inode {ino} (unlinked)")));
+            }
+            if rec.nlink >= MAX_LINKS {
+                return Err(MetaError::TooManyLinks(ino));
+            }
+            require_free_name(t, new_parent, new_name)?;
+            let now = now_ns();
+            rec.nlink += 1;
+            rec.ctime_ns = now;
+            t.put_inode(ino, &rec);
+            t.put_entry(new_parent, new_name, ino, kind);
+            t.touch_dir(new_parent, now);
+            t.attr(ino, &rec)
+        })
+    }
+
+    pub fn symlink(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr, MetaError> {
+        check_name(name)?;
+        check_symlink_target(target)?;
+        let mut new_id = None;
+        self.run(|t| {
+            require_free_name(t, parent, name)?;
+            let ino = once(&mut new_id, || self.ids.allocate())?;
+            let now = now_ns();
+            let rec = InodeRecord {
+                size: target.len() as u64,
+                symlink_target: target.to_vec(),
+                ..new_record(FileType::Symlink, Perm::new(0o777, uid, gid), now)
+            };
+            t.put_inode(ino, &rec);
+            t.put_entry(parent, name, ino, FileType::Symlink);
+            t.touch_dir(parent, now);
+            t.count_inodes(1);
+            t.attr(ino, &rec)
+        })
+    }
+}
+
+/// One name of `ino` is gone: decrement its link count. A file at zero waits in the GC queue
+/// (its chunks and open handles); a symlink at zero has nothing outside the KV and goes now.
+pub(super) fn drop_link(t: &mut Tx<'_>, ino: InodeId, now: i64) -> Result<(), MetaError> {
+    let Some(mut rec) = t.inode(ino)? else {
+        tracing::warn!(%ino, "removed a directory entry whose inode was missing");
+        return Ok(());
+    };
+    rec.nlink = rec.nlink.saturating_sub(1);
+    rec.ctime_ns = now;
+    match (rec.kind()?, rec.nlink) {
+        (FileType::Directory, _) => {
+            return Err(MetaError::Internal(format!("drop_link on directory {ino}")))
+        }
+        (FileType::Symlink, 0) => {
+            t.0.delete(&inode_key(ino));
+            t.count_inodes(-1);
+        }
+        (FileType::File, 0) => {
+            t.put_inode(ino, &rec);
+            t.put_gc_record(
+                ino,
+                &GcRecord {
+                    layout: rec.layout.clone(),
+                    queued_ns: now,
+                    removing: false,
+                },
+            );
+        }
+        _ => t.put_inode(ino, &rec),
+    }
+    Ok(())
+}

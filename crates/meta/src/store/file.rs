@@ -1,0 +1,248 @@
+//! Regular files: create, open, close, sync (length reports) and setattr.
+
+use ember_proto::meta::Attr;
+use ember_types::{FileType, InodeId, Layout};
+
+use super::{check_name, new_record, now_ns, MetaStore, Perm, SetAttrs, Tx, PERM_MASK};
+use crate::ids::random_u64;
+use crate::schema::{session_key, DirEntryRecord, InodeRecord, LayoutRecord, SessionRecord};
+use crate::MetaError;
+
+/// Fills `slot` once; a transaction retry reuses the value instead of allocating again.
+pub(super) fn once<T: Clone>(
+    slot: &mut Option<T>,
+    f: impl FnOnce() -> Result<T, MetaError>,
+) -> Result<T, MetaError> {
+    if let Some(v) = slot {
+        return Ok(v.clone());
+    }
+    let v = f()?;
+    *slot = Some(v.clone());
+    Ok(v)
+}
+
+fn new_session_id() -> u64 {
+    random_u64().max(1)
+}
+
+/// Applies a writer's report: the length only grows, the mtime only moves forward.
+fn apply_write(
+    rec: &mut InodeRecord,
+    written_end: Option<u64>,
+    mtime: Option<i64>,
+    now: i64,
+) -> bool {
+    let before = rec.clone();
+    if let Some(end) = written_end {
+        rec.size = rec.size.max(end);
+    }
+    if written_end.is_some() || mtime.is_some() {
+        let m = mtime.unwrap_or(now);
+        rec.mtime_ns = rec.mtime_ns.max(m);
+        rec.ctime_ns = rec.ctime_ns.max(m);
+    }
+    *rec != before
+}
+
+fn require_file(ino: InodeId, rec: &InodeRecord) -> Result<(), MetaError> {
+    match rec.kind()? {
+        FileType::File => Ok(()),
+        FileType::Directory => Err(MetaError::IsDirectory(ino)),
+        FileType::Symlink => Err(MetaError::InvalidArgument(format!(
+            "inode {ino} is a symlink"
+        ))),
+    }
+}
+
+impl MetaStore {
+    /// Creates and opens a regular file. An existing file is opened instead unless `exclusive`.
+    pub fn create(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        perm: Perm,
+        exclusive: bool,
+        client_id: u64,
+    ) -> Result<(Attr, u64), MetaError> {
+        check_name(name)?;
+        let session = new_session_id();
+        let (mut new_id, mut layout) = (None, None);
+        self.run(|t| {
+            t.require_dir(parent)?;
+            let now = now_ns();
+            if let Some(entry) = t.entry(parent, name)? {
+                return open_existing(t, parent, name, entry, exclusive, (client_id, session), now);
+            }
+            let ino = once(&mut new_id, || self.ids.allocate())?;
+            let layout = once(&mut layout, || self.chains.layout())?;
+            let rec = new_file(&layout, perm, now);
+            t.put_inode(ino, &rec);
+            t.put_entry(parent, name, ino, FileType::File);
+            t.touch_dir(parent, now);
+            t.count_inodes(1);
+            put_session(t, ino, session, client_id, true, now);
+            Ok((t.attr(ino, &rec)?, session))
+        })
+    }
+
+    /// Opens a file by inode; the session keeps its chunks alive until `close`.
+    pub fn open(
+        &self,
+        ino: InodeId,
+        client_id: u64,
+        write: bool,
+    ) -> Result<(Attr, u64), MetaError> {
+        let session = new_session_id();
+        self.run(|t| {
+            let rec = t.require_inode(ino)?;
+            require_file(ino, &rec)?;
+            if rec.nlink == 0 && t.gc_record(ino)?.is_some_and(|g| g.removing) {
+                return Err(MetaError::NotFound(format!("inode {ino} (being deleted)")));
+            }
+            put_session(t, ino, session, client_id, write, now_ns());
+            Ok((t.attr(ino, &rec)?, session))
+        })
+    }
+
+    /// Ends a session; a writer's `written_end` raises the length (`max(size, written_end)`).
+    pub fn close(
+        &self,
+        ino: InodeId,
+        session: u64,
+        written_end: Option<u64>,
+        mtime_ns: Option<i64>,
+    ) -> Result<Attr, MetaError> {
+        self.report_write(ino, Some(session), written_end, mtime_ns)
+    }
+
+    /// A writer's length report without closing (fsync).
+    pub fn sync(
+        &self,
+        ino: InodeId,
+        written_end: u64,
+        mtime_ns: Option<i64>,
+    ) -> Result<Attr, MetaError> {
+        self.report_write(ino, None, Some(written_end), mtime_ns)
+    }
+
+    fn report_write(
+        &self,
+        ino: InodeId,
+        session: Option<u64>,
+        end: Option<u64>,
+        mtime: Option<i64>,
+    ) -> Result<Attr, MetaError> {
+        self.run(|t| {
+            let mut rec = t.require_inode(ino)?;
+            require_file(ino, &rec)?;
+            if let Some(s) = session {
+                t.0.delete(&session_key(ino, s));
+            }
+            if apply_write(&mut rec, end, mtime, now_ns()) {
+                t.put_inode(ino, &rec);
+            }
+            t.attr(ino, &rec)
+        })
+    }
+
+    /// Changes the given fields and sets ctime. A size sets the length exactly: the client has
+    /// already cut the chunks on storage.
+    pub fn setattr(&self, ino: InodeId, attrs: SetAttrs) -> Result<Attr, MetaError> {
+        self.run(|t| {
+            let mut rec = t.require_inode(ino)?;
+            let now = now_ns();
+            apply_setattr(ino, &mut rec, &attrs, now)?;
+            if rec.kind()? == FileType::Directory {
+                if let Some(m) = attrs.mtime_ns {
+                    t.set_dir_mtime(ino, m);
+                }
+                t.touch_dir_ctime(ino, now);
+            }
+            t.put_inode(ino, &rec);
+            t.attr(ino, &rec)
+        })
+    }
+}
+
+fn apply_setattr(
+    ino: InodeId,
+    rec: &mut InodeRecord,
+    a: &SetAttrs,
+    now: i64,
+) -> Result<(), MetaError> {
+    if let Some(size) = a.size {
+        require_file(ino, rec)?;
+        if size != rec.size && a.mtime_ns.is_none() {
+            // truncate(2): a size change updates mtime.
+            rec.mtime_ns = now;
+        }
+        rec.size = size;
+    }
+    if let Some(mode) = a.mode {
+        rec.mode = mode & PERM_MASK;
+    }
+    if let Some(uid) = a.uid {
+        rec.uid = uid;
+    }
+    if let Some(gid) = a.gid {
+        rec.gid = gid;
+    }
+    if let Some(at) = a.atime_ns {
+        rec.atime_ns = at;
+    }
+    if let Some(mt) = a.mtime_ns {
+        rec.mtime_ns = mt;
+    }
+    rec.ctime_ns = now;
+    Ok(())
+}
+
+fn new_file(layout: &Layout, perm: Perm, now: i64) -> InodeRecord {
+    InodeRecord {
+        layout: Some(LayoutRecord::from_layout(layout)),
+        ..new_record(FileType::File, perm, now)
+    }
+}
+
+fn put_session(t: &mut Tx<'_>, ino: InodeId, session: u64, client_id: u64, write: bool, now: i64) {
+    t.put_session(
+        ino,
+        session,
+        &SessionRecord {
+            client_id,
+            write,
+            opened_ns: now,
+        },
+    );
+}
+
+/// `create` of a name that exists: O_EXCL fails, a file is opened, anything else is an error.
+fn open_existing(
+    t: &mut Tx<'_>,
+    parent: InodeId,
+    name: &[u8],
+    entry: DirEntryRecord,
+    exclusive: bool,
+    (client_id, session): (u64, u64),
+    now: i64,
+) -> Result<(Attr, u64), MetaError> {
+    let ino = InodeId(entry.inode);
+    let exists = || {
+        MetaError::AlreadyExists(format!(
+            "{:?} in directory {parent}",
+            String::from_utf8_lossy(name)
+        ))
+    };
+    if exclusive {
+        return Err(exists());
+    }
+    match entry.kind()? {
+        FileType::Directory => return Err(MetaError::IsDirectory(ino)),
+        // The client resolves symlinks before it creates; a link here is a name clash.
+        FileType::Symlink => return Err(exists()),
+        FileType::File => {}
+    }
+    let rec = t.require_inode(ino)?;
+    put_session(t, ino, session, client_id, true, now);
+    Ok((t.attr(ino, &rec)?, session))
+}

@@ -1,0 +1,581 @@
+//! Tests of `MetaStore` over `MemKv` (and `FjallKv` for restarts).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use ember_kv::{MemKv, TxnKv};
+use ember_proto::meta::{Attr, RENAME_NOREPLACE};
+use ember_types::{ChainId, FileType, InodeId, StatusCode};
+
+use super::*;
+use crate::chains::FixedChains;
+
+const ROOT: InodeId = InodeId::ROOT;
+
+fn store_on(kv: Arc<dyn TxnKv>) -> MetaStore {
+    let chains = Arc::new(FixedChains::new((1..=8).map(ChainId).collect()));
+    let s = MetaStore::new(kv, chains, StoreConfig::default());
+    s.ensure_root().unwrap();
+    s
+}
+
+fn store() -> MetaStore {
+    store_on(Arc::new(MemKv::new()))
+}
+
+fn perm() -> Perm {
+    Perm::new(0o644, 1000, 1000)
+}
+
+fn dperm() -> Perm {
+    Perm::new(0o755, 1000, 1000)
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, MetaError>) -> StatusCode {
+    r.unwrap_err().code()
+}
+
+fn mkfile(s: &MetaStore, parent: InodeId, name: &str) -> Attr {
+    let (a, session) = s.create(parent, name.as_bytes(), perm(), true, 7).unwrap();
+    s.close(InodeId(a.inode), session, None, None).unwrap();
+    a
+}
+
+fn mkdir(s: &MetaStore, parent: InodeId, name: &str) -> InodeId {
+    InodeId(s.mkdir(parent, name.as_bytes(), dperm()).unwrap().inode)
+}
+
+fn names(s: &MetaStore, dir: InodeId) -> Vec<String> {
+    let (entries, more) = s.readdir(dir, b"", 4096).unwrap();
+    assert!(!more);
+    entries
+        .into_iter()
+        .map(|e| String::from_utf8(e.name).unwrap())
+        .collect()
+}
+
+fn gc_queue(s: &MetaStore) -> Vec<InodeId> {
+    s.gc_scan(None, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.inode)
+        .collect()
+}
+
+#[test]
+fn root_exists_and_ensure_root_is_idempotent() {
+    let s = store();
+    s.ensure_root().unwrap();
+    let a = s.getattr(ROOT).unwrap();
+    assert_eq!(a.file_type, u32::from(FileType::Directory.to_u8()));
+    assert_eq!((a.mode, a.uid, a.gid, a.nlink), (0o755, 0, 0, 2));
+    assert_eq!(s.statfs().unwrap().inodes, 1);
+}
+
+#[test]
+fn create_lookup_getattr() {
+    let s = store();
+    let (a, session) = s
+        .create(ROOT, b"f", Perm::new(0o100644, 5, 6), false, 1)
+        .unwrap();
+    assert_ne!(session, 0);
+    assert!(a.inode >= InodeId::FIRST_ALLOCATED);
+    assert_eq!((a.mode, a.uid, a.gid, a.nlink, a.size), (0o644, 5, 6, 1, 0));
+    let layout = a.layout.clone().unwrap();
+    assert_eq!(layout.chunk_size, 1 << 20);
+    assert_eq!(layout.chains.len(), 4);
+    assert_eq!(s.lookup(ROOT, b"f").unwrap(), a);
+    assert_eq!(s.getattr(InodeId(a.inode)).unwrap(), a);
+    assert_eq!(code(s.lookup(ROOT, b"missing")), StatusCode::NotFound);
+    assert_eq!(
+        code(s.lookup(InodeId(a.inode), b"x")),
+        StatusCode::NotDirectory
+    );
+    assert_eq!(code(s.getattr(InodeId(999_999))), StatusCode::NotFound);
+    assert_eq!(s.statfs().unwrap().inodes, 2);
+}
+
+#[test]
+fn create_of_existing_name() {
+    let s = store();
+    let a = mkfile(&s, ROOT, "f");
+    assert_eq!(
+        code(s.create(ROOT, b"f", perm(), true, 1)),
+        StatusCode::AlreadyExists
+    );
+    let (again, session) = s.create(ROOT, b"f", perm(), false, 1).unwrap();
+    assert_eq!(again.inode, a.inode);
+    assert_ne!(session, 0);
+    mkdir(&s, ROOT, "d");
+    assert_eq!(
+        code(s.create(ROOT, b"d", perm(), false, 1)),
+        StatusCode::IsDirectory
+    );
+    assert_eq!(
+        code(s.create(ROOT, b"d", perm(), true, 1)),
+        StatusCode::AlreadyExists
+    );
+    assert_eq!(
+        code(s.mkdir(ROOT, b"f", dperm())),
+        StatusCode::AlreadyExists
+    );
+}
+
+#[test]
+fn no_chains_means_unavailable() {
+    let s = MetaStore::new(
+        Arc::new(MemKv::new()),
+        Arc::new(FixedChains::new(vec![])),
+        StoreConfig::default(),
+    );
+    s.ensure_root().unwrap();
+    let err = s.create(ROOT, b"f", perm(), true, 1).unwrap_err();
+    assert_eq!(err.code(), StatusCode::Unavailable);
+    assert!(err.to_string().contains("no storage chains registered yet"));
+    mkdir(&s, ROOT, "dirs-need-no-chains");
+}
+
+#[test]
+fn bad_names_are_rejected() {
+    let s = store();
+    for bad in [&b""[..], b".", b"..", b"a/b", b"a\0b"] {
+        assert_eq!(
+            code(s.create(ROOT, bad, perm(), true, 1)),
+            StatusCode::InvalidArgument,
+            "{bad:?}"
+        );
+        assert_eq!(
+            code(s.mkdir(ROOT, bad, dperm())),
+            StatusCode::InvalidArgument
+        );
+        assert_eq!(code(s.lookup(ROOT, bad)), StatusCode::InvalidArgument);
+    }
+    let long = vec![b'x'; 256];
+    assert_eq!(
+        code(s.create(ROOT, &long, perm(), true, 1)),
+        StatusCode::NameTooLong
+    );
+    assert_eq!(
+        code(s.rename(ROOT, b"a", ROOT, &long, 0)),
+        StatusCode::NameTooLong
+    );
+    mkfile(&s, ROOT, &"y".repeat(255));
+}
+
+#[test]
+fn mkdir_twenty_levels_deep() {
+    let s = store();
+    let mut dir = ROOT;
+    for i in 0..20 {
+        dir = mkdir(&s, dir, &format!("level{i}"));
+    }
+    let mut cur = ROOT;
+    for i in 0..20 {
+        let a = s.lookup(cur, format!("level{i}").as_bytes()).unwrap();
+        cur = InodeId(a.inode);
+    }
+    assert_eq!(cur, dir);
+    assert_eq!(s.getattr(dir).unwrap().nlink, 2);
+}
+
+#[test]
+fn readdir_pages_over_5000_entries() {
+    let s = store();
+    let dir = mkdir(&s, ROOT, "big");
+    let mut want = Vec::new();
+    for i in 0..5000 {
+        let name = format!("entry-{:x}-{i}", i * 7919 % 5000);
+        s.create(dir, name.as_bytes(), perm(), true, 1).unwrap();
+        want.push(name.into_bytes());
+    }
+    want.sort();
+    let (mut got, mut after, mut pages) = (Vec::new(), Vec::new(), 0);
+    loop {
+        let (entries, more) = s.readdir(dir, &after, 128).unwrap();
+        assert!(entries.len() <= 128);
+        pages += 1;
+        if let Some(last) = entries.last() {
+            after = last.name.clone();
+        }
+        got.extend(entries.into_iter().map(|e| e.name));
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(got, want);
+    assert_eq!(pages, 5000usize.div_ceil(128));
+    let f = InodeId(s.lookup(dir, &want[0]).unwrap().inode);
+    assert_eq!(code(s.readdir(f, b"", 10)), StatusCode::NotDirectory);
+}
+
+#[test]
+fn rename_files_and_dirs_across_directories() {
+    let s = store();
+    let a = mkdir(&s, ROOT, "a");
+    let b = mkdir(&s, ROOT, "b");
+    let f = mkfile(&s, a, "f");
+    s.rename(a, b"f", b, b"g", 0).unwrap();
+    assert_eq!(code(s.lookup(a, b"f")), StatusCode::NotFound);
+    assert_eq!(s.lookup(b, b"g").unwrap().inode, f.inode);
+
+    let sub = mkdir(&s, a, "sub");
+    mkfile(&s, sub, "inner");
+    assert_eq!(s.getattr(a).unwrap().nlink, 3);
+    s.rename(a, b"sub", b, b"moved", 0).unwrap();
+    assert_eq!(s.getattr(a).unwrap().nlink, 2);
+    assert_eq!(s.getattr(b).unwrap().nlink, 3);
+    assert_eq!(s.lookup(b, b"moved").unwrap().inode, sub.0);
+    assert_eq!(names(&s, sub), vec!["inner"]);
+    assert_eq!(names(&s, a), Vec::<String>::new());
+    // The moved directory knows its new parent: moving b into the moved dir is a loop.
+    assert_eq!(
+        code(s.rename(ROOT, b"b", sub, b"x", 0)),
+        StatusCode::InvalidRename
+    );
+    // Same-directory rename and no-op rename.
+    s.rename(b, b"g", b, b"h", 0).unwrap();
+    s.rename(b, b"h", b, b"h", 0).unwrap();
+    assert_eq!(names(&s, b), vec!["h", "moved"]);
+    assert_eq!(code(s.rename(b, b"nope", a, b"x", 0)), StatusCode::NotFound);
+}
+
+#[test]
+fn rename_directory_into_its_own_subtree_is_rejected() {
+    let s = store();
+    let a = mkdir(&s, ROOT, "a");
+    let b = mkdir(&s, a, "b");
+    let c = mkdir(&s, b, "c");
+    assert_eq!(
+        code(s.rename(ROOT, b"a", c, b"a", 0)),
+        StatusCode::InvalidRename
+    );
+    assert_eq!(
+        code(s.rename(ROOT, b"a", a, b"self", 0)),
+        StatusCode::InvalidRename
+    );
+    assert_eq!(
+        code(s.rename(a, b"b", b, b"x", 0)),
+        StatusCode::InvalidRename
+    );
+    // Moving upwards is fine.
+    s.rename(b, b"c", ROOT, b"c", 0).unwrap();
+    s.rename(ROOT, b"a", c, b"a", 0).unwrap();
+    assert_eq!(s.lookup(c, b"a").unwrap().inode, a.0);
+}
+
+#[test]
+fn rename_onto_existing_file_replaces_it() {
+    let s = store();
+    let src = mkfile(&s, ROOT, "src");
+    let dst = mkfile(&s, ROOT, "dst");
+    s.rename(ROOT, b"src", ROOT, b"dst", 0).unwrap();
+    assert_eq!(s.lookup(ROOT, b"dst").unwrap().inode, src.inode);
+    assert_eq!(code(s.lookup(ROOT, b"src")), StatusCode::NotFound);
+    assert_eq!(gc_queue(&s), vec![InodeId(dst.inode)]);
+    assert_eq!(s.getattr(InodeId(dst.inode)).unwrap().nlink, 0);
+}
+
+#[test]
+fn rename_type_rules_and_noreplace() {
+    let s = store();
+    mkfile(&s, ROOT, "f");
+    mkfile(&s, ROOT, "g");
+    let d = mkdir(&s, ROOT, "d");
+    let e = mkdir(&s, ROOT, "e");
+    mkfile(&s, e, "x");
+    assert_eq!(
+        code(s.rename(ROOT, b"f", ROOT, b"g", RENAME_NOREPLACE)),
+        StatusCode::AlreadyExists
+    );
+    assert_eq!(
+        code(s.rename(ROOT, b"f", ROOT, b"g", 2)),
+        StatusCode::Unsupported
+    );
+    s.rename(ROOT, b"f", ROOT, b"h", RENAME_NOREPLACE).unwrap();
+    assert_eq!(
+        code(s.rename(ROOT, b"d", ROOT, b"g", 0)),
+        StatusCode::NotDirectory
+    );
+    assert_eq!(
+        code(s.rename(ROOT, b"g", ROOT, b"d", 0)),
+        StatusCode::IsDirectory
+    );
+    assert_eq!(
+        code(s.rename(ROOT, b"d", ROOT, b"e", 0)),
+        StatusCode::NotEmpty
+    );
+    // Directory onto an empty directory replaces it.
+    let empty = mkdir(&s, ROOT, "empty");
+    assert_eq!(s.getattr(ROOT).unwrap().nlink, 5);
+    s.rename(ROOT, b"d", ROOT, b"empty", 0).unwrap();
+    assert_eq!(s.lookup(ROOT, b"empty").unwrap().inode, d.0);
+    assert_eq!(code(s.getattr(empty)), StatusCode::NotFound);
+    assert_eq!(s.getattr(ROOT).unwrap().nlink, 4);
+}
+
+#[test]
+fn rmdir_and_unlink_rules() {
+    let s = store();
+    let d = mkdir(&s, ROOT, "d");
+    mkfile(&s, d, "f");
+    assert_eq!(code(s.rmdir(ROOT, b"d")), StatusCode::NotEmpty);
+    assert_eq!(code(s.unlink(ROOT, b"d")), StatusCode::IsDirectory);
+    assert_eq!(code(s.rmdir(d, b"f")), StatusCode::NotDirectory);
+    assert_eq!(code(s.rmdir(ROOT, b"zz")), StatusCode::NotFound);
+    s.unlink(d, b"f").unwrap();
+    s.rmdir(ROOT, b"d").unwrap();
+    assert_eq!(code(s.getattr(d)), StatusCode::NotFound);
+    assert_eq!(names(&s, ROOT), Vec::<String>::new());
+}
+
+#[test]
+fn hard_links() {
+    let s = store();
+    let d = mkdir(&s, ROOT, "d");
+    let f = mkfile(&s, ROOT, "f");
+    let ino = InodeId(f.inode);
+    let a = s.link(ino, d, b"g").unwrap();
+    assert_eq!(a.nlink, 2);
+    assert_eq!(s.lookup(ROOT, b"f").unwrap().nlink, 2);
+    assert_eq!(s.lookup(d, b"g").unwrap().inode, f.inode);
+    assert_eq!(
+        code(s.link(d, ROOT, b"dirlink")),
+        StatusCode::PermissionDenied
+    );
+    assert_eq!(code(s.link(ino, d, b"g")), StatusCode::AlreadyExists);
+    s.unlink(ROOT, b"f").unwrap();
+    assert_eq!(s.lookup(d, b"g").unwrap().nlink, 1);
+    assert!(gc_queue(&s).is_empty());
+    s.unlink(d, b"g").unwrap();
+    assert_eq!(gc_queue(&s), vec![ino]);
+    assert_eq!(code(s.link(ino, ROOT, b"back")), StatusCode::NotFound);
+}
+
+#[test]
+fn symlinks() {
+    let s = store();
+    let a = s.symlink(ROOT, b"l", b"../some/where", 3, 4).unwrap();
+    assert_eq!(a.file_type, u32::from(FileType::Symlink.to_u8()));
+    assert_eq!((a.size, a.mode, a.uid), (13, 0o777, 3));
+    let ino = InodeId(a.inode);
+    assert_eq!(s.readlink(ino).unwrap(), b"../some/where");
+    assert_eq!(code(s.readlink(ROOT)), StatusCode::InvalidArgument);
+    assert_eq!(code(s.open(ino, 1, false)), StatusCode::InvalidArgument);
+    assert_eq!(
+        code(s.symlink(ROOT, b"e", b"", 0, 0)),
+        StatusCode::InvalidArgument
+    );
+    assert_eq!(
+        code(s.symlink(ROOT, b"l", b"x", 0, 0)),
+        StatusCode::AlreadyExists
+    );
+    s.unlink(ROOT, b"l").unwrap();
+    assert_eq!(code(s.getattr(ino)), StatusCode::NotFound);
+    assert!(gc_queue(&s).is_empty());
+    assert_eq!(s.statfs().unwrap().inodes, 1);
+}
+
+#[test]
+fn setattr_fields_are_visible() {
+    let s = store();
+    let f = InodeId(mkfile(&s, ROOT, "f").inode);
+    let set = SetAttrs {
+        mode: Some(0o100600),
+        uid: Some(10),
+        gid: Some(20),
+        size: Some(4096),
+        atime_ns: Some(1_000),
+        mtime_ns: Some(2_000),
+    };
+    let a = s.setattr(f, set).unwrap();
+    assert_eq!(
+        (a.mode, a.uid, a.gid, a.size, a.atime_ns, a.mtime_ns),
+        (0o600, 10, 20, 4096, 1_000, 2_000)
+    );
+    assert!(a.ctime_ns > 2_000);
+    assert_eq!(s.getattr(f).unwrap(), a);
+    let d = mkdir(&s, ROOT, "d");
+    assert_eq!(
+        code(s.setattr(
+            d,
+            SetAttrs {
+                size: Some(1),
+                ..Default::default()
+            }
+        )),
+        StatusCode::IsDirectory
+    );
+    let da = s
+        .setattr(
+            d,
+            SetAttrs {
+                mtime_ns: Some(5_000),
+                mode: Some(0o700),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!((da.mtime_ns, da.mode), (5_000, 0o700));
+    assert_eq!(s.getattr(d).unwrap().mtime_ns, 5_000);
+}
+
+#[test]
+fn close_raises_size_and_setattr_lowers_it() {
+    let s = store();
+    let (a, session) = s.create(ROOT, b"f", perm(), true, 1).unwrap();
+    let f = InodeId(a.inode);
+    let a = s.sync(f, 1000, None).unwrap();
+    assert_eq!(a.size, 1000);
+    let a = s
+        .close(f, session, Some(500), Some(a.mtime_ns + 10))
+        .unwrap();
+    assert_eq!(a.size, 1000, "a shorter report never shrinks the file");
+    let (_, session) = s.open(f, 1, true).unwrap();
+    assert_eq!(
+        s.close(f, session, Some(3 << 20), None).unwrap().size,
+        3 << 20
+    );
+    assert_eq!(
+        s.setattr(
+            f,
+            SetAttrs {
+                size: Some(10),
+                ..Default::default()
+            }
+        )
+        .unwrap()
+        .size,
+        10
+    );
+    assert_eq!(s.getattr(f).unwrap().size, 10);
+    assert_eq!(code(s.open(ROOT, 1, false)), StatusCode::IsDirectory);
+}
+
+#[test]
+fn parent_nlink_and_times_follow_children() {
+    let s = store();
+    let d = mkdir(&s, ROOT, "d");
+    let before = s.getattr(d).unwrap();
+    assert_eq!(before.nlink, 2);
+    let after_step = |prev: &Attr| {
+        let now = s.getattr(d).unwrap();
+        assert!(
+            now.mtime_ns > prev.mtime_ns && now.ctime_ns > prev.ctime_ns,
+            "{prev:?} -> {now:?}"
+        );
+        now
+    };
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    mkdir(&s, d, "sub");
+    let a = after_step(&before);
+    assert_eq!(a.nlink, 3);
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    mkfile(&s, d, "f");
+    let b = after_step(&a);
+    assert_eq!(b.nlink, 3);
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    s.rmdir(d, b"sub").unwrap();
+    let c = after_step(&b);
+    assert_eq!(c.nlink, 2);
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    s.unlink(d, b"f").unwrap();
+    after_step(&c);
+}
+
+#[test]
+fn concurrent_exclusive_creates_of_one_name_one_wins() {
+    let s = Arc::new(store());
+    for round in 0..20 {
+        let name = format!("race{round}");
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let (s, name) = (s.clone(), name.clone());
+                std::thread::spawn(move || {
+                    s.create(ROOT, name.as_bytes(), perm(), true, 1)
+                        .map(|(a, _)| a.inode)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let ok: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(ok.len(), 1, "{results:?}");
+        let err = results.iter().find_map(|r| r.as_ref().err()).unwrap();
+        assert_eq!(err.code(), StatusCode::AlreadyExists);
+        assert_eq!(s.lookup(ROOT, name.as_bytes()).unwrap().inode, *ok[0]);
+    }
+}
+
+#[test]
+fn concurrent_creates_of_distinct_names_all_succeed() {
+    let s = Arc::new(store());
+    let d = mkdir(&s, ROOT, "d");
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    s.create(d, format!("t{t}-{i}").as_bytes(), perm(), true, 1)
+                        .unwrap();
+                    if i % 10 == 0 {
+                        s.mkdir(d, format!("dir{t}-{i}").as_bytes(), dperm())
+                            .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(names(&s, d).len(), 8 * 55);
+    assert_eq!(s.getattr(d).unwrap().nlink, 2 + 8 * 5);
+    assert_eq!(s.statfs().unwrap().inodes, 2 + 8 * 55);
+}
+
+#[test]
+fn inode_ids_unique_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv");
+    let mut seen = HashSet::new();
+    for round in 0..3 {
+        let kv: Arc<dyn TxnKv> = Arc::new(ember_kv::FjallKv::open(&path).unwrap());
+        let s = store_on(kv);
+        for i in 0..20 {
+            let a = mkfile(&s, ROOT, &format!("r{round}-{i}"));
+            assert!(
+                seen.insert(a.inode),
+                "inode {} reused after reopen",
+                a.inode
+            );
+        }
+        assert_eq!(names(&s, ROOT).len(), 20 * (round + 1));
+    }
+}
+
+#[test]
+fn unlinked_open_file_stays_readable() {
+    let s = store();
+    let (a, session) = s.create(ROOT, b"f", perm(), true, 1).unwrap();
+    let f = InodeId(a.inode);
+    s.close(f, session, Some(100), None).unwrap();
+    let (_, reader) = s.open(f, 2, false).unwrap();
+    s.unlink(ROOT, b"f").unwrap();
+    assert_eq!(code(s.lookup(ROOT, b"f")), StatusCode::NotFound);
+    let a = s.getattr(f).unwrap();
+    assert_eq!((a.nlink, a.size), (0, 100));
+    let queued = s.gc_scan(None, 10).unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].sessions.len(), 1);
+    assert!(!s.gc_claim(f).unwrap(), "an open session blocks the claim");
+    s.close(f, reader, None, None).unwrap();
+    assert!(s.gc_claim(f).unwrap());
+    assert_eq!(
+        code(s.open(f, 3, false)),
+        StatusCode::NotFound,
+        "a claimed inode cannot be reopened"
+    );
+    s.gc_finish(f).unwrap();
+    assert_eq!(code(s.getattr(f)), StatusCode::NotFound);
+    assert!(gc_queue(&s).is_empty());
+    assert_eq!(s.statfs().unwrap().inodes, 1);
+}
