@@ -57,7 +57,7 @@ impl Default for MetaConfig {
             advertise: String::new(),
             metrics_listen: "127.0.0.1:9101".into(),
             mgmtd: "127.0.0.1:9000".into(),
-            data_dir: PathBuf::from("data/meta"),
+            data_dir: PathBuf::from("/var/lib/ember/meta"),
             chunk_size: store.chunk_size,
             stripe: store.stripe,
             gc_interval_ms: 1000,
@@ -65,12 +65,8 @@ impl Default for MetaConfig {
     }
 }
 
-/// Writes `contents` to `path` so that readers see the old file or the whole new one.
 fn write_atomic(path: &Path, contents: &str) -> Result<(), MetaError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    Ok(ember_net::write_file_atomic(path, contents)?)
 }
 
 /// Runs the metadata service until `shutdown` resolves.

@@ -1,1 +1,331 @@
-//! placeholder
+//! Harness for integration tests: a [`Cluster`] of real `ember` processes (mgmtd, meta,
+//! storage) on loopback, each in its own process group and data directory, and [`Mount`]s of
+//! it. Every process and mount is owned by a guard whose `Drop` kills the process group and
+//! lazily unmounts, so a failing assertion leaves nothing behind.
+//!
+//! Services bind port 0 and publish the port they got in `<data>/<role>.addr`; the harness
+//! waits for that file, never for a fixed sleep.
+
+use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether FUSE tests can run here. In CI (`CI` set) a missing prerequisite is a failure;
+/// elsewhere the test is skipped with the reason printed.
+pub fn fuse_available() -> bool {
+    let reason = if unsafe { libc::geteuid() } != 0 {
+        Some("not running as root")
+    } else if !Path::new("/dev/fuse").exists() {
+        Some("/dev/fuse is missing")
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(r) if std::env::var_os("CI").is_some() => panic!("FUSE tests are required in CI: {r}"),
+        Some(r) => {
+            eprintln!("skipping FUSE test: {r}");
+            false
+        }
+    }
+}
+
+/// Caps how many clusters run at once, so two cores are not oversubscribed.
+pub struct Slots {
+    used: Mutex<usize>,
+    freed: Condvar,
+    max: usize,
+}
+
+pub struct Slot<'a> {
+    slots: &'a Slots,
+}
+
+impl Slots {
+    pub const fn new(max: usize) -> Self {
+        Slots { used: Mutex::new(0), freed: Condvar::new(), max }
+    }
+
+    pub fn acquire(&self) -> Slot<'_> {
+        let mut used = lock(&self.used);
+        while *used >= self.max {
+            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+        }
+        *used += 1;
+        Slot { slots: self }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *lock(&self.slots.used) -= 1;
+        self.slots.freed.notify_one();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One `ember <role>` process.
+pub struct Proc {
+    role: &'static str,
+    args: Vec<String>,
+    bin: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(bin: &Path, role: &'static str, args: Vec<String>, log: PathBuf) -> Proc {
+        let mut p = Proc { role, args, bin: bin.to_owned(), log, child: None };
+        p.start();
+        p
+    }
+
+    fn start(&mut self) {
+        let out = OpenOptions::new().create(true).append(true).open(&self.log).expect("open log");
+        let err = out.try_clone().expect("clone log");
+        let child = Command::new(&self.bin)
+            .arg(self.role)
+            .args(&self.args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.role));
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait: the orderly stop an operator would do.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.start();
+    }
+
+    /// The last lines of this process's log, for assertion messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child.as_mut().is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits for a service to publish its bound address.
+fn wait_addr(path: &Path, proc: &mut Proc) -> String {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if !s.trim().is_empty() {
+                return s.trim().to_owned();
+            }
+        }
+        assert!(!proc.exited(), "{} exited during start-up:\n{}", proc.role, proc.log_tail());
+        assert!(Instant::now() < deadline, "{} never wrote {}:\n{}", proc.role, path.display(), proc.log_tail());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// mgmtd, one meta server and one storage node with `targets` targets.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub bin: PathBuf,
+    pub mgmtd_addr: String,
+    pub mgmtd: Proc,
+    pub meta: Proc,
+    pub storage: Proc,
+}
+
+impl Cluster {
+    pub fn start(bin: &Path, targets: usize) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("ember-test-").tempdir().expect("tempdir");
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).expect("logs dir");
+        let data = |r: &str| dir.path().join(r).display().to_string();
+        let any = "127.0.0.1:0".to_string();
+
+        let args = vec!["--data".into(), data("mgmtd"), "--listen".into(), any.clone(), "--metrics-listen".into(), any.clone()];
+        let mut mgmtd = Proc::spawn(bin, "mgmtd", args, logs.join("mgmtd.log"));
+        let mgmtd_addr = wait_addr(&dir.path().join("mgmtd/mgmtd.addr"), &mut mgmtd);
+
+        let service_args = |role: &str| {
+            vec!["--data".into(), data(role), "--listen".into(), any.clone(), "--metrics-listen".into(), any.clone(), "--mgmtd".into(), mgmtd_addr.clone()]
+        };
+        let mut meta = Proc::spawn(bin, "meta", service_args("meta"), logs.join("meta.log"));
+        let mut args = service_args("storage");
+        for i in 0..targets {
+            args.extend(["--target".into(), format!("{}/target{i}", data("storage"))]);
+        }
+        let mut storage = Proc::spawn(bin, "storage", args, logs.join("storage.log"));
+        wait_addr(&dir.path().join("meta/meta.addr"), &mut meta);
+        wait_addr(&dir.path().join("storage/storage.addr"), &mut storage);
+        Cluster { dir, bin: bin.to_owned(), mgmtd_addr, mgmtd, meta, storage }
+    }
+
+    /// Address file of a role; removed before a restart so the new address is awaited.
+    fn addr_file(&self, role: &str) -> PathBuf {
+        self.dir.path().join(role).join(format!("{role}.addr"))
+    }
+
+    pub fn restart_meta(&mut self) {
+        let f = self.addr_file("meta");
+        let _ = std::fs::remove_file(&f);
+        self.meta.restart();
+        wait_addr(&f, &mut self.meta);
+    }
+
+    pub fn restart_storage(&mut self) {
+        let f = self.addr_file("storage");
+        let _ = std::fs::remove_file(&f);
+        self.storage.restart();
+        wait_addr(&f, &mut self.storage);
+    }
+
+    pub fn mount(&self) -> Mount {
+        let path = self.dir.path().join(format!("mnt-{}", unique()));
+        std::fs::create_dir_all(&path).expect("mountpoint");
+        let args = vec![
+            path.display().to_string(),
+            "--mgmtd".into(),
+            self.mgmtd_addr.clone(),
+            "--metrics-listen".into(),
+            String::new(),
+        ];
+        let log = self.dir.path().join("logs").join(format!("mount-{}.log", unique()));
+        let mut proc = Proc::spawn(&self.bin, "mount", args, log);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !is_mounted(&path) {
+            assert!(!proc.exited(), "mount exited during start-up:\n{}", proc.log_tail());
+            assert!(Instant::now() < deadline, "mount never appeared:\n{}", proc.log_tail());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mount { path, proc }
+    }
+
+    /// Log tails of every service, for assertion messages.
+    pub fn logs(&self) -> String {
+        format!(
+            "--- mgmtd\n{}\n--- meta\n{}\n--- storage\n{}",
+            self.mgmtd.log_tail(),
+            self.meta.log_tail(),
+            self.storage.log_tail()
+        )
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A FUSE mount of a cluster, served by an `ember mount` process.
+pub struct Mount {
+    pub path: PathBuf,
+    pub proc: Proc,
+}
+
+impl Mount {
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// Crash the FUSE daemon and clear the dead mount, as an operator would after a crash.
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
+        lazy_unmount(&self.path);
+    }
+
+    /// Orderly unmount through SIGTERM; returns whether the daemon exited cleanly.
+    pub fn unmount(&mut self) -> bool {
+        let clean = self.proc.terminate().is_some_and(|s| s.success());
+        clean && !is_mounted(&self.path)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.proc.kill9();
+        lazy_unmount(&self.path);
+    }
+}
+
+/// Whether `path` is a mount point, per the kernel's mount table.
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = path.display().to_string();
+    table.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+pub fn lazy_unmount(path: &Path) {
+    if is_mounted(path) {
+        let _ = Command::new("umount").arg("-l").arg(path).status();
+    }
+}
+
+/// Resident set size of a process in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.max(1);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

@@ -1,0 +1,188 @@
+//! POSIX behaviour through a real kernel mount of a real cluster (mgmtd, meta and storage
+//! as separate processes on loopback).
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use ember_testkit::{fuse_available, random_bytes, Cluster, Slots};
+use sha2::{Digest, Sha256};
+
+static SLOTS: Slots = Slots::new(2);
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ember"))
+}
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    Sha256::digest(data).to_vec()
+}
+
+#[test]
+fn large_file_round_trips_with_the_same_sha256() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 2);
+    let mount = cluster.mount();
+    let data = random_bytes(0x5eed, 64 << 20);
+    let path = mount.join("big.bin");
+    {
+        let mut f = fs::File::create(&path).unwrap();
+        for piece in data.chunks(1 << 20) {
+            f.write_all(piece).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    assert_eq!(fs::metadata(&path).unwrap().len(), data.len() as u64);
+    let back = fs::read(&path).unwrap();
+    assert_eq!(sha256(&back), sha256(&data), "{}", cluster.logs());
+
+    // A random read in the middle sees the same bytes.
+    let mut f = fs::File::open(&path).unwrap();
+    let mut buf = vec![0u8; 100_000];
+    f.seek(SeekFrom::Start(33_333_333)).unwrap();
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf[..], &data[33_333_333..33_433_333]);
+}
+
+#[test]
+fn ten_thousand_small_files_create_stat_read_unlink() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let mount = cluster.mount();
+    let dir = mount.join("small");
+    fs::create_dir(&dir).unwrap();
+    let content = |i: usize| format!("file number {i}\n").repeat(1 + i % 7);
+    for i in 0..10_000 {
+        fs::write(dir.join(format!("f{i:05}")), content(i)).unwrap();
+    }
+    for i in 0..10_000 {
+        let p = dir.join(format!("f{i:05}"));
+        assert_eq!(fs::metadata(&p).unwrap().len(), content(i).len() as u64, "stat {i}");
+        assert_eq!(fs::read_to_string(&p).unwrap(), content(i), "read {i}");
+    }
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 10_000);
+    for i in 0..10_000 {
+        fs::remove_file(dir.join(format!("f{i:05}"))).unwrap();
+    }
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+    fs::remove_dir(&dir).unwrap();
+}
+
+#[test]
+fn namespace_operations() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let mount = cluster.mount();
+    let root = &mount.path;
+
+    // mkdir -p of a 20-level tree.
+    let mut deep = root.join("deep");
+    for level in 0..20 {
+        deep = deep.join(format!("level{level}"));
+    }
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("leaf"), b"leaf").unwrap();
+    assert_eq!(fs::read(deep.join("leaf")).unwrap(), b"leaf");
+
+    // Renames of files and directories across directories.
+    fs::create_dir_all(root.join("a/sub")).unwrap();
+    fs::create_dir(root.join("b")).unwrap();
+    fs::write(root.join("a/file"), b"moved").unwrap();
+    fs::rename(root.join("a/file"), root.join("b/file2")).unwrap();
+    assert!(!root.join("a/file").exists());
+    assert_eq!(fs::read(root.join("b/file2")).unwrap(), b"moved");
+    fs::rename(root.join("a/sub"), root.join("b/sub")).unwrap();
+    assert!(root.join("b/sub").is_dir());
+    assert_eq!(fs::metadata(root.join("b")).unwrap().nlink(), 3, "b holds one subdirectory");
+    assert_eq!(fs::metadata(root.join("a")).unwrap().nlink(), 2, "a lost its subdirectory");
+
+    // A directory cannot move into its own subtree.
+    let err = fs::rename(root.join("deep"), deep.join("inside")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    let err = fs::rename(root.join("b"), root.join("b/sub/b")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+
+    // Removing a non-empty directory fails; unlinking a directory fails.
+    assert_eq!(fs::remove_dir(root.join("b")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
+    assert!(fs::remove_file(root.join("b/sub")).is_err());
+
+    // Hard links and symlinks.
+    fs::write(root.join("orig"), b"linked").unwrap();
+    fs::hard_link(root.join("orig"), root.join("b/hard")).unwrap();
+    assert_eq!(fs::metadata(root.join("orig")).unwrap().nlink(), 2);
+    assert_eq!(fs::read(root.join("b/hard")).unwrap(), b"linked");
+    fs::remove_file(root.join("orig")).unwrap();
+    assert_eq!(fs::metadata(root.join("b/hard")).unwrap().nlink(), 1);
+    std::os::unix::fs::symlink("b/hard", root.join("sym")).unwrap();
+    assert_eq!(fs::read_link(root.join("sym")).unwrap(), Path::new("b/hard"));
+    assert_eq!(fs::read(root.join("sym")).unwrap(), b"linked");
+    assert!(fs::symlink_metadata(root.join("sym")).unwrap().file_type().is_symlink());
+}
+
+#[test]
+fn truncate_and_attributes() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let mount = cluster.mount();
+    let p = mount.join("t");
+    let data = random_bytes(7, 3 << 20);
+    fs::write(&p, &data).unwrap();
+
+    // Down into the middle of a chunk, then up past the old end: the gap reads as zeros.
+    let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(1_500_000).unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().len(), 1_500_000);
+    f.set_len(4 << 20).unwrap();
+    drop(f);
+    let back = fs::read(&p).unwrap();
+    assert_eq!(back.len(), 4 << 20);
+    assert_eq!(&back[..1_500_000], &data[..1_500_000]);
+    assert!(back[1_500_000..].iter().all(|b| *b == 0), "bytes after the cut are not zero");
+
+    // chmod, chown, utimes.
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(&p, Some(1234), Some(5678)).unwrap();
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    fs::File::options().write(true).open(&p).unwrap().set_modified(t).unwrap();
+    let m = fs::metadata(&p).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o640);
+    assert_eq!((m.uid(), m.gid()), (1234, 5678));
+    assert_eq!(m.mtime(), 1_000_000_000);
+}
+
+#[test]
+fn large_directory_lists_every_name_once() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let mount = cluster.mount();
+    let dir = mount.join("many");
+    fs::create_dir(&dir).unwrap();
+    for i in 0..5_000 {
+        fs::File::create(dir.join(format!("entry-{i}"))).unwrap();
+    }
+    let mut names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 5_000);
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 5_000, "a name was listed twice");
+    assert!(names.contains(&"entry-4999".to_string()));
+}
