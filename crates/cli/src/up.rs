@@ -69,11 +69,22 @@ struct Role {
 
 pub async fn run(args: UpArgs) -> Result<(), Failure> {
     let Some(config) = resolve(args)? else { return Ok(()) };
+    let mut stop = std::pin::pin!(crate::shutdown_signal());
     let mut roles: Vec<Role> = Vec::new();
-    let started = start_all(&config, &mut roles).await;
-    if let Err(e) = started {
-        stop_all(&mut roles).await;
-        return Err(e.into());
+    let started = tokio::select! {
+        r = start_all(&config, &mut roles) => r.map(|()| true),
+        _ = &mut stop => Ok(false),
+    };
+    match started {
+        Ok(true) => {}
+        Ok(false) => {
+            stop_all(&mut roles).await;
+            return Ok(());
+        }
+        Err(e) => {
+            stop_all(&mut roles).await;
+            return Err(e.into());
+        }
     }
     println!(
         "ember up: mounted at {} (state in {}, logs in {}). Ctrl-C stops it.",
@@ -81,7 +92,7 @@ pub async fn run(args: UpArgs) -> Result<(), Failure> {
         config.data_dir.display(),
         config.data_dir.join("logs").display()
     );
-    let outcome = supervise(&mut roles).await;
+    let outcome = supervise(&mut roles, stop).await;
     stop_all(&mut roles).await;
     outcome.map_err(Failure::from)
 }
@@ -163,7 +174,18 @@ fn spawn<S: AsRef<std::ffi::OsStr>>(name: &'static str, args: &[S], logs: &Path)
     let exe = std::env::current_exe().context("locating the ember binary")?;
     let log_path = logs.join(format!("{name}.log"));
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-    let child = Command::new(exe)
+    let mut command = Command::new(exe);
+    // SAFETY: prctl(2) only, which is async-signal-safe, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            // If `up` dies without stopping its roles (SIGKILL), they get SIGTERM and stop.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -223,11 +245,10 @@ async fn wait_for_mount(path: &Path, roles: &mut [Role]) -> anyhow::Result<()> {
 }
 
 /// Waits for a stop signal or for any role to exit on its own (an error).
-async fn supervise(roles: &mut [Role]) -> anyhow::Result<()> {
-    let mut signal = std::pin::pin!(crate::shutdown_signal());
+async fn supervise(roles: &mut [Role], mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>) -> anyhow::Result<()> {
     loop {
         tokio::select! {
-            _ = &mut signal => return Ok(()),
+            _ = &mut stop => return Ok(()),
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 for r in roles.iter_mut() {
                     if let Some(status) = r.child.try_wait()? {

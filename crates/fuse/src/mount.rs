@@ -81,8 +81,13 @@ pub async fn run_mount(config: MountConfig, shutdown: impl Future<Output = ()>) 
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 if session.guard.is_finished() {
-                    tracing::info!("unmounted from outside");
-                    return Ok(());
+                    return match session.join() {
+                        Ok(()) => {
+                            tracing::info!("unmounted from outside");
+                            Ok(())
+                        }
+                        Err(e) => Err(Status::internal(format!("FUSE session failed: {e}"))),
+                    };
                 }
             }
         }

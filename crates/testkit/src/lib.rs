@@ -91,7 +91,18 @@ impl Proc {
     fn start(&mut self) {
         let out = OpenOptions::new().create(true).append(true).open(&self.log).expect("open log");
         let err = out.try_clone().expect("clone log");
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        // SAFETY: prctl(2) only, which is async-signal-safe, between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                // A test runner killed outright must not leave daemons behind.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .arg(self.role)
             .args(&self.args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))

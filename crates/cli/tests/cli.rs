@@ -1,0 +1,111 @@
+//! The `ember` command line: help, default configs, `up` from start to stop and back again,
+//! and `admin status`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ember_testkit::{fuse_available, is_mounted, lazy_unmount};
+
+fn ember() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+}
+
+#[test]
+fn every_command_has_help_and_roles_print_a_parsable_default_config() {
+    for cmd in ["up", "mgmtd", "meta", "storage", "mount", "admin"] {
+        let out = ember().args([cmd, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{cmd} --help failed");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{cmd} --help");
+    }
+    for role in ["up", "mgmtd", "meta", "storage", "mount"] {
+        let out = ember().args([role, "--print-default-config"]).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let parsed: Result<toml::Table, _> = toml::from_str(&text);
+        assert!(parsed.is_ok(), "{role} default config is not TOML:\n{text}");
+    }
+}
+
+#[test]
+fn bad_config_is_a_usage_error_and_unreachable_mgmtd_has_its_own_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "listen = 5\nnot_a_field = true\n").unwrap();
+    let out = ember().args(["mgmtd", "--config", bad.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ember().args(["admin", "status", "--mgmtd", "127.0.0.1:1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+}
+
+struct Up {
+    child: std::process::Child,
+    mnt: std::path::PathBuf,
+}
+
+impl Up {
+    fn start(data: &Path, mnt: &Path) -> Up {
+        let child = ember()
+            .args(["up", "--any-port", "--targets", "2", "--data"])
+            .arg(data)
+            .arg("--mount")
+            .arg(mnt)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut up = Up { child, mnt: mnt.to_owned() };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !is_mounted(mnt) {
+            assert!(up.child.try_wait().unwrap().is_none(), "ember up exited early");
+            assert!(Instant::now() < deadline, "ember up never mounted");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        up
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // SIGKILL: `up`'s roles get SIGTERM from the kernel (parent-death signal).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        lazy_unmount(&self.mnt);
+    }
+}
+
+#[test]
+fn up_serves_stops_cleanly_and_comes_back_with_the_same_files() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (data, mnt) = (dir.path().join("data"), dir.path().join("mnt"));
+
+    let up = Up::start(&data, &mnt);
+    std::fs::create_dir(mnt.join("kept")).unwrap();
+    std::fs::write(mnt.join("kept/file"), b"across restarts").unwrap();
+
+    let addr = std::fs::read_to_string(data.join("mgmtd/mgmtd.addr")).unwrap();
+    let out = ember().args(["admin", "status", "--json", "--mgmtd", addr.trim()]).output().unwrap();
+    assert!(out.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 2);
+    let targets = status["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2);
+    assert!(targets.iter().all(|t| t["state"] == "serving"), "{status}");
+    assert_eq!(status["chains"].as_array().unwrap().len(), 2);
+    let out = ember().args(["admin", "status", "--mgmtd", addr.trim()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("serving"));
+
+    assert!(up.stop().success());
+    assert!(!is_mounted(&mnt), "mount left behind");
+
+    let up = Up::start(&data, &mnt);
+    assert_eq!(std::fs::read(mnt.join("kept/file")).unwrap(), b"across restarts");
+    assert!(up.stop().success());
+}

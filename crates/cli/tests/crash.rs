@@ -1,0 +1,79 @@
+//! Durability: what fsync (or close) acknowledged survives kill -9 of any process.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use ember_testkit::{fuse_available, random_bytes, Cluster, Slots};
+
+static SLOTS: Slots = Slots::new(1);
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ember"))
+}
+
+/// Acknowledged state, recorded outside the system under test.
+struct Expected {
+    synced: Vec<u8>,
+    closed: Vec<u8>,
+}
+
+/// Writes one file and fsyncs it while it stays open, and one file that is closed.
+fn write_and_acknowledge(root: &Path) -> (fs::File, Expected) {
+    fs::create_dir(root.join("d")).unwrap();
+    let synced = random_bytes(11, (8 << 20) + 12_345);
+    let mut open = fs::File::create(root.join("d/synced")).unwrap();
+    open.write_all(&synced).unwrap();
+    open.sync_all().unwrap();
+    let closed = random_bytes(12, 300_001);
+    fs::write(root.join("d/closed"), &closed).unwrap();
+    (open, Expected { synced, closed })
+}
+
+fn check(root: &Path, want: &Expected, logs: &str) {
+    let synced = fs::read(root.join("d/synced")).unwrap_or_else(|e| panic!("read synced: {e}\n{logs}"));
+    assert_eq!(synced.len(), want.synced.len(), "fsynced file length\n{logs}");
+    assert!(synced == want.synced, "fsynced bytes differ\n{logs}");
+    let closed = fs::read(root.join("d/closed")).unwrap();
+    assert_eq!(closed.len(), want.closed.len(), "closed file length");
+    assert!(closed == want.closed, "closed file bytes differ");
+}
+
+#[test]
+fn acknowledged_writes_survive_kill9_of_storage_and_meta() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let mut cluster = Cluster::start(bin(), 2);
+    let mut mount = cluster.mount();
+    let (open, want) = write_and_acknowledge(&mount.path);
+
+    cluster.storage.kill9();
+    cluster.meta.kill9();
+    cluster.restart_storage();
+    cluster.restart_meta();
+
+    drop(open);
+    assert!(mount.unmount(), "the old mount did not stop cleanly:\n{}", mount.proc.log_tail());
+    let fresh = cluster.mount();
+    check(&fresh.path, &want, &cluster.logs());
+    // The cluster keeps working after the crash.
+    fs::write(fresh.join("d/after"), b"still writable").unwrap();
+    assert_eq!(fs::read(fresh.join("d/after")).unwrap(), b"still writable");
+}
+
+#[test]
+fn acknowledged_writes_survive_kill9_of_the_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let mut mount = cluster.mount();
+    let (open, want) = write_and_acknowledge(&mount.path);
+    mount.kill9();
+    drop(open);
+    let fresh = cluster.mount();
+    check(&fresh.path, &want, &cluster.logs());
+}
