@@ -38,6 +38,18 @@ fn bad_config_is_a_usage_error_and_unreachable_mgmtd_has_its_own_code() {
     assert_eq!(out.status.code(), Some(3));
 }
 
+/// Fetches `/metrics` from the address a service published.
+fn scrape(addr_file: &Path) -> String {
+    use std::io::{Read, Write};
+    let addr = std::fs::read_to_string(addr_file).unwrap();
+    let mut s = std::net::TcpStream::connect(addr.trim()).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+    out
+}
+
 struct Up {
     child: std::process::Child,
     mnt: std::path::PathBuf,
@@ -101,6 +113,10 @@ fn up_serves_stops_cleanly_and_comes_back_with_the_same_files() {
     assert_eq!(status["chains"].as_array().unwrap().len(), 2);
     let out = ember().args(["admin", "status", "--mgmtd", addr.trim()]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("serving"));
+    for role in ["mgmtd", "meta", "storage"] {
+        let metrics = scrape(&data.join(role).join("metrics.addr"));
+        assert!(metrics.contains("ember_rpc_requests_total"), "{role} /metrics:\n{metrics}");
+    }
 
     assert!(up.stop().success());
     assert!(!is_mounted(&mnt), "mount left behind");

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Runs the shared fsbench kit against an Ember mount and the FUSE passthrough floor (and any
+# other mounted peers named in PEERS), interleaved round by round in one time window, then
+# prints the median table. Everything stays on loopback; the Ember cluster is started here
+# with `ember up` (release build) and stopped at the end.
+#
+#   usage: sudo bench/run-fsbench.sh [ROUNDS]        (default 2)
+#   env:   PHASES   fsbench phases            (default "meta tree append")
+#          PEERS    peer names under /mnt/peers to include (default "passthrough")
+#          OUT      results directory         (default bench/results/<timestamp>)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-2}
+phases=${PHASES:-meta tree append}
+peers=${PEERS:-passthrough}
+kit=${FSBENCH_KIT:-../shared/bench}
+out=${OUT:-bench/results/$(date +%Y%m%d-%H%M%S)}
+data=${EMBER_BENCH_DATA:-/var/tmp/ember-bench}
+mnt=${EMBER_BENCH_MNT:-/mnt/ember-bench}
+
+[[ -x $kit/fsbench.sh || -f $kit/fsbench.sh ]] || { echo "fsbench kit not found at $kit" >&2; exit 2; }
+mkdir -p "$out"
+cargo build --release --locked -p ember-cli >&2
+
+for p in $peers; do
+	mountpoint -q "/mnt/peers/$p" || bash "$kit/start-peers.sh" start "$p" >&2
+done
+
+rm -rf "$data"
+mkdir -p "$data" "$mnt"
+./target/release/ember up --any-port --data "$data/cluster" --mount "$mnt" >"$data/up.log" 2>&1 &
+up_pid=$!
+stop_ember() {
+	kill -TERM "$up_pid" 2>/dev/null || true
+	wait "$up_pid" 2>/dev/null || true
+}
+trap stop_ember EXIT
+for _ in $(seq 1 600); do mountpoint -q "$mnt" && break; sleep 0.1; done
+mountpoint -q "$mnt" || { echo "ember did not mount; see $data/up.log" >&2; exit 1; }
+
+echo "uptime before: $(uptime)" | tee "$out/uptime.txt" >&2
+targets=()
+for p in $peers; do targets+=("$p=/mnt/peers/$p"); done
+targets+=("ember=$mnt")
+for r in $(seq 1 "$rounds"); do
+	order=("${targets[@]}")
+	# Alternate the order every round so neither side always runs on a warmer machine.
+	if ((r % 2 == 0)); then
+		order=()
+		for ((i = ${#targets[@]} - 1; i >= 0; i--)); do order+=("${targets[i]}"); done
+	fi
+	for t in "${order[@]}"; do
+		label=${t%%=*}
+		echo "round $r: $label" >&2
+		FSBENCH_PHASES="$phases" bash "$kit/fsbench.sh" "${t#*=}" "$label" >"$out/$label-$r.txt"
+	done
+	echo "uptime after round $r: $(uptime)" | tee -a "$out/uptime.txt" >&2
+done
+files=()
+for t in "${targets[@]}"; do files+=("$out/${t%%=*}"-*.txt); done
+python3 "$kit/fsbench-table.py" --median "${files[@]}" | tee "$out/table.md"
