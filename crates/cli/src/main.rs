@@ -52,7 +52,8 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ember_telemetry::init_logging("info");
+    // The KV engine logs every recovery step at info; keep its warnings only.
+    ember_telemetry::init_logging("info,fjall=warn,lsm_tree=warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -66,10 +67,23 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("ember: {:#}", f.error);
+            eprintln!("ember: {}", describe(&f.error));
             ExitCode::from(f.code)
         }
     }
+}
+
+/// The error and its causes, skipping a cause whose text the message above already contains
+/// (error enums often embed their source in their own message).
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+    }
+    out
 }
 
 async fn run(command: Command) -> Result<(), Failure> {

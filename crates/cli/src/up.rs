@@ -65,6 +65,16 @@ impl Default for UpConfig {
 struct Role {
     name: &'static str,
     child: Child,
+    log: PathBuf,
+}
+
+impl Role {
+    /// The end of the role's log, so a start-up failure explains itself.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    }
 }
 
 pub async fn run(args: UpArgs) -> Result<(), Failure> {
@@ -173,7 +183,11 @@ async fn start_all(c: &UpConfig, roles: &mut Vec<Role>) -> anyhow::Result<()> {
 fn spawn<S: AsRef<std::ffi::OsStr>>(name: &'static str, args: &[S], logs: &Path) -> anyhow::Result<Role> {
     let exe = std::env::current_exe().context("locating the ember binary")?;
     let log_path = logs.join(format!("{name}.log"));
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
     let mut command = Command::new(exe);
     // SAFETY: prctl(2) only, which is async-signal-safe, between fork and exec.
     unsafe {
@@ -195,14 +209,14 @@ fn spawn<S: AsRef<std::ffi::OsStr>>(name: &'static str, args: &[S], logs: &Path)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {name}"))?;
-    Ok(Role { name, child })
+    Ok(Role { name, child, log: log_path })
 }
 
 /// Fails early, with the role's name, if a child exits while we wait for readiness.
 fn check_alive(roles: &mut [Role]) -> anyhow::Result<()> {
     for r in roles.iter_mut() {
         if let Some(status) = r.child.try_wait()? {
-            bail!("{} exited during start-up ({status}); see its log", r.name);
+            bail!("{} exited during start-up ({status}); end of {}:\n{}", r.name, r.log.display(), r.log_tail());
         }
     }
     Ok(())

@@ -49,9 +49,7 @@ impl Default for MountConfig {
 pub async fn run_mount(config: MountConfig, shutdown: impl Future<Output = ()>) -> Result<(), Status> {
     let client = connect(&config).await?;
     if !config.metrics_listen.is_empty() {
-        let m = tokio::net::TcpListener::bind(&config.metrics_listen)
-            .await
-            .map_err(|e| Status::invalid(format!("metrics listen {}: {e}", config.metrics_listen)))?;
+        let m = ember_net::bind(&config.metrics_listen).await.map_err(|e| Status::invalid(e.to_string()))?;
         tokio::spawn(ember_telemetry::serve_metrics(m));
     }
     let vfs_config = VfsConfig { write_buffer: config.write_buffer_bytes, ..VfsConfig::default() };

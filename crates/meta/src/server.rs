@@ -11,7 +11,6 @@ use ember_net::routing::RoutingWatcher;
 use ember_net::{FrameLimits, PeerPool};
 use ember_proto::mgmtd::{HeartbeatReq, RegisterNodeReq};
 use ember_types::{NodeKind, StatusCode};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::chains::RoutingChains;
@@ -91,7 +90,7 @@ pub async fn run_meta(
         .await
         .map_err(|e| MetaError::Internal(e.to_string()))??;
 
-    let listener = TcpListener::bind(&config.listen).await?;
+    let listener = ember_net::bind(&config.listen).await?;
     let bound = listener.local_addr()?.to_string();
     write_atomic(&config.data_dir.join("meta.addr"), &bound)?;
     let advertise = if config.advertise.is_empty() {
@@ -152,7 +151,7 @@ async fn start_metrics(config: &MetaConfig) -> Result<Option<JoinHandle<()>>, Me
     if config.metrics_listen.is_empty() {
         return Ok(None);
     }
-    let listener = TcpListener::bind(&config.metrics_listen).await?;
+    let listener = ember_net::bind(&config.metrics_listen).await?;
     write_atomic(
         &config.data_dir.join("metrics.addr"),
         &listener.local_addr()?.to_string(),

@@ -85,10 +85,10 @@ pub async fn run_mgmtd(config: MgmtdConfig, shutdown: impl Future<Output = ()>) 
         auto_create_chains: config.auto_create_chains,
     };
     let state = Arc::new(tokio::task::block_in_place(|| ClusterState::load(kv, options))?);
-    let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+    let listener = ember_net::bind(&config.listen).await?;
     ember_net::write_file_atomic(&config.data_dir.join("mgmtd.addr"), &listener.local_addr()?.to_string())?;
     if !config.metrics_listen.is_empty() {
-        let m = tokio::net::TcpListener::bind(&config.metrics_listen).await?;
+        let m = ember_net::bind(&config.metrics_listen).await?;
         ember_net::write_file_atomic(&config.data_dir.join("metrics.addr"), &m.local_addr()?.to_string())?;
         tokio::spawn(ember_telemetry::serve_metrics(m));
     }

@@ -38,3 +38,10 @@ pub fn write_file_atomic(path: &std::path::Path, contents: &str) -> std::io::Res
     }
     Ok(())
 }
+
+/// Binds a TCP listener; the error names the address, which the OS error alone does not.
+pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}

@@ -66,7 +66,7 @@ pub async fn run_storage(config: StorageConfig, shutdown: impl Future<Output = (
             .map_err(|e| StorageError::Startup(e.to_string()))??;
         engines.push(Arc::new(engine));
     }
-    let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+    let listener = ember_net::bind(&config.listen).await?;
     let address = listener.local_addr()?.to_string();
     let routing = RoutingWatcher::new(&config.mgmtd);
     let (node_id, ids) = register_until_done(&config, routing.mgmtd(), &address, &dirs).await?;
@@ -76,7 +76,7 @@ pub async fn run_storage(config: StorageConfig, shutdown: impl Future<Output = (
     let poller = routing.spawn_poller(Duration::from_secs(1));
     let beat = tokio::spawn(heartbeat_loop(config.clone(), routing.clone(), service.clone(), node_id, address.clone()));
     if !config.metrics_listen.is_empty() {
-        let m = tokio::net::TcpListener::bind(&config.metrics_listen).await?;
+        let m = ember_net::bind(&config.metrics_listen).await?;
         ember_net::write_file_atomic(&config.data_dir.join("metrics.addr"), &m.local_addr()?.to_string())?;
         tokio::spawn(ember_telemetry::serve_metrics(m));
     }

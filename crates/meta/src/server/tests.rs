@@ -113,7 +113,7 @@ async fn start(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_rpcs_registers_and_keeps_data_across_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mgmtd_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mgmtd_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mgmtd_addr = mgmtd_listener.local_addr().unwrap().to_string();
     let mgmtd = Arc::new(FakeMgmtd::default());
     tokio::spawn(ember_net::serve(
