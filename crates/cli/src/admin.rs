@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use ember_net::RpcClient;
 use ember_proto::mgmtd::{GetRoutingReq, ListClientSessionsReq, RoutingInfo};
-use ember_types::{NodeKind, TargetState};
+use ember_types::{LocalState, NodeKind, TargetState};
 use serde::Serialize;
 
 use crate::{Failure, EXIT_UNREACHABLE};
@@ -53,6 +53,7 @@ struct TargetRow {
     node: u32,
     chain: u32,
     state: &'static str,
+    local_state: &'static str,
     used_bytes: u64,
     capacity_bytes: u64,
     chunks: u64,
@@ -122,6 +123,7 @@ fn report_of(info: &RoutingInfo) -> StatusReport {
             node: t.node_id,
             chain: t.chain_id,
             state: TargetState::from_u8(t.state as u8).map_or("unknown", TargetState::name),
+            local_state: LocalState::from_u8(t.local_state as u8).map_or("-", LocalState::name),
             used_bytes: t.used_bytes,
             capacity_bytes: t.capacity_bytes,
             chunks: t.chunks,
@@ -142,14 +144,18 @@ fn print_tables(r: &StatusReport) {
         let alive = if n.alive { "yes" } else { "NO" };
         println!("{:>4}  {:<8} {:<22} {:<6} {:>10}ms", n.id, n.kind, n.address, alive, n.last_heartbeat_ms);
     }
-    println!("\nTARGETS\n{:>4}  {:>4} {:>5}  {:<8} {:>12} {:>12} {:>8}", "ID", "NODE", "CHAIN", "STATE", "USED", "CAPACITY", "CHUNKS");
+    println!(
+        "\nTARGETS\n{:>4}  {:>4} {:>5}  {:<8} {:<9} {:>12} {:>12} {:>8}",
+        "ID", "NODE", "CHAIN", "STATE", "LOCAL", "USED", "CAPACITY", "CHUNKS"
+    );
     for t in &r.targets {
         println!(
-            "{:>4}  {:>4} {:>5}  {:<8} {:>12} {:>12} {:>8}",
+            "{:>4}  {:>4} {:>5}  {:<8} {:<9} {:>12} {:>12} {:>8}",
             t.id,
             t.node,
             t.chain,
             t.state,
+            t.local_state,
             human(t.used_bytes),
             human(t.capacity_bytes),
             t.chunks

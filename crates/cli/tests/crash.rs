@@ -77,3 +77,29 @@ fn acknowledged_writes_survive_kill9_of_the_mount() {
     let fresh = cluster.mount();
     check(&fresh.path, &want, &cluster.logs());
 }
+
+#[test]
+fn writes_wait_for_a_storage_node_that_is_down_longer_than_its_lease() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let mut cluster = Cluster::start(bin(), 1);
+    let mount = cluster.mount();
+    let before = random_bytes(21, 2 << 20);
+    fs::write(mount.join("before"), &before).unwrap();
+
+    cluster.storage.kill9();
+    // Long enough for mgmtd to declare the node dead (1 s) and the target LASTSRV.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let during = random_bytes(22, 3 << 20);
+    let path = mount.join("during");
+    let data = during.clone();
+    let writer = std::thread::spawn(move || fs::write(path, &data));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    cluster.restart_storage();
+    writer.join().unwrap().unwrap_or_else(|e| panic!("write across the outage failed: {e}\n{}", cluster.logs()));
+
+    assert!(fs::read(mount.join("before")).unwrap() == before);
+    assert!(fs::read(mount.join("during")).unwrap() == during);
+}

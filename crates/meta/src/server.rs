@@ -19,7 +19,8 @@ use crate::service::MetaService;
 use crate::store::StoreConfig;
 use crate::{MetaError, MetaStore};
 
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// Well inside mgmtd's default heartbeat timeout (1 s), so a busy moment is not a failure.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(200);
 const ROUTING_EVERY: Duration = Duration::from_secs(1);
 const MAX_REGISTER_BACKOFF: Duration = Duration::from_secs(5);
 /// How long mgmtd's client list is trusted before asking again.

@@ -8,6 +8,7 @@
 mod records;
 mod service;
 mod state;
+mod transition;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -68,7 +69,7 @@ impl Default for MgmtdConfig {
             listen: "127.0.0.1:9000".into(),
             metrics_listen: "127.0.0.1:9001".into(),
             data_dir: PathBuf::from("/var/lib/ember/mgmtd"),
-            heartbeat_timeout_ms: 5_000,
+            heartbeat_timeout_ms: 1_000,
             client_session_timeout_ms: 60_000,
             auto_create_chains: true,
         }

@@ -20,6 +20,15 @@ pub struct TargetRecord {
     pub node_id: u32,
     #[prost(uint32, tag = "2")]
     pub chain_id: u32,
+    /// Public state (`TargetState::to_u8`); 0 in records written before states existed.
+    #[prost(uint32, tag = "3")]
+    pub state: u32,
+}
+
+impl TargetRecord {
+    pub fn public_state(&self) -> ember_types::TargetState {
+        ember_types::TargetState::from_u8(self.state as u8).unwrap_or(ember_types::TargetState::Serving)
+    }
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -9,10 +9,11 @@ use ember_proto::mgmtd::{
     ChainInfo, ChainTableInfo, ClientSessionInfo, HeartbeatReq, NodeInfo, RegisterNodeReq, RoutingInfo, TargetInfo,
     TargetReport,
 };
-use ember_types::{NodeKind, TargetState};
+use ember_types::{LocalState, NodeKind, TargetState};
 use prost::Message;
 
 use crate::records::{self, ChainRecord, ChainTableRecord, NodeRecord, TargetRecord};
+use crate::transition;
 use crate::MgmtdError;
 
 /// The chain table new chains join and new files take chains from.
@@ -35,6 +36,8 @@ struct Node {
 struct Target {
     record: TargetRecord,
     report: TargetReport,
+    /// From the node's last heartbeat; `None` until it reports after a (mgmtd) restart.
+    local: Option<LocalState>,
 }
 
 struct ClientSession {
@@ -87,7 +90,7 @@ impl ClusterState {
             }
             for (k, v) in scan_prefix(txn, records::TARGET)? {
                 let record: TargetRecord = records::decode(&k, &v)?;
-                inner.targets.insert(records::id_of(&k)?, Target { record, report: TargetReport::default() });
+                inner.targets.insert(records::id_of(&k)?, Target { record, report: TargetReport::default(), local: None });
             }
             for (k, v) in scan_prefix(txn, records::CHAIN)? {
                 inner.chains.insert(records::id_of(&k)?, records::decode(&k, &v)?);
@@ -128,6 +131,10 @@ impl ClusterState {
         }
         let node = Node { record, last_heartbeat: Instant::now(), alive: true, heartbeat_seq: 0 };
         inner.nodes.insert(node_id, node);
+        // A (re)starting node says what its targets are worth in its next heartbeat.
+        for t in inner.targets.values_mut().filter(|t| t.record.node_id == node_id) {
+            t.local = None;
+        }
         self.bump_routing(&mut inner, &mut batch);
         self.commit(batch)?;
         tracing::info!(node_id, kind = kind.name(), address = %req.address, targets = ?target_ids, "node registered");
@@ -143,13 +150,74 @@ impl ClusterState {
             };
         }
         let id = inner.targets.keys().next_back().map_or(1, |t| t + 1);
-        let mut record = TargetRecord { node_id, chain_id: 0 };
+        // A new target holds no data, so a chain of its own can serve at once.
+        let mut record = TargetRecord { node_id, chain_id: 0, state: TargetState::Serving.to_u8().into() };
         if self.options.auto_create_chains {
             record.chain_id = create_chain(inner, batch, vec![id]);
         }
         batch.put(records::key(records::TARGET, id), &record);
-        inner.targets.insert(id, Target { record, report: TargetReport::default() });
+        inner.targets.insert(id, Target { record, report: TargetReport::default(), local: None });
         Ok(id)
+    }
+
+    /// Builds a chain from targets that belong to no chain yet; appends it to the default table.
+    pub fn create_chain(&self, targets: &[u32]) -> Result<u32, MgmtdError> {
+        let mut inner = self.lock();
+        if targets.is_empty() {
+            return Err(MgmtdError::Invalid("a chain needs at least one target".into()));
+        }
+        let mut nodes = Vec::new();
+        for t in targets {
+            let target = inner.targets.get(t).ok_or_else(|| MgmtdError::Invalid(format!("target {t} is unknown")))?;
+            if target.record.chain_id != 0 {
+                return Err(MgmtdError::Invalid(format!("target {t} is already in chain {}", target.record.chain_id)));
+            }
+            if nodes.contains(&target.record.node_id) {
+                return Err(MgmtdError::Invalid(format!("two targets of node {} in one chain", target.record.node_id)));
+            }
+            nodes.push(target.record.node_id);
+        }
+        let mut batch = Batch::default();
+        let id = create_chain(&mut inner, &mut batch, targets.to_vec());
+        for t in targets {
+            if let Some(target) = inner.targets.get_mut(t) {
+                target.record.chain_id = id;
+                target.record.state = TargetState::Serving.to_u8().into();
+                batch.put(records::key(records::TARGET, *t), &target.record);
+            }
+        }
+        self.bump_routing(&mut inner, &mut batch);
+        self.commit(batch)?;
+        tracing::info!(chain = id, ?targets, "chain created");
+        Ok(id)
+    }
+
+    /// Takes a target out of service by hand; it must sync before it serves again. The last
+    /// serving member of a chain is refused: nothing could bring it back.
+    pub fn offline_target(&self, target: u32) -> Result<(), MgmtdError> {
+        let mut inner = self.lock();
+        let chain_id = inner
+            .targets
+            .get(&target)
+            .map(|t| t.record.chain_id)
+            .ok_or_else(|| MgmtdError::Invalid(format!("target {target} is unknown")))?;
+        let members = inner.chains.get(&chain_id).map(|c| c.targets.clone()).unwrap_or_default();
+        let serving_others = members.iter().any(|&o| {
+            o != target && inner.targets.get(&o).is_some_and(|x| x.record.public_state() == TargetState::Serving)
+        });
+        if !serving_others {
+            return Err(MgmtdError::Invalid(format!("target {target} is the last serving member of chain {chain_id}")));
+        }
+        let mut batch = Batch::default();
+        if let Some(t) = inner.targets.get_mut(&target) {
+            t.record.state = TargetState::Offline.to_u8().into();
+            // Its node must report again (as fenced) before it may come back.
+            t.local = None;
+            batch.put(records::key(records::TARGET, target), &t.record);
+        }
+        update_chain(&mut inner, &mut batch, chain_id);
+        self.bump_routing(&mut inner, &mut batch);
+        self.commit(batch)
     }
 
     /// Records a heartbeat. A node mgmtd does not know must register again.
@@ -161,21 +229,19 @@ impl ClusterState {
         }
         node.heartbeat_seq = req.seq;
         node.last_heartbeat = Instant::now();
-        let revived = !node.alive;
+        if !node.alive {
+            tracing::info!(node_id = req.node_id, "node is back");
+        }
         node.alive = true;
         for report in &req.targets {
             if let Some(t) = inner.targets.get_mut(&report.target_id) {
                 if t.record.node_id == req.node_id {
                     t.report = report.clone();
+                    t.local = Some(LocalState::from_u8(report.local_state as u8).unwrap_or(LocalState::UpToDate));
                 }
             }
         }
-        if revived {
-            tracing::info!(node_id = req.node_id, "node is back");
-            let mut batch = Batch::default();
-            self.node_state_changed(&mut inner, &mut batch, req.node_id);
-            self.commit(batch)?;
-        }
+        self.update_chains(&mut inner)?;
         Ok(inner.routing_version)
     }
 
@@ -192,32 +258,30 @@ impl ClusterState {
         if expired.is_empty() {
             return Ok(());
         }
-        let mut batch = Batch::default();
         for id in expired {
             tracing::warn!(node_id = id, "node missed its heartbeats; marking it dead");
             if let Some(n) = inner.nodes.get_mut(&id) {
                 n.alive = false;
             }
-            self.node_state_changed(&mut inner, &mut batch, id);
         }
-        self.commit(batch)
+        let mut batch = Batch::default();
+        self.bump_routing(&mut inner, &mut batch);
+        self.commit(batch)?;
+        self.update_chains(&mut inner)
     }
 
-    /// Bumps the version of every chain holding one of the node's targets, and the routing.
-    fn node_state_changed(&self, inner: &mut Inner, batch: &mut Batch, node_id: u32) {
-        let chains: Vec<u32> = inner
-            .targets
-            .values()
-            .filter(|t| t.record.node_id == node_id && t.record.chain_id != 0)
-            .map(|t| t.record.chain_id)
-            .collect();
-        for c in chains {
-            if let Some(chain) = inner.chains.get_mut(&c) {
-                chain.version += 1;
-                batch.put(records::key(records::CHAIN, c), chain);
-            }
+    /// Applies the state machine to every chain; persists and publishes what changed.
+    fn update_chains(&self, inner: &mut Inner) -> Result<(), MgmtdError> {
+        let mut batch = Batch::default();
+        let ids: Vec<u32> = inner.chains.keys().copied().collect();
+        for id in ids {
+            update_chain(inner, &mut batch, id);
         }
-        self.bump_routing(inner, batch);
+        if batch.puts.is_empty() {
+            return Ok(());
+        }
+        self.bump_routing(inner, &mut batch);
+        self.commit(batch)
     }
 
     fn bump_routing(&self, inner: &mut Inner, batch: &mut Batch) {
@@ -300,12 +364,11 @@ fn build_routing(inner: &Inner) -> RoutingInfo {
         .targets
         .iter()
         .map(|(id, t)| {
-            let alive = inner.nodes.get(&t.record.node_id).is_some_and(|n| n.alive);
-            let state = if alive { TargetState::Serving } else { TargetState::Offline };
             TargetInfo {
                 target_id: *id,
                 node_id: t.record.node_id,
-                state: state.to_u8().into(),
+                state: t.record.public_state().to_u8().into(),
+                local_state: t.local.map_or(0, |l| l.to_u8().into()),
                 chain_id: t.record.chain_id,
                 used_bytes: t.report.used_bytes,
                 capacity_bytes: t.report.capacity_bytes,
@@ -325,6 +388,46 @@ fn build_routing(inner: &Inner) -> RoutingInfo {
         .map(|(id, t)| ChainTableInfo { table_id: *id, version: t.version, chains: t.chains.clone() })
         .collect();
     RoutingInfo { version: inner.routing_version, nodes, targets, chains, chain_tables }
+}
+
+/// Runs the state machine over one chain's members in chain order, so that of two members
+/// failing together exactly one becomes LASTSRV; then orders members by state.
+fn update_chain(inner: &mut Inner, batch: &mut Batch, chain_id: u32) {
+    let Some(chain) = inner.chains.get(&chain_id).cloned() else { return };
+    let mut changed = false;
+    for &t in &chain.targets {
+        let Some(input) = member_input(inner, t) else { continue };
+        let Some(current) = inner.targets.get(&t).map(|x| x.record.public_state()) else { continue };
+        let others_serving = chain.targets.iter().any(|&o| {
+            o != t && inner.targets.get(&o).is_some_and(|x| x.record.public_state() == TargetState::Serving)
+        });
+        let next = transition::next_state(current, input, others_serving);
+        if next != current {
+            tracing::info!(target = t, chain = chain_id, from = current.name(), to = next.name(), "target state");
+            if let Some(target) = inner.targets.get_mut(&t) {
+                target.record.state = next.to_u8().into();
+                batch.put(records::key(records::TARGET, t), &target.record);
+            }
+            changed = true;
+        }
+    }
+    let mut order = chain.targets.clone();
+    order.sort_by_key(|t| inner.targets.get(t).map_or(u8::MAX, |x| transition::rank(x.record.public_state())));
+    if changed || order != chain.targets {
+        let updated = ChainRecord { version: chain.version + 1, targets: order };
+        batch.put(records::key(records::CHAIN, chain_id), &updated);
+        inner.chains.insert(chain_id, updated);
+    }
+}
+
+/// What the state machine gets for one member: `None` = no news (its node is alive but has
+/// not reported since mgmtd started), `Some(None)` = its node is dead.
+fn member_input(inner: &Inner, target: u32) -> Option<Option<LocalState>> {
+    let t = inner.targets.get(&target)?;
+    match inner.nodes.get(&t.record.node_id) {
+        Some(n) if n.alive => t.local.map(Some),
+        _ => Some(None),
+    }
 }
 
 fn read_u64(txn: &mut dyn Transaction, key: &[u8]) -> Result<u64, MgmtdError> {
@@ -396,16 +499,87 @@ mod tests {
         let st = ClusterState::load(kv, options(50)).unwrap();
         st.register(&storage(0, vec![0])).unwrap();
         let before = st.routing(0).unwrap();
-        assert_eq!(target_states(&before), vec![u32::from(TargetState::Serving.to_u8())]);
+        assert_eq!(target_states(&before), vec![state(TargetState::Serving)]);
         std::thread::sleep(Duration::from_millis(80));
         st.check_liveness().unwrap();
         let after = st.routing(0).unwrap();
-        assert_eq!(target_states(&after), vec![u32::from(TargetState::Offline.to_u8())]);
+        // The only member keeps its data: LASTSRV, not OFFLINE.
+        assert_eq!(target_states(&after), vec![state(TargetState::LastServing)]);
         assert!(after.version > before.version);
         assert_eq!(after.chains[0].version, before.chains[0].version + 1);
-        st.heartbeat(&HeartbeatReq { node_id: 1, seq: 1, ..Default::default() }).unwrap();
-        let back = st.routing(0).unwrap();
-        assert_eq!(target_states(&back), vec![u32::from(TargetState::Serving.to_u8())]);
+        beat(&st, 1, 1, &[(1, LocalState::Online)]);
+        assert_eq!(target_states(&st.routing(0).unwrap()), vec![state(TargetState::Serving)]);
+    }
+
+    fn state(s: TargetState) -> u32 {
+        s.to_u8().into()
+    }
+
+    fn beat(st: &ClusterState, node: u32, seq: u64, targets: &[(u32, LocalState)]) {
+        let targets = targets
+            .iter()
+            .map(|(t, l)| TargetReport { target_id: *t, local_state: l.to_u8().into(), ..Default::default() })
+            .collect();
+        st.heartbeat(&HeartbeatReq { node_id: node, seq, targets, ..Default::default() }).unwrap();
+    }
+
+    fn chain_of(st: &ClusterState) -> (u64, Vec<u32>) {
+        let r = st.routing(0).unwrap();
+        (r.chains[0].version, r.chains[0].targets.clone())
+    }
+
+    fn state_of(st: &ClusterState, target: u32) -> TargetState {
+        let r = st.routing(0).unwrap();
+        let t = r.targets.iter().find(|t| t.target_id == target).unwrap();
+        TargetState::from_u8(t.state as u8).unwrap()
+    }
+
+    #[test]
+    fn a_failed_member_moves_to_the_end_and_syncs_before_serving_again() {
+        let mut opts = options(50);
+        opts.auto_create_chains = false;
+        let st = ClusterState::load(Arc::new(ember_kv::MemKv::new()), opts).unwrap();
+        st.register(&storage(0, vec![0])).unwrap();
+        st.register(&storage(0, vec![0])).unwrap();
+        assert_eq!(st.create_chain(&[1, 2]).unwrap(), 1);
+        assert!(st.create_chain(&[2]).is_err(), "a target in two chains");
+        let (v0, order) = chain_of(&st);
+        assert_eq!(order, vec![1, 2]);
+
+        // Node 1 (the primary) dies; node 2 keeps beating.
+        for seq in 1..5 {
+            beat(&st, 2, seq, &[(2, LocalState::UpToDate)]);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        st.check_liveness().unwrap();
+        let (v1, order) = chain_of(&st);
+        assert_eq!(order, vec![2, 1], "the failed primary moves to the end");
+        assert!(v1 > v0);
+        assert_eq!(state_of(&st, 1), TargetState::Offline);
+        assert_eq!(state_of(&st, 2), TargetState::Serving);
+
+        // It comes back needing a sync: WAITING, then SYNCING, then SERVING once up to date.
+        beat(&st, 1, 10, &[(1, LocalState::Online)]);
+        assert_eq!(state_of(&st, 1), TargetState::Waiting);
+        beat(&st, 1, 11, &[(1, LocalState::Online)]);
+        assert_eq!(state_of(&st, 1), TargetState::Syncing);
+        beat(&st, 1, 12, &[(1, LocalState::UpToDate)]);
+        assert_eq!(state_of(&st, 1), TargetState::Serving);
+        assert_eq!(chain_of(&st).1, vec![2, 1], "the new primary stays primary");
+    }
+
+    #[test]
+    fn offline_by_hand_refuses_the_last_serving_member() {
+        let mut opts = options(10_000);
+        opts.auto_create_chains = false;
+        let st = ClusterState::load(Arc::new(ember_kv::MemKv::new()), opts).unwrap();
+        st.register(&storage(0, vec![0])).unwrap();
+        st.register(&storage(0, vec![0])).unwrap();
+        st.create_chain(&[1, 2]).unwrap();
+        st.offline_target(1).unwrap();
+        assert_eq!(state_of(&st, 1), TargetState::Offline);
+        assert_eq!(chain_of(&st).1, vec![2, 1]);
+        assert!(st.offline_target(2).is_err());
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub struct TargetReport {
     pub free_bytes: u64,
     #[prost(uint64, tag = "5")]
     pub chunks: u64,
+    /// `ember_types::LocalState::to_u8`; 0 (absent) from an older node means up to date.
+    #[prost(uint32, tag = "6")]
+    pub local_state: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -114,6 +117,9 @@ pub struct TargetInfo {
     pub free_bytes: u64,
     #[prost(uint64, tag = "8")]
     pub chunks: u64,
+    /// Last `ember_types::LocalState` the node reported; 0 = none yet.
+    #[prost(uint32, tag = "9")]
+    pub local_state: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -123,7 +129,7 @@ pub struct ChainInfo {
     /// Bumped on every membership or state change.
     #[prost(uint64, tag = "2")]
     pub version: u64,
-    /// Ordered members; the first serving one is the primary.
+    /// Ordered members; the first serving one is the primary. Failed members move to the end.
     #[prost(uint32, repeated, tag = "3")]
     pub targets: Vec<u32>,
 }

@@ -39,7 +39,7 @@ impl Default for StorageConfig {
             mgmtd: "127.0.0.1:9000".into(),
             data_dir: PathBuf::from("/var/lib/ember/storage"),
             targets: Vec::new(),
-            heartbeat_interval_ms: 1000,
+            heartbeat_interval_ms: 200,
         }
     }
 }
@@ -154,10 +154,12 @@ async fn heartbeat_loop(
         seq += 1;
         let req = HeartbeatReq { node_id, address: address.clone(), targets: service.reports(), seq };
         match routing.mgmtd().unary(&req).await {
-            Ok(resp) if resp.routing_version != routing.get().version() => {
-                let _ = routing.refresh().await;
+            Ok(resp) => {
+                if routing.get().version() < resp.routing_version {
+                    let _ = routing.refresh().await;
+                }
+                service.reconcile(&routing.get(), resp.routing_version);
             }
-            Ok(_) => {}
             Err(st) if st.code == StatusCode::NotRegistered => {
                 let dirs = config.target_dirs();
                 if let Err(e) = register(&config, routing.mgmtd(), &address, &dirs).await {

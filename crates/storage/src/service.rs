@@ -1,6 +1,7 @@
 //! RPC front of a storage node: checks routing and checksums, then calls the target's engine.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -9,28 +10,71 @@ use ember_net::{decode_body, Request, Response, Service, ServiceFuture};
 use ember_proto::mgmtd::TargetReport;
 use ember_proto::storage::*;
 use ember_proto::Method;
-use ember_types::{ChainId, ChunkId, InodeId, Status, StatusCode, TargetId};
+use ember_proto::routing::RoutingTable;
+use ember_types::{ChainId, ChunkId, InodeId, LocalState, Status, StatusCode, TargetId, TargetState};
 
 use crate::ChunkEngine;
 
 /// Largest total a single batch read may return; keeps replies under the frame limit.
 const MAX_BATCH_READ_BYTES: u64 = 64 << 20;
 
+/// One target of this node: its engine and what this node says about it to mgmtd.
+struct LocalTarget {
+    engine: Arc<ChunkEngine>,
+    state: AtomicU8,
+}
+
+impl LocalTarget {
+    fn state(&self) -> LocalState {
+        LocalState::from_u8(self.state.load(Ordering::Acquire)).unwrap_or(LocalState::Online)
+    }
+
+    fn set_state(&self, s: LocalState) {
+        self.state.store(s.to_u8(), Ordering::Release);
+    }
+}
+
 pub struct StorageService {
-    targets: HashMap<TargetId, Arc<ChunkEngine>>,
+    targets: HashMap<TargetId, LocalTarget>,
     routing: Arc<RoutingWatcher>,
 }
 
 impl StorageService {
+    /// Every target starts ONLINE: after a start it may have missed writes, and only mgmtd
+    /// can say whether it may serve.
     pub fn new(targets: HashMap<TargetId, Arc<ChunkEngine>>, routing: Arc<RoutingWatcher>) -> Self {
+        let targets = targets
+            .into_iter()
+            .map(|(id, engine)| (id, LocalTarget { engine, state: AtomicU8::new(LocalState::Online.to_u8()) }))
+            .collect();
         StorageService { targets, routing }
     }
 
-    /// Space reports of every local target, as sent in heartbeats.
+    /// Space and state reports of every local target, as sent in heartbeats.
     pub fn reports(&self) -> Vec<TargetReport> {
-        let mut v: Vec<TargetReport> = self.targets.iter().map(|(id, e)| report(*id, e)).collect();
+        let mut v: Vec<TargetReport> = self.targets.iter().map(|(id, t)| report(*id, t)).collect();
         v.sort_by_key(|r| r.target_id);
         v
+    }
+
+    /// Moves local states after mgmtd has answered a heartbeat with `acked_version`: a target
+    /// becomes UPTODATE only when a routing that already reflects its ONLINE report shows it
+    /// SERVING, and an UPTODATE target that mgmtd took out of service fences itself.
+    pub fn reconcile(&self, table: &RoutingTable, acked_version: u64) {
+        for (id, t) in &self.targets {
+            let public = table.target(*id).and_then(|i| TargetState::from_u8(i.state as u8));
+            match (t.state(), public) {
+                (LocalState::Online, Some(TargetState::Serving)) if table.version() >= acked_version => {
+                    tracing::info!(target = id.0, "target is serving");
+                    t.set_state(LocalState::UpToDate);
+                }
+                (LocalState::UpToDate, Some(TargetState::Offline | TargetState::Waiting | TargetState::LastServing)) => {
+                    tracing::warn!(target = id.0, state = ?public, "mgmtd took the target out of service; fencing it");
+                    t.set_state(LocalState::Online);
+                }
+                _ => {}
+            }
+        }
     }
 
     async fn dispatch(&self, req: Request) -> Result<Response, Status> {
@@ -48,9 +92,16 @@ impl StorageService {
     /// chain version this node knows (refreshing once if they differ).
     async fn engine_for(&self, c: &ChunkRef) -> Result<Arc<ChunkEngine>, Status> {
         let target = TargetId(c.target_id);
-        let engine = self.targets.get(&target).cloned().ok_or_else(|| {
+        let local = self.targets.get(&target).ok_or_else(|| {
             Status::new(StatusCode::NoSuchTarget, format!("target {target} is not on this node"))
         })?;
+        if local.state() != LocalState::UpToDate {
+            return Err(Status::new(
+                StatusCode::RoutingStale,
+                format!("target {target} is {} here and does not serve yet", local.state().name()),
+            ));
+        }
+        let engine = local.engine.clone();
         if self.chain_matches(c, false) {
             return Ok(engine);
         }
@@ -66,9 +117,13 @@ impl StorageService {
 
     fn chain_matches(&self, c: &ChunkRef, log: bool) -> bool {
         let table = self.routing.get();
-        let ok = table
-            .chain(ChainId(c.chain_id))
-            .is_some_and(|chain| chain.version == c.chain_version && chain.targets.contains(&c.target_id));
+        let serving = table
+            .target(TargetId(c.target_id))
+            .is_some_and(|t| TargetState::from_u8(t.state as u8) == Some(TargetState::Serving));
+        let ok = serving
+            && table
+                .chain(ChainId(c.chain_id))
+                .is_some_and(|chain| chain.version == c.chain_version && chain.targets.contains(&c.target_id));
         if !ok && log {
             tracing::debug!(chain = c.chain_id, version = c.chain_version, routing = table.version(), "stale route");
         }
@@ -147,14 +202,15 @@ impl StorageService {
     }
 }
 
-fn report(id: TargetId, e: &ChunkEngine) -> TargetReport {
-    let s = e.stats();
+fn report(id: TargetId, t: &LocalTarget) -> TargetReport {
+    let s = t.engine.stats();
     TargetReport {
         target_id: id.0,
         used_bytes: s.used_blocks * u64::from(s.block_size),
         capacity_bytes: s.capacity_bytes,
         free_bytes: s.free_bytes,
         chunks: s.chunks,
+        local_state: t.state().to_u8().into(),
     }
 }
 

@@ -79,6 +79,44 @@ impl TargetState {
     }
 }
 
+/// What a storage node says about one of its targets in heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum LocalState {
+    /// Holds every committed write of its chain (it has been serving without interruption).
+    UpToDate,
+    /// Alive, but may have missed writes (just started, or fenced): needs a sync first.
+    Online,
+    /// Cannot serve (disk failure, fsync error).
+    Offline,
+}
+
+impl LocalState {
+    pub fn to_u8(self) -> u8 {
+        match self {
+            LocalState::UpToDate => 1,
+            LocalState::Online => 2,
+            LocalState::Offline => 3,
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(LocalState::UpToDate),
+            2 => Some(LocalState::Online),
+            3 => Some(LocalState::Offline),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LocalState::UpToDate => "uptodate",
+            LocalState::Online => "online",
+            LocalState::Offline => "offline",
+        }
+    }
+}
+
 /// Role a registered node plays in the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum NodeKind {
