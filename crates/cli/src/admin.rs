@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use ember_net::RpcClient;
-use ember_proto::mgmtd::{GetRoutingReq, ListClientSessionsReq, RoutingInfo};
+use ember_proto::mgmtd::{CreateChainReq, GetRoutingReq, ListClientSessionsReq, OfflineTargetReq, RoutingInfo};
 use ember_types::{LocalState, NodeKind, TargetState};
 use serde::Serialize;
 
@@ -26,6 +26,22 @@ pub struct AdminArgs {
 pub enum AdminCommand {
     /// Nodes, targets, chains and client sessions with their states.
     Status,
+    /// Registered nodes and whether they are alive.
+    Nodes,
+    /// Storage targets with their public and local states and space.
+    Targets,
+    /// Chains with their versions and members (primary first).
+    Chains,
+    /// Build a chain from targets that are in no chain yet (comma-separated ids).
+    CreateChain {
+        #[arg(long, value_delimiter = ',', required = true)]
+        targets: Vec<u32>,
+    },
+    /// Take a target out of service; it syncs before it serves again.
+    OfflineTarget {
+        /// Target id.
+        target: u32,
+    },
 }
 
 #[derive(Serialize)]
@@ -73,20 +89,58 @@ struct ClientRow {
     last_seen_ms: u64,
 }
 
+/// Which parts of the cluster report a listing command prints.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Section {
+    All,
+    Nodes,
+    Targets,
+    Chains,
+}
+
 pub async fn run(args: AdminArgs) -> Result<(), Failure> {
+    let client = RpcClient::new(&args.mgmtd).with_timeout(Duration::from_secs(5));
+    let mgmtd = args.mgmtd.as_str();
     match args.command {
-        AdminCommand::Status => status(&args.mgmtd, args.json).await,
+        AdminCommand::Status => show(&client, mgmtd, Section::All, args.json).await,
+        AdminCommand::Nodes => show(&client, mgmtd, Section::Nodes, args.json).await,
+        AdminCommand::Targets => show(&client, mgmtd, Section::Targets, args.json).await,
+        AdminCommand::Chains => show(&client, mgmtd, Section::Chains, args.json).await,
+        AdminCommand::CreateChain { targets } => {
+            let resp = client.unary(&CreateChainReq { targets }).await.map_err(|e| rpc_failure(mgmtd, e))?;
+            print_result(args.json, "chain_id", resp.chain_id, &format!("created chain {}", resp.chain_id))
+        }
+        AdminCommand::OfflineTarget { target } => {
+            client.unary(&OfflineTargetReq { target_id: target }).await.map_err(|e| rpc_failure(mgmtd, e))?;
+            print_result(args.json, "offline_target", target, &format!("target {target} is offline"))
+        }
     }
 }
 
-async fn status(mgmtd: &str, json: bool) -> Result<(), Failure> {
-    let client = RpcClient::new(mgmtd).with_timeout(Duration::from_secs(5));
-    let unreachable = |e: ember_types::Status| Failure {
-        code: EXIT_UNREACHABLE,
-        error: anyhow::anyhow!("cannot reach mgmtd at {mgmtd}: {e}"),
-    };
-    let routing = client.unary(&GetRoutingReq { known_version: 0 }).await.map_err(unreachable)?;
-    let sessions = client.unary(&ListClientSessionsReq {}).await.map_err(unreachable)?;
+/// Unreachable mgmtd has its own exit code; a refused request is an ordinary failure.
+fn rpc_failure(mgmtd: &str, e: ember_types::Status) -> Failure {
+    use ember_types::StatusCode as C;
+    match e.code {
+        C::Unavailable | C::ConnectionClosed | C::Timeout => Failure {
+            code: EXIT_UNREACHABLE,
+            error: anyhow::anyhow!("cannot reach mgmtd at {mgmtd}: {e}"),
+        },
+        _ => Failure { code: crate::EXIT_FAILED, error: anyhow::anyhow!("mgmtd refused: {}", e.message) },
+    }
+}
+
+fn print_result(json: bool, key: &str, value: u32, text: &str) -> Result<(), Failure> {
+    if json {
+        println!("{}", serde_json::json!({ key: value }));
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}
+
+async fn show(client: &RpcClient, mgmtd: &str, section: Section, json: bool) -> Result<(), Failure> {
+    let routing = client.unary(&GetRoutingReq { known_version: 0 }).await.map_err(|e| rpc_failure(mgmtd, e))?;
+    let sessions = client.unary(&ListClientSessionsReq {}).await.map_err(|e| rpc_failure(mgmtd, e))?;
     let info = routing.routing.unwrap_or_default();
     let mut report = report_of(&info);
     report.clients = sessions
@@ -94,11 +148,19 @@ async fn status(mgmtd: &str, json: bool) -> Result<(), Failure> {
         .into_iter()
         .map(|s| ClientRow { id: format!("{:016x}", s.client_id), description: s.description, last_seen_ms: s.last_extended_ms })
         .collect();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let text = if json {
+        let value = serde_json::to_value(&report)?;
+        let part = match section {
+            Section::All => value,
+            Section::Nodes => value["nodes"].clone(),
+            Section::Targets => value["targets"].clone(),
+            Section::Chains => value["chains"].clone(),
+        };
+        serde_json::to_string_pretty(&part)?
     } else {
-        print_tables(&report);
-    }
+        render_tables(&report, section)
+    };
+    println!("{text}");
     Ok(())
 }
 
@@ -137,39 +199,57 @@ fn report_of(info: &RoutingInfo) -> StatusReport {
     StatusReport { routing_version: info.version, nodes, targets, chains, clients: Vec::new() }
 }
 
-fn print_tables(r: &StatusReport) {
-    println!("routing version {}", r.routing_version);
-    println!("\nNODES\n{:>4}  {:<8} {:<22} {:<6} {:>12}", "ID", "KIND", "ADDRESS", "ALIVE", "HEARTBEAT");
-    for n in &r.nodes {
-        let alive = if n.alive { "yes" } else { "NO" };
-        println!("{:>4}  {:<8} {:<22} {:<6} {:>10}ms", n.id, n.kind, n.address, alive, n.last_heartbeat_ms);
+fn render_tables(r: &StatusReport, section: Section) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let all = section == Section::All;
+    if all {
+        let _ = writeln!(o, "routing version {}\n", r.routing_version);
     }
-    println!(
-        "\nTARGETS\n{:>4}  {:>4} {:>5}  {:<8} {:<9} {:>12} {:>12} {:>8}",
-        "ID", "NODE", "CHAIN", "STATE", "LOCAL", "USED", "CAPACITY", "CHUNKS"
-    );
-    for t in &r.targets {
-        println!(
-            "{:>4}  {:>4} {:>5}  {:<8} {:<9} {:>12} {:>12} {:>8}",
-            t.id,
-            t.node,
-            t.chain,
-            t.state,
-            t.local_state,
-            human(t.used_bytes),
-            human(t.capacity_bytes),
-            t.chunks
+    if all || section == Section::Nodes {
+        let _ = writeln!(o, "NODES\n{:>4}  {:<8} {:<22} {:<6} {:>12}", "ID", "KIND", "ADDRESS", "ALIVE", "HEARTBEAT");
+        for n in &r.nodes {
+            let alive = if n.alive { "yes" } else { "NO" };
+            let _ = writeln!(o, "{:>4}  {:<8} {:<22} {:<6} {:>10}ms", n.id, n.kind, n.address, alive, n.last_heartbeat_ms);
+        }
+    }
+    if all || section == Section::Targets {
+        let _ = writeln!(
+            o,
+            "{}TARGETS\n{:>4}  {:>4} {:>5}  {:<8} {:<9} {:>12} {:>12} {:>8}",
+            if all { "\n" } else { "" },
+            "ID",
+            "NODE",
+            "CHAIN",
+            "STATE",
+            "LOCAL",
+            "USED",
+            "CAPACITY",
+            "CHUNKS"
         );
+        for t in &r.targets {
+            let (used, cap) = (human(t.used_bytes), human(t.capacity_bytes));
+            let _ = writeln!(
+                o,
+                "{:>4}  {:>4} {:>5}  {:<8} {:<9} {used:>12} {cap:>12} {:>8}",
+                t.id, t.node, t.chain, t.state, t.local_state, t.chunks
+            );
+        }
     }
-    println!("\nCHAINS\n{:>4}  {:>7}  TARGETS", "ID", "VERSION");
-    for c in &r.chains {
-        let targets: Vec<String> = c.targets.iter().map(u32::to_string).collect();
-        println!("{:>4}  {:>7}  {}", c.id, c.version, targets.join(","));
+    if all || section == Section::Chains {
+        let _ = writeln!(o, "{}CHAINS\n{:>4}  {:>7}  TARGETS (primary first)", if all { "\n" } else { "" }, "ID", "VERSION");
+        for c in &r.chains {
+            let targets: Vec<String> = c.targets.iter().map(u32::to_string).collect();
+            let _ = writeln!(o, "{:>4}  {:>7}  {}", c.id, c.version, targets.join(","));
+        }
     }
-    println!("\nCLIENTS\n{:<18} {:>10}  DESCRIPTION", "ID", "LAST SEEN");
-    for c in &r.clients {
-        println!("{:<18} {:>8}ms  {}", c.id, c.last_seen_ms, c.description);
+    if all {
+        let _ = writeln!(o, "\nCLIENTS\n{:<18} {:>10}  DESCRIPTION", "ID", "LAST SEEN");
+        for c in &r.clients {
+            let _ = writeln!(o, "{:<18} {:>8}ms  {}", c.id, c.last_seen_ms, c.description);
+        }
     }
+    o.trim_end().to_owned()
 }
 
 fn human(bytes: u64) -> String {

@@ -26,9 +26,15 @@ pub struct UpArgs {
     /// Where to mount the file system.
     #[arg(long)]
     pub mount: Option<PathBuf>,
-    /// Number of storage targets (directories under `<data>/storage`).
+    /// Number of storage targets per storage node.
     #[arg(long)]
     pub targets: Option<usize>,
+    /// Number of storage processes, each with its own data directory and port.
+    #[arg(long)]
+    pub storage_nodes: Option<usize>,
+    /// Replicas per chain (targets on distinct storage nodes).
+    #[arg(long)]
+    pub replicas: Option<usize>,
     /// Let every service pick a free port instead of the configured ones.
     #[arg(long)]
     pub any_port: bool,
@@ -40,7 +46,10 @@ pub struct UpArgs {
 pub struct UpConfig {
     pub data_dir: PathBuf,
     pub mountpoint: PathBuf,
+    /// Targets per storage node.
     pub targets: usize,
+    pub storage_nodes: usize,
+    pub replicas: usize,
     pub mgmtd_listen: String,
     pub meta_listen: String,
     pub storage_listen: String,
@@ -54,6 +63,8 @@ impl Default for UpConfig {
             data_dir: PathBuf::from("/var/lib/ember"),
             mountpoint: PathBuf::from("/mnt/ember"),
             targets: 2,
+            storage_nodes: 1,
+            replicas: 1,
             mgmtd_listen: "127.0.0.1:9000".into(),
             meta_listen: "127.0.0.1:9100".into(),
             storage_listen: "127.0.0.1:9200".into(),
@@ -63,7 +74,7 @@ impl Default for UpConfig {
 }
 
 struct Role {
-    name: &'static str,
+    name: String,
     child: Child,
     log: PathBuf,
 }
@@ -126,6 +137,17 @@ fn resolve(args: UpArgs) -> Result<Option<UpConfig>, Failure> {
     if let Some(t) = args.targets {
         c.targets = t.max(1);
     }
+    if let Some(n) = args.storage_nodes {
+        c.storage_nodes = n.max(1);
+    }
+    if let Some(r) = args.replicas {
+        c.replicas = r.max(1);
+    }
+    if c.replicas > 1 {
+        // Chains of several targets need the replication protocol, which is not built yet.
+        let error = anyhow!("--replicas {} needs replicated chains, which are not built yet (issue 4)", c.replicas);
+        return Err(Failure { code: crate::EXIT_USAGE, error });
+    }
     if args.any_port {
         for l in [&mut c.mgmtd_listen, &mut c.meta_listen, &mut c.storage_listen] {
             *l = "127.0.0.1:0".into();
@@ -135,10 +157,28 @@ fn resolve(args: UpArgs) -> Result<Option<UpConfig>, Failure> {
     Ok(Some(c))
 }
 
-fn metrics_addr(c: &UpConfig, offset: u16) -> String {
+/// The /metrics address of role `offset` (mgmtd 0, meta 1, storage 2, mount 3), instance `index`.
+fn metrics_addr(c: &UpConfig, offset: u16, index: usize) -> String {
     match c.metrics_base_port {
         0 => "127.0.0.1:0".into(),
-        p => format!("127.0.0.1:{}", p + offset * 100),
+        p => format!("127.0.0.1:{}", p + offset * 100 + index as u16),
+    }
+}
+
+/// Storage node `i` listens `i` ports above the configured one (port 0 stays 0).
+fn nth_port(addr: &str, i: usize) -> String {
+    match addr.rsplit_once(':').and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?))) {
+        Some((host, port)) if port != 0 => format!("{host}:{}", port + i as u16),
+        _ => addr.to_owned(),
+    }
+}
+
+/// Data directory name of storage node `i`: the first keeps the single-node name.
+fn storage_role(i: usize) -> String {
+    if i == 0 {
+        "storage".to_owned()
+    } else {
+        format!("storage{i}")
     }
 }
 
@@ -147,40 +187,45 @@ async fn start_all(c: &UpConfig, roles: &mut Vec<Role>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let dir = |r: &str| c.data_dir.join(r);
     let s = |p: &Path| p.display().to_string();
-    for (role, file) in [("mgmtd", "mgmtd.addr"), ("meta", "meta.addr"), ("storage", "storage.addr")] {
-        let _ = std::fs::remove_file(dir(role).join(file));
+    let _ = std::fs::remove_file(dir("mgmtd").join("mgmtd.addr"));
+    let _ = std::fs::remove_file(dir("meta").join("meta.addr"));
+    for i in 0..c.storage_nodes {
+        let _ = std::fs::remove_file(dir(&storage_role(i)).join("storage.addr"));
     }
 
     let mgmtd_dir = s(&dir("mgmtd"));
-    let args = ["mgmtd", "--data", &mgmtd_dir, "--listen", &c.mgmtd_listen, "--metrics-listen", &metrics_addr(c, 0)];
+    let args = ["mgmtd", "--data", &mgmtd_dir, "--listen", &c.mgmtd_listen, "--metrics-listen", &metrics_addr(c, 0, 0)];
     roles.push(spawn("mgmtd", &args, &logs)?);
     let mgmtd = wait_for_file(&dir("mgmtd").join("mgmtd.addr"), roles).await?;
 
     let meta_dir = s(&dir("meta"));
-    let args = ["meta", "--data", &meta_dir, "--listen", &c.meta_listen, "--mgmtd", &mgmtd, "--metrics-listen", &metrics_addr(c, 1)];
+    let args = ["meta", "--data", &meta_dir, "--listen", &c.meta_listen, "--mgmtd", &mgmtd, "--metrics-listen", &metrics_addr(c, 1, 0)];
     roles.push(spawn("meta", &args, &logs)?);
 
-    let storage_dir = s(&dir("storage"));
-    let mut args: Vec<String> = ["storage", "--data", &storage_dir, "--listen", &c.storage_listen, "--mgmtd", &mgmtd]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    args.extend(["--metrics-listen".into(), metrics_addr(c, 2)]);
-    for i in 0..c.targets {
-        args.extend(["--target".into(), s(&dir("storage").join(format!("target{i}")))]);
+    for i in 0..c.storage_nodes {
+        let role = storage_role(i);
+        let mut args: Vec<String> = vec!["storage".into(), "--data".into(), s(&dir(&role))];
+        args.extend(["--listen".into(), nth_port(&c.storage_listen, i), "--mgmtd".into(), mgmtd.clone()]);
+        args.extend(["--metrics-listen".into(), metrics_addr(c, 2, i)]);
+        for t in 0..c.targets {
+            args.extend(["--target".into(), s(&dir(&role).join(format!("target{t}")))]);
+        }
+        roles.push(spawn(role, &args, &logs)?);
     }
-    roles.push(spawn("storage", &args, &logs)?);
     wait_for_file(&dir("meta").join("meta.addr"), roles).await?;
-    wait_for_file(&dir("storage").join("storage.addr"), roles).await?;
+    for i in 0..c.storage_nodes {
+        wait_for_file(&dir(&storage_role(i)).join("storage.addr"), roles).await?;
+    }
 
     std::fs::create_dir_all(&c.mountpoint).with_context(|| format!("creating {}", c.mountpoint.display()))?;
     let mnt = s(&c.mountpoint);
-    let args = ["mount", &mnt, "--mgmtd", &mgmtd, "--metrics-listen", &metrics_addr(c, 3)];
+    let args = ["mount", &mnt, "--mgmtd", &mgmtd, "--metrics-listen", &metrics_addr(c, 3, 0)];
     roles.push(spawn("mount", &args, &logs)?);
     wait_for_mount(&c.mountpoint, roles).await
 }
 
-fn spawn<S: AsRef<std::ffi::OsStr>>(name: &'static str, args: &[S], logs: &Path) -> anyhow::Result<Role> {
+fn spawn<S: AsRef<std::ffi::OsStr>>(name: impl Into<String>, args: &[S], logs: &Path) -> anyhow::Result<Role> {
+    let name = name.into();
     let exe = std::env::current_exe().context("locating the ember binary")?;
     let log_path = logs.join(format!("{name}.log"));
     let log = std::fs::OpenOptions::new()

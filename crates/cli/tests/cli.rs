@@ -57,8 +57,14 @@ struct Up {
 
 impl Up {
     fn start(data: &Path, mnt: &Path) -> Up {
+        Up::start_with(data, mnt, &[])
+    }
+
+    fn start_with(data: &Path, mnt: &Path, extra: &[&str]) -> Up {
         let child = ember()
-            .args(["up", "--any-port", "--targets", "2", "--data"])
+            .args(["up", "--any-port", "--targets", "2"])
+            .args(extra)
+            .arg("--data")
             .arg(data)
             .arg("--mount")
             .arg(mnt)
@@ -123,5 +129,54 @@ fn up_serves_stops_cleanly_and_comes_back_with_the_same_files() {
 
     let up = Up::start(&data, &mnt);
     assert_eq!(std::fs::read(mnt.join("kept/file")).unwrap(), b"across restarts");
+    assert!(up.stop().success());
+}
+
+fn admin(addr: &str, args: &[&str]) -> std::process::Output {
+    ember().args(["admin", "--mgmtd", addr]).args(args).output().unwrap()
+}
+
+#[test]
+fn up_with_several_storage_nodes_stripes_files_over_all_of_them() {
+    if !fuse_available() {
+        return;
+    }
+    let refused = ember().args(["up", "--replicas", "3", "--storage-nodes", "3"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not built yet"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let (data, mnt) = (dir.path().join("data"), dir.path().join("mnt"));
+    let up = Up::start_with(&data, &mnt, &["--storage-nodes", "3"]);
+    let addr = std::fs::read_to_string(data.join("mgmtd/mgmtd.addr")).unwrap();
+    let addr = addr.trim();
+
+    let content = ember_testkit::random_bytes(9, 9 << 20);
+    std::fs::write(mnt.join("striped"), &content).unwrap();
+    assert!(std::fs::read(mnt.join("striped")).unwrap() == content);
+
+    // Space reports reach mgmtd with the next heartbeats.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let targets = loop {
+        let out = admin(addr, &["targets", "--json"]);
+        let targets: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let holding = targets.iter().filter(|t| t["chunks"].as_u64().unwrap() > 0).count();
+        if holding >= 4 {
+            break targets;
+        }
+        assert!(Instant::now() < deadline, "a 9 MiB file over a stripe of 4 chains touches 4 targets: {targets:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(targets.len(), 6, "3 nodes x 2 targets");
+    let nodes: std::collections::HashSet<u64> = targets.iter().map(|t| t["node"].as_u64().unwrap()).collect();
+    assert_eq!(nodes.len(), 3);
+
+    let chains: serde_json::Value = serde_json::from_slice(&admin(addr, &["chains", "--json"]).stdout).unwrap();
+    assert_eq!(chains.as_array().unwrap().len(), 6);
+    // Every target is already in a chain; the only member of a chain cannot go offline.
+    assert_eq!(admin(addr, &["create-chain", "--targets", "1,2"]).status.code(), Some(1));
+    let out = admin(addr, &["offline-target", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("last serving member"));
     assert!(up.stop().success());
 }

@@ -46,6 +46,16 @@ impl MgmtdService {
                 let (sessions, complete) = self.state.client_sessions();
                 Ok(Response::msg(&ListClientSessionsResp { sessions, complete }))
             }
+            Some(Method::MgmtdCreateChain) => {
+                let r: CreateChainReq = decode_body(&req.body)?;
+                let chain_id = self.state.create_chain(&r.targets).map_err(|e| e.status())?;
+                Ok(Response::msg(&CreateChainResp { chain_id }))
+            }
+            Some(Method::MgmtdOfflineTarget) => {
+                let r: OfflineTargetReq = decode_body(&req.body)?;
+                self.state.offline_target(r.target_id).map_err(|e| e.status())?;
+                Ok(Response::msg(&OfflineTargetResp {}))
+            }
             _ => Err(Status::new(StatusCode::UnknownMethod, format!("mgmtd has no method {:#06x}", req.method))),
         }
     }

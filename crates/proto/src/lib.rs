@@ -23,6 +23,8 @@ pub enum Method {
     MgmtdGetRouting = 0x0103,
     MgmtdExtendClientSession = 0x0104,
     MgmtdListClientSessions = 0x0105,
+    MgmtdCreateChain = 0x0106,
+    MgmtdOfflineTarget = 0x0107,
 
     MetaLookup = 0x0201,
     MetaGetAttr = 0x0202,
@@ -49,12 +51,14 @@ pub enum Method {
 }
 
 impl Method {
-    const ALL: [Method; 26] = [
+    const ALL: [Method; 28] = [
         Method::MgmtdRegisterNode,
         Method::MgmtdHeartbeat,
         Method::MgmtdGetRouting,
         Method::MgmtdExtendClientSession,
         Method::MgmtdListClientSessions,
+        Method::MgmtdCreateChain,
+        Method::MgmtdOfflineTarget,
         Method::MetaLookup,
         Method::MetaGetAttr,
         Method::MetaCreate,
@@ -90,6 +94,8 @@ impl Method {
             Method::MgmtdGetRouting => "mgmtd.get_routing",
             Method::MgmtdExtendClientSession => "mgmtd.extend_client_session",
             Method::MgmtdListClientSessions => "mgmtd.list_client_sessions",
+            Method::MgmtdCreateChain => "mgmtd.create_chain",
+            Method::MgmtdOfflineTarget => "mgmtd.offline_target",
             Method::MetaLookup => "meta.lookup",
             Method::MetaGetAttr => "meta.getattr",
             Method::MetaCreate => "meta.create",

@@ -219,3 +219,36 @@ impl Rpc for ListClientSessionsReq {
     const METHOD: Method = Method::MgmtdListClientSessions;
     type Response = ListClientSessionsResp;
 }
+
+/// Builds a chain from targets that are in no chain yet.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CreateChainReq {
+    #[prost(uint32, repeated, tag = "1")]
+    pub targets: Vec<u32>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CreateChainResp {
+    #[prost(uint32, tag = "1")]
+    pub chain_id: u32,
+}
+
+impl Rpc for CreateChainReq {
+    const METHOD: Method = Method::MgmtdCreateChain;
+    type Response = CreateChainResp;
+}
+
+/// Takes a target out of service; it must sync before it serves again.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OfflineTargetReq {
+    #[prost(uint32, tag = "1")]
+    pub target_id: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OfflineTargetResp {}
+
+impl Rpc for OfflineTargetReq {
+    const METHOD: Method = Method::MgmtdOfflineTarget;
+    type Response = OfflineTargetResp;
+}
