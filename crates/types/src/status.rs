@@ -40,13 +40,14 @@ pub enum StatusCode {
     CorruptData = 502,
     ChunkTooLarge = 503,
     NoSuchTarget = 504,
+    VersionMismatch = 505,
     // Cluster (6xx)
     RoutingStale = 600,
     NotRegistered = 601,
 }
 
 impl StatusCode {
-    const ALL: [StatusCode; 33] = [
+    const ALL: [StatusCode; 34] = [
         StatusCode::Ok,
         StatusCode::Internal,
         StatusCode::InvalidArgument,
@@ -78,6 +79,7 @@ impl StatusCode {
         StatusCode::CorruptData,
         StatusCode::ChunkTooLarge,
         StatusCode::NoSuchTarget,
+        StatusCode::VersionMismatch,
         StatusCode::RoutingStale,
         StatusCode::NotRegistered,
     ];

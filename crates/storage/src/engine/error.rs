@@ -23,6 +23,9 @@ pub enum EngineError {
     /// The metadata store (fjall) failed.
     #[error("chunk metadata store: {0}")]
     Meta(String),
+    /// A versioned change was built on another version of the chunk than the one stored.
+    #[error("chunk is at version {current}, the change expects {expected}")]
+    VersionMismatch { current: u64, expected: u64 },
 }
 
 impl EngineError {
@@ -34,6 +37,7 @@ impl EngineError {
             EngineError::NoSpace => StatusCode::NoSpace,
             EngineError::TooLarge(_) => StatusCode::ChunkTooLarge,
             EngineError::InvalidArgument(_) => StatusCode::InvalidArgument,
+            EngineError::VersionMismatch { .. } => StatusCode::VersionMismatch,
         };
         Status::new(code, self.to_string())
     }

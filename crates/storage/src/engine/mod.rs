@@ -181,15 +181,22 @@ impl ChunkEngine {
 
     /// Writes `data` at `offset` inside the chunk; durable (data and metadata fsynced) before it
     /// returns. An empty write changes nothing and returns the current state.
-    pub fn write(
-        &self,
-        chunk: ChunkId,
-        offset: u32,
-        data: &[u8],
-    ) -> Result<ChunkInfo, EngineError> {
+    pub fn write(&self, chunk: ChunkId, offset: u32, data: &[u8]) -> Result<ChunkInfo, EngineError> {
+        self.write_inner(chunk, None, offset, data)
+    }
+
+    /// Like [`write`](Self::write), but only if the chunk is at `base_version` (0 = missing), so
+    /// that every replica applies a chunk's writes in the same order and reaches the same
+    /// version; otherwise `VersionMismatch` and nothing changes.
+    pub fn write_at(&self, chunk: ChunkId, base_version: u64, offset: u32, data: &[u8]) -> Result<ChunkInfo, EngineError> {
+        self.write_inner(chunk, Some(base_version), offset, data)
+    }
+
+    fn write_inner(&self, chunk: ChunkId, base: Option<u64>, offset: u32, data: &[u8]) -> Result<ChunkInfo, EngineError> {
         let end = self.check_end(u64::from(offset) + data.len() as u64, "write")?;
         let _guard = self.locks.write(chunk);
         let old = self.load(chunk)?;
+        check_base(old.as_ref(), base)?;
         if data.is_empty() {
             return Ok(old.map(|m| m.info()).unwrap_or_default());
         }
@@ -252,9 +259,19 @@ impl ChunkEngine {
     /// end and zeroes the tail of the last partial block (copy-on-write); growing just raises the
     /// length. Durable on return.
     pub fn truncate(&self, chunk: ChunkId, len: u32) -> Result<ChunkInfo, EngineError> {
+        self.truncate_inner(chunk, None, len)
+    }
+
+    /// Like [`truncate`](Self::truncate), but only if the chunk is at `base_version`.
+    pub fn truncate_at(&self, chunk: ChunkId, base_version: u64, len: u32) -> Result<ChunkInfo, EngineError> {
+        self.truncate_inner(chunk, Some(base_version), len)
+    }
+
+    fn truncate_inner(&self, chunk: ChunkId, base: Option<u64>, len: u32) -> Result<ChunkInfo, EngineError> {
         self.check_end(u64::from(len), "truncate")?;
         let _guard = self.locks.write(chunk);
         let old = self.load(chunk)?;
+        check_base(old.as_ref(), base)?;
         let mut meta = old.clone().unwrap_or_default();
         let keep = blocks_for(u64::from(len)) as u32;
         let mut freed: Vec<u64> = meta
@@ -605,3 +622,13 @@ fn fs_space(dir: &Path) -> Option<(u64, u64)> {
         (st.f_bavail as u64).saturating_mul(frsize),
     ))
 }
+
+/// Refuses a versioned change unless the chunk is at the version the change was built on.
+fn check_base(old: Option<&ChunkMeta>, base: Option<u64>) -> Result<(), EngineError> {
+    let current = old.map_or(0, |m| m.version);
+    match base {
+        Some(expected) if expected != current => Err(EngineError::VersionMismatch { current, expected }),
+        _ => Ok(()),
+    }
+}
+
