@@ -115,6 +115,9 @@ pub struct ChunkInfo {
     /// Incremented by every committed write or truncate; 0 means "never written".
     pub version: u64,
     pub len: u32,
+    /// Hash of every block's index and CRC32C: replicas with equal versions but different
+    /// histories (a write that never committed) differ here.
+    pub digest: u64,
 }
 
 /// Space accounting of one target.
@@ -298,6 +301,48 @@ impl ChunkEngine {
             removed += self.remove_group(group)?;
         }
         Ok(removed)
+    }
+
+    /// Chunks after `after` (exclusive) in key order, at most `limit`, with their state: the
+    /// pages a replica sync compares.
+    pub fn list(&self, after: Option<ChunkId>, limit: usize) -> Result<Vec<(ChunkId, ChunkInfo)>, EngineError> {
+        use std::ops::Bound;
+        let lo = match after {
+            Some(c) => Bound::Excluded(c.to_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for guard in self.chunks.range::<Vec<u8>, _>((lo, Bound::Unbounded)).take(limit) {
+            let (key, value) = guard.into_inner().map_err(EngineError::from_fjall)?;
+            let chunk = ChunkId::from_bytes(&key)
+                .ok_or_else(|| EngineError::Corrupt(format!("chunk key of {} bytes", key.len())))?;
+            let meta = ChunkMeta::decode(&value)
+                .map_err(|e| EngineError::Corrupt(format!("chunk {chunk}: bad metadata record: {e}")))?;
+            out.push((chunk, meta.info()));
+        }
+        Ok(out)
+    }
+
+    /// Replaces a chunk with `data` at exactly `version`: how a replica that missed writes takes
+    /// over another replica's committed state. Durable on return.
+    pub fn install(&self, chunk: ChunkId, version: u64, data: &[u8]) -> Result<ChunkInfo, EngineError> {
+        let len = self.check_end(data.len() as u64, "install")?;
+        let _guard = self.locks.write(chunk);
+        let old = self.load(chunk)?;
+        let mut meta = ChunkMeta { version, len, ..ChunkMeta::default() };
+        if !data.is_empty() {
+            let (first, images) = self.build_images(chunk, None, 0, data)?;
+            let phys = self.write_new_blocks(&images)?;
+            install_blocks(&mut meta, first, &phys, &images);
+        }
+        let freed: Vec<u64> = old.as_ref().map(|m| m.blocks.values().map(|r| r.phys).collect()).unwrap_or_default();
+        self.commit_and_release(chunk, &meta, old.is_none(), &freed)?;
+        Ok(meta.info())
+    }
+
+    /// Removes one chunk; returns whether it existed.
+    pub fn remove(&self, chunk: ChunkId) -> Result<bool, EngineError> {
+        Ok(self.remove_group(&[chunk])? == 1)
     }
 
     /// The committed version and length of a chunk, or `None` if it does not exist.
@@ -522,10 +567,19 @@ impl ChunkEngine {
 
 impl ChunkMeta {
     fn info(&self) -> ChunkInfo {
-        ChunkInfo {
-            version: self.version,
-            len: self.len,
+        ChunkInfo { version: self.version, len: self.len, digest: self.digest() }
+    }
+
+    /// FNV-1a over (block index, CRC32C) pairs in block order.
+    fn digest(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (idx, r) in &self.blocks {
+            for b in idx.to_le_bytes().into_iter().chain(r.crc.to_le_bytes()) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
         }
+        h
     }
 }
 
