@@ -57,6 +57,9 @@ pub struct MgmtdArgs {
     /// State directory (embedded KV).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Do not give new targets a chain of their own; chains are built with `admin create-chain`.
+    #[arg(long)]
+    pub manual_chains: bool,
 }
 
 impl MgmtdArgs {
@@ -65,6 +68,9 @@ impl MgmtdArgs {
         set(&mut c.listen, self.listen);
         set(&mut c.metrics_listen, self.metrics_listen);
         set(&mut c.data_dir, self.data);
+        if self.manual_chains {
+            c.auto_create_chains = false;
+        }
         Ok(Some(c))
     }
 }

@@ -15,6 +15,7 @@ use crate::Failure;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+const RESTART_PACE: Duration = Duration::from_secs(3);
 
 #[derive(Args, Clone, Debug)]
 pub struct UpArgs {
@@ -77,6 +78,9 @@ struct Role {
     name: String,
     child: Child,
     log: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    /// When the supervisor last restarted it, to pace restarts of a role that keeps failing.
+    restarted: Option<Instant>,
 }
 
 impl Role {
@@ -143,9 +147,13 @@ fn resolve(args: UpArgs) -> Result<Option<UpConfig>, Failure> {
     if let Some(r) = args.replicas {
         c.replicas = r.max(1);
     }
-    if c.replicas > 1 {
-        // Chains of several targets need the replication protocol, which is not built yet.
-        let error = anyhow!("--replicas {} needs replicated chains, which are not built yet (issue 4)", c.replicas);
+    if c.replicas > c.storage_nodes || !(c.targets * c.storage_nodes).is_multiple_of(c.replicas) {
+        let error = anyhow!(
+            "--replicas {} needs at least as many storage nodes and a target count ({} nodes x {} targets) it divides",
+            c.replicas,
+            c.storage_nodes,
+            c.targets
+        );
         return Err(Failure { code: crate::EXIT_USAGE, error });
     }
     if args.any_port {
@@ -194,9 +202,14 @@ async fn start_all(c: &UpConfig, roles: &mut Vec<Role>) -> anyhow::Result<()> {
     }
 
     let mgmtd_dir = s(&dir("mgmtd"));
-    let args = ["mgmtd", "--data", &mgmtd_dir, "--listen", &c.mgmtd_listen, "--metrics-listen", &metrics_addr(c, 0, 0)];
+    let mut args = vec!["mgmtd".to_owned(), "--data".into(), mgmtd_dir, "--listen".into(), c.mgmtd_listen.clone()];
+    args.extend(["--metrics-listen".into(), metrics_addr(c, 0, 0)]);
+    if c.replicas > 1 {
+        args.push("--manual-chains".into());
+    }
     roles.push(spawn("mgmtd", &args, &logs)?);
     let mgmtd = wait_for_file(&dir("mgmtd").join("mgmtd.addr"), roles).await?;
+    pin_listen(roles, "mgmtd", &mgmtd);
 
     let meta_dir = s(&dir("meta"));
     let args = ["meta", "--data", &meta_dir, "--listen", &c.meta_listen, "--mgmtd", &mgmtd, "--metrics-listen", &metrics_addr(c, 1, 0)];
@@ -212,9 +225,15 @@ async fn start_all(c: &UpConfig, roles: &mut Vec<Role>) -> anyhow::Result<()> {
         }
         roles.push(spawn(role, &args, &logs)?);
     }
-    wait_for_file(&dir("meta").join("meta.addr"), roles).await?;
+    let meta = wait_for_file(&dir("meta").join("meta.addr"), roles).await?;
+    pin_listen(roles, "meta", &meta);
     for i in 0..c.storage_nodes {
-        wait_for_file(&dir(&storage_role(i)).join("storage.addr"), roles).await?;
+        let role = storage_role(i);
+        let addr = wait_for_file(&dir(&role).join("storage.addr"), roles).await?;
+        pin_listen(roles, &role, &addr);
+    }
+    if c.replicas > 1 {
+        build_chains(&mgmtd, c.replicas).await?;
     }
 
     std::fs::create_dir_all(&c.mountpoint).with_context(|| format!("creating {}", c.mountpoint.display()))?;
@@ -224,14 +243,53 @@ async fn start_all(c: &UpConfig, roles: &mut Vec<Role>) -> anyhow::Result<()> {
     wait_for_mount(&c.mountpoint, roles).await
 }
 
+/// A restarted service keeps the address it bound first (port 0 would pick a new one, and
+/// mgmtd's address is wired into every other role).
+fn pin_listen(roles: &mut [Role], name: &str, addr: &str) {
+    for r in roles.iter_mut().filter(|r| r.name == name) {
+        if let Some(i) = r.args.iter().position(|a| a == "--listen") {
+            if let Some(v) = r.args.get_mut(i + 1) {
+                *v = addr.into();
+            }
+        }
+    }
+}
+
+/// Groups targets that are in no chain yet into chains of `replicas` targets on distinct nodes:
+/// targets taken node by node in turn, so any `replicas` consecutive ones are on different nodes.
+async fn build_chains(mgmtd: &str, replicas: usize) -> anyhow::Result<()> {
+    use ember_proto::mgmtd::{CreateChainReq, GetRoutingReq};
+    let client = ember_net::RpcClient::new(mgmtd).with_timeout(Duration::from_secs(10));
+    let routing = client.unary(&GetRoutingReq { known_version: 0 }).await?.routing.unwrap_or_default();
+    let mut by_node: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
+    for t in routing.targets.iter().filter(|t| t.chain_id == 0) {
+        by_node.entry(t.node_id).or_default().push(t.target_id);
+    }
+    let mut order = Vec::new();
+    for i in 0..by_node.values().map(Vec::len).max().unwrap_or(0) {
+        order.extend(by_node.values().filter_map(|ts| ts.get(i).copied()));
+    }
+    for members in order.chunks_exact(replicas) {
+        let resp = client.unary(&CreateChainReq { targets: members.to_vec() }).await?;
+        tracing::info!(chain = resp.chain_id, ?members, "chain created");
+    }
+    Ok(())
+}
+
 fn spawn<S: AsRef<std::ffi::OsStr>>(name: impl Into<String>, args: &[S], logs: &Path) -> anyhow::Result<Role> {
     let name = name.into();
-    let exe = std::env::current_exe().context("locating the ember binary")?;
     let log_path = logs.join(format!("{name}.log"));
+    let args: Vec<std::ffi::OsString> = args.iter().map(|a| a.as_ref().to_owned()).collect();
+    let child = start_child(&name, &args, &log_path)?;
+    Ok(Role { name, child, log: log_path, args, restarted: None })
+}
+
+fn start_child(name: &str, args: &[std::ffi::OsString], log_path: &Path) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("locating the ember binary")?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&log_path)
+        .open(log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
     let mut command = Command::new(exe);
     // SAFETY: prctl(2) only, which is async-signal-safe, between fork and exec.
@@ -244,7 +302,7 @@ fn spawn<S: AsRef<std::ffi::OsStr>>(name: impl Into<String>, args: &[S], logs: &
             Ok(())
         });
     }
-    let child = command
+    command
         .args(args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -253,8 +311,7 @@ fn spawn<S: AsRef<std::ffi::OsStr>>(name: impl Into<String>, args: &[S], logs: &
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("starting {name}"))?;
-    Ok(Role { name, child, log: log_path })
+        .with_context(|| format!("starting {name}"))
 }
 
 /// Fails early, with the role's name, if a child exits while we wait for readiness.
@@ -304,15 +361,25 @@ async fn wait_for_mount(path: &Path, roles: &mut [Role]) -> anyhow::Result<()> {
 }
 
 /// Waits for a stop signal or for any role to exit on its own (an error).
+/// Waits for a stop signal. A service that exits is restarted (at most every few seconds), as
+/// a service manager would: the cluster rides through it. The mount exiting ends everything,
+/// since its users already lost it.
 async fn supervise(roles: &mut [Role], mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = &mut stop => return Ok(()),
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 for r in roles.iter_mut() {
-                    if let Some(status) = r.child.try_wait()? {
-                        return Err(anyhow!("{} exited unexpectedly ({status}); stopping the cluster", r.name));
+                    let Some(status) = r.child.try_wait()? else { continue };
+                    if r.name == "mount" {
+                        return Err(anyhow!("the mount exited unexpectedly ({status}); stopping the cluster"));
                     }
+                    if r.restarted.is_some_and(|t| t.elapsed() < RESTART_PACE) {
+                        continue;
+                    }
+                    eprintln!("ember up: {} exited ({status}); restarting it", r.name);
+                    r.child = start_child(&r.name, &r.args, &r.log)?;
+                    r.restarted = Some(Instant::now());
                 }
             }
         }

@@ -67,7 +67,7 @@ fn services_survive_garbage_truncated_and_oversized_frames() {
     let services = [
         (cluster.mgmtd_addr.clone(), cluster.mgmtd.pid().unwrap()),
         (read("meta"), cluster.meta.pid().unwrap()),
-        (read("storage"), cluster.storage.pid().unwrap()),
+        (read("storage"), cluster.storage[0].pid().unwrap()),
     ];
     for (addr, pid) in &services {
         let before = rss_kib(*pid).unwrap();

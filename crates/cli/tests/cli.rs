@@ -141,9 +141,9 @@ fn up_with_several_storage_nodes_stripes_files_over_all_of_them() {
     if !fuse_available() {
         return;
     }
-    let refused = ember().args(["up", "--replicas", "3", "--storage-nodes", "3"]).output().unwrap();
+    let refused = ember().args(["up", "--replicas", "4", "--storage-nodes", "3"]).output().unwrap();
     assert_eq!(refused.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("not built yet"));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("at least as many storage nodes"));
 
     let dir = tempfile::tempdir().unwrap();
     let (data, mnt) = (dir.path().join("data"), dir.path().join("mnt"));

@@ -49,9 +49,9 @@ fn acknowledged_writes_survive_kill9_of_storage_and_meta() {
     let mut mount = cluster.mount();
     let (open, want) = write_and_acknowledge(&mount.path);
 
-    cluster.storage.kill9();
+    cluster.storage[0].kill9();
     cluster.meta.kill9();
-    cluster.restart_storage();
+    cluster.restart_storage(0);
     cluster.restart_meta();
 
     drop(open);
@@ -89,7 +89,7 @@ fn writes_wait_for_a_storage_node_that_is_down_longer_than_its_lease() {
     let before = random_bytes(21, 2 << 20);
     fs::write(mount.join("before"), &before).unwrap();
 
-    cluster.storage.kill9();
+    cluster.storage[0].kill9();
     // Long enough for mgmtd to declare the node dead (1 s) and the target LASTSRV.
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let during = random_bytes(22, 3 << 20);
@@ -97,7 +97,7 @@ fn writes_wait_for_a_storage_node_that_is_down_longer_than_its_lease() {
     let data = during.clone();
     let writer = std::thread::spawn(move || fs::write(path, &data));
     std::thread::sleep(std::time::Duration::from_millis(500));
-    cluster.restart_storage();
+    cluster.restart_storage(0);
     writer.join().unwrap().unwrap_or_else(|e| panic!("write across the outage failed: {e}\n{}", cluster.logs()));
 
     assert!(fs::read(mount.join("before")).unwrap() == before);

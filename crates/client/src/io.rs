@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use ember_proto::storage::{BatchReadReq, ChunkRef, ReadIo, TruncateReq, WriteReq};
 use ember_proto::routing::RoutingTable;
-use ember_types::{ChainId, ChunkSpan, InodeId, Layout, Status, StatusCode, TargetId};
+use ember_types::{ChainId, ChunkSpan, InodeId, Layout, Status, StatusCode};
 use tokio::task::JoinSet;
 
 use crate::{should_retry, Backoff, EmberClient, Retry};
@@ -97,25 +97,20 @@ impl EmberClient {
         Ok(retry)
     }
 
-    /// Cuts the file's chunks on every chain of its layout down to `length`.
+    /// Cuts the file's chunks on every chain of its layout down to `length`. Each chain's
+    /// primary applies the cut and replicates it.
     pub async fn truncate_chunks(&self, inode: InodeId, layout: &Layout, length: u64) -> Result<(), Status> {
         let stripe = layout.chains.len() as u32;
         for (position, chain) in layout.chains.iter().enumerate() {
-            self.with_route(*chain, Retry::Idempotent, |table| {
-                let refs = chain_refs(table, inode, *chain)?;
-                Ok(((), refs))
-            }, |_, refs| async move {
-                for (addr, c) in refs {
-                    let req = TruncateReq {
-                        chain: Some(c),
-                        length,
-                        chunk_size: layout.chunk_size,
-                        stripe,
-                        stripe_position: position as u32,
-                    };
-                    self.peer(&addr).unary(&req).await?;
-                }
-                Ok(())
+            self.with_route(*chain, Retry::Idempotent, |table| primary_ref(table, inode, *chain), |addr, c| async move {
+                let req = TruncateReq {
+                    chain: Some(c),
+                    length,
+                    chunk_size: layout.chunk_size,
+                    stripe,
+                    stripe_position: position as u32,
+                };
+                self.peer(&addr).unary(&req).await.map(|_| ())
             })
             .await?;
         }
@@ -169,26 +164,11 @@ fn route(table: &RoutingTable, span: &ChunkSpan) -> Result<(ChunkRef, String), S
     Ok((c, addr.to_owned()))
 }
 
-/// One reference per serving target of a chain (for requests every replica must apply).
-fn chain_refs(table: &RoutingTable, inode: InodeId, chain: ChainId) -> Result<Vec<(String, ChunkRef)>, Status> {
-    let version = table
-        .chain(chain)
-        .map(|c| c.version)
-        .ok_or_else(|| Status::new(StatusCode::RoutingStale, format!("chain {chain} unknown")))?;
-    let targets: Vec<TargetId> = table.serving_targets(chain);
-    if targets.is_empty() {
-        return Err(Status::new(StatusCode::Unavailable, format!("chain {chain} has no serving target")));
-    }
-    targets
-        .into_iter()
-        .map(|t| {
-            let addr = table
-                .target_address(t)
-                .ok_or_else(|| Status::new(StatusCode::RoutingStale, format!("target {t} has no node")))?;
-            let c = ChunkRef { inode: inode.0, index: 0, chain_id: chain.0, chain_version: version, target_id: t.0 };
-            Ok((addr.to_owned(), c))
-        })
-        .collect()
+/// The chain's primary and a reference to it for chain-wide requests.
+fn primary_ref(table: &RoutingTable, inode: InodeId, chain: ChainId) -> Result<(String, ChunkRef), Status> {
+    let span = ChunkSpan { chunk: ember_types::ChunkId::new(inode, 0), chain, offset: 0, len: 0, buf_offset: 0 };
+    let (c, addr) = route(table, &span)?;
+    Ok((addr, c))
 }
 
 fn plan_reads(table: &RoutingTable, spans: &[ChunkSpan]) -> Result<ReadPlan, Status> {

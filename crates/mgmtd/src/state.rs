@@ -135,6 +135,9 @@ impl ClusterState {
         for t in inner.targets.values_mut().filter(|t| t.record.node_id == node_id) {
             t.local = None;
         }
+        if req.node_id != 0 {
+            demote_restarted(&mut inner, &mut batch, node_id);
+        }
         self.bump_routing(&mut inner, &mut batch);
         self.commit(batch)?;
         tracing::info!(node_id, kind = kind.name(), address = %req.address, targets = ?target_ids, "node registered");
@@ -390,6 +393,33 @@ fn build_routing(inner: &Inner) -> RoutingInfo {
     RoutingInfo { version: inner.routing_version, nodes, targets, chains, chain_tables }
 }
 
+/// A serving target whose process restarted may have lost changes in flight that its chain
+/// peers hold: unless it is its chain's only serving member, it must sync before serving again.
+fn demote_restarted(inner: &mut Inner, batch: &mut Batch, node_id: u32) {
+    let restarted: Vec<(u32, u32)> = inner
+        .targets
+        .iter()
+        .filter(|(_, t)| t.record.node_id == node_id && t.record.chain_id != 0)
+        .filter(|(_, t)| t.record.public_state() == TargetState::Serving)
+        .map(|(id, t)| (*id, t.record.chain_id))
+        .collect();
+    for (target, chain_id) in restarted {
+        let members = inner.chains.get(&chain_id).map(|c| c.targets.clone()).unwrap_or_default();
+        let others_serving = members.iter().any(|&o| {
+            o != target && inner.targets.get(&o).is_some_and(|x| x.record.public_state() == TargetState::Serving)
+        });
+        if !others_serving {
+            continue;
+        }
+        tracing::info!(target, chain = chain_id, "serving target restarted; it syncs before serving again");
+        if let Some(t) = inner.targets.get_mut(&target) {
+            t.record.state = TargetState::Offline.to_u8().into();
+            batch.put(records::key(records::TARGET, target), &t.record);
+        }
+        update_chain(inner, batch, chain_id);
+    }
+}
+
 /// Runs the state machine over one chain's members in chain order, so that of two members
 /// failing together exactly one becomes LASTSRV; then orders members by state.
 fn update_chain(inner: &mut Inner, batch: &mut Batch, chain_id: u32) {
@@ -566,6 +596,27 @@ mod tests {
         beat(&st, 1, 12, &[(1, LocalState::UpToDate)]);
         assert_eq!(state_of(&st, 1), TargetState::Serving);
         assert_eq!(chain_of(&st).1, vec![2, 1], "the new primary stays primary");
+    }
+
+    #[test]
+    fn a_restarted_serving_member_must_sync_unless_it_is_the_only_one() {
+        let mut opts = options(10_000);
+        opts.auto_create_chains = false;
+        let st = ClusterState::load(Arc::new(ember_kv::MemKv::new()), opts).unwrap();
+        st.register(&storage(0, vec![0])).unwrap();
+        st.register(&storage(0, vec![0])).unwrap();
+        st.create_chain(&[1, 2]).unwrap();
+        // Fresh members report ONLINE until promoted; that is no reason to leave the chain.
+        beat(&st, 1, 1, &[(1, LocalState::Online)]);
+        beat(&st, 2, 1, &[(2, LocalState::Online)]);
+        assert_eq!((state_of(&st, 1), state_of(&st, 2)), (TargetState::Serving, TargetState::Serving));
+        // Node 1's process restarts: it registers again with its ids.
+        st.register(&storage(1, vec![1])).unwrap();
+        assert_eq!(state_of(&st, 1), TargetState::Offline);
+        assert_eq!(chain_of(&st).1, vec![2, 1]);
+        // Node 2 restarts too, now the only serving member: it keeps serving.
+        st.register(&storage(2, vec![2])).unwrap();
+        assert_eq!(state_of(&st, 2), TargetState::Serving);
     }
 
     #[test]

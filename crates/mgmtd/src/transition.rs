@@ -17,8 +17,8 @@ pub fn next_state(public: TargetState, local: Option<LocalState>, others_serving
         (T::Serving, None | Some(L::Offline)) => T::LastServing,
         (T::LastServing, None | Some(L::Offline)) => T::LastServing,
         (_, None | Some(L::Offline)) => T::Offline,
-        // A quick restart mgmtd never noticed: it may have lost in-flight writes the others hold.
-        (T::Serving, Some(L::Online)) if others_serving => T::Offline,
+        // Not promoted yet (new chain, or mgmtd restarted). A node restart is caught at its
+        // registration instead, where mgmtd knows the process is new.
         (T::Serving, Some(_)) => T::Serving,
         // Nobody served after it: what it holds is the newest data there is.
         (T::LastServing, Some(_)) if !others_serving => T::Serving,
@@ -74,7 +74,7 @@ mod tests {
     fn restarts_without_a_failure_in_between() {
         assert_eq!(next_state(T::Serving, Some(L::UpToDate), true), T::Serving);
         assert_eq!(next_state(T::Serving, Some(L::Online), false), T::Serving);
-        assert_eq!(next_state(T::Serving, Some(L::Online), true), T::Offline);
+        assert_eq!(next_state(T::Serving, Some(L::Online), true), T::Serving);
         assert_eq!(next_state(T::LastServing, Some(L::Online), false), T::Serving);
         assert_eq!(next_state(T::LastServing, Some(L::Online), true), T::Offline);
     }

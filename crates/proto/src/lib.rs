@@ -48,10 +48,15 @@ pub enum Method {
     StorageTruncate = 0x0303,
     StorageRemoveChunks = 0x0304,
     StorageSpaceInfo = 0x0305,
+    StorageReplicate = 0x0306,
+    StorageSyncList = 0x0307,
+    StorageSyncInstall = 0x0308,
+    StorageSyncRemove = 0x0309,
+    StorageSyncDone = 0x030a,
 }
 
 impl Method {
-    const ALL: [Method; 28] = [
+    const ALL: [Method; 33] = [
         Method::MgmtdRegisterNode,
         Method::MgmtdHeartbeat,
         Method::MgmtdGetRouting,
@@ -80,6 +85,11 @@ impl Method {
         Method::StorageTruncate,
         Method::StorageRemoveChunks,
         Method::StorageSpaceInfo,
+        Method::StorageReplicate,
+        Method::StorageSyncList,
+        Method::StorageSyncInstall,
+        Method::StorageSyncRemove,
+        Method::StorageSyncDone,
     ];
 
     pub fn from_u16(v: u16) -> Option<Method> {
@@ -117,6 +127,11 @@ impl Method {
             Method::StorageTruncate => "storage.truncate",
             Method::StorageRemoveChunks => "storage.remove_chunks",
             Method::StorageSpaceInfo => "storage.space_info",
+            Method::StorageReplicate => "storage.replicate",
+            Method::StorageSyncList => "storage.sync_list",
+            Method::StorageSyncInstall => "storage.sync_install",
+            Method::StorageSyncRemove => "storage.sync_remove",
+            Method::StorageSyncDone => "storage.sync_done",
         }
     }
 }

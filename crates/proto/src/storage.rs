@@ -143,3 +143,119 @@ impl Rpc for SpaceInfoReq {
     const METHOD: Method = Method::StorageSpaceInfo;
     type Response = SpaceInfoResp;
 }
+
+/// Primary -> replica: apply one versioned change to a chunk. A write carries its bytes as the
+/// frame payload; a truncate carries `truncate_to`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReplicateReq {
+    /// `target_id` is the replica; `chain_version` the primary's view.
+    #[prost(message, optional, tag = "1")]
+    pub chunk: Option<ChunkRef>,
+    /// The chunk version the change was built on; the replica applies it only there.
+    #[prost(uint64, tag = "2")]
+    pub base_version: u64,
+    #[prost(uint32, tag = "3")]
+    pub offset: u32,
+    #[prost(uint32, tag = "4")]
+    pub crc32c: u32,
+    #[prost(uint32, optional, tag = "5")]
+    pub truncate_to: Option<u32>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReplicateResp {
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+}
+
+impl Rpc for ReplicateReq {
+    const METHOD: Method = Method::StorageReplicate;
+    type Response = ReplicateResp;
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ChunkState {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+    #[prost(uint32, tag = "2")]
+    pub index: u32,
+    #[prost(uint64, tag = "3")]
+    pub version: u64,
+    #[prost(uint32, tag = "4")]
+    pub len: u32,
+    #[prost(uint64, tag = "5")]
+    pub digest: u64,
+}
+
+/// One page of a target's chunks in key order, for comparing replicas.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SyncListReq {
+    #[prost(message, optional, tag = "1")]
+    pub target: Option<ChunkRef>,
+    /// Resume after this chunk; absent starts at the beginning.
+    #[prost(message, optional, tag = "2")]
+    pub after: Option<ChunkState>,
+    #[prost(uint32, tag = "3")]
+    pub limit: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SyncListResp {
+    #[prost(message, repeated, tag = "1")]
+    pub chunks: Vec<ChunkState>,
+}
+
+impl Rpc for SyncListReq {
+    const METHOD: Method = Method::StorageSyncList;
+    type Response = SyncListResp;
+}
+
+/// Replaces a chunk on a replica with the primary's committed state (payload = its bytes).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SyncInstallReq {
+    #[prost(message, optional, tag = "1")]
+    pub chunk: Option<ChunkRef>,
+    #[prost(uint64, tag = "2")]
+    pub version: u64,
+    #[prost(uint32, tag = "3")]
+    pub crc32c: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SyncInstallResp {}
+
+impl Rpc for SyncInstallReq {
+    const METHOD: Method = Method::StorageSyncInstall;
+    type Response = SyncInstallResp;
+}
+
+/// Removes a chunk the primary does not have.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SyncRemoveReq {
+    #[prost(message, optional, tag = "1")]
+    pub chunk: Option<ChunkRef>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SyncRemoveResp {}
+
+impl Rpc for SyncRemoveReq {
+    const METHOD: Method = Method::StorageSyncRemove;
+    type Response = SyncRemoveResp;
+}
+
+/// The replica now holds everything the primary had committed when the sync started, and
+/// gets every write since: it may report itself up to date.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SyncDoneReq {
+    #[prost(message, optional, tag = "1")]
+    pub target: Option<ChunkRef>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SyncDoneResp {}
+
+impl Rpc for SyncDoneReq {
+    const METHOD: Method = Method::StorageSyncDone;
+    type Response = SyncDoneResp;
+}

@@ -3,10 +3,14 @@
 //! - [`engine`]: the per-target chunk engine: block-granular copy-on-write storage of chunks in
 //!   one data file per target, chunk metadata in fjall, CRC32C per block.
 //! - `service`: the RPC front that checks routing and checksums and calls the engines.
+//! - `replication`: the primary's fan-out of versioned changes and the sync of members.
+//! - `access`: which requests a target accepts in which state.
 //! - `node`: the process: registration with mgmtd, heartbeats, serving.
 
+mod access;
 pub mod engine;
 mod node;
+mod replication;
 mod service;
 
 pub use engine::{ChunkEngine, ChunkInfo, EngineError, EngineOptions, EngineStats};

@@ -75,6 +75,7 @@ pub async fn run_storage(config: StorageConfig, shutdown: impl Future<Output = (
     let _ = routing.refresh().await;
     let poller = routing.spawn_poller(Duration::from_secs(1));
     let beat = tokio::spawn(heartbeat_loop(config.clone(), routing.clone(), service.clone(), node_id, address.clone()));
+    let keeper = tokio::spawn(keep_chains_loop(service.clone()));
     if !config.metrics_listen.is_empty() {
         let m = ember_net::bind(&config.metrics_listen).await?;
         ember_net::write_file_atomic(&config.data_dir.join("metrics.addr"), &m.local_addr()?.to_string())?;
@@ -88,6 +89,7 @@ pub async fn run_storage(config: StorageConfig, shutdown: impl Future<Output = (
     }
     poller.abort();
     beat.abort();
+    keeper.abort();
     Ok(())
 }
 
@@ -169,6 +171,14 @@ async fn heartbeat_loop(
             Err(st) => tracing::debug!(error = %st, "heartbeat failed"),
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+/// The primary's duties (syncing members) are checked a few times a second.
+async fn keep_chains_loop(service: Arc<StorageService>) {
+    loop {
+        service.keep_chains();
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

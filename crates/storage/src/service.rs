@@ -2,41 +2,50 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ember_net::routing::RoutingWatcher;
-use ember_net::{decode_body, Request, Response, Service, ServiceFuture};
+use ember_net::{decode_body, PeerPool, Request, Response, Service, ServiceFuture};
 use ember_proto::mgmtd::TargetReport;
 use ember_proto::storage::*;
 use ember_proto::Method;
 use ember_proto::routing::RoutingTable;
-use ember_types::{ChainId, ChunkId, InodeId, LocalState, Status, StatusCode, TargetId, TargetState};
+use ember_types::{ChunkId, InodeId, LocalState, Status, StatusCode, TargetId, TargetState};
 
+use crate::access::{self, ChunkLocks, Need};
+use crate::replication::{Change, Term};
 use crate::ChunkEngine;
+
+/// A replica that does not answer in this time is reported to mgmtd and dropped.
+const REPLICA_RPC_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Largest total a single batch read may return; keeps replies under the frame limit.
 const MAX_BATCH_READ_BYTES: u64 = 64 << 20;
 
 /// One target of this node: its engine and what this node says about it to mgmtd.
-struct LocalTarget {
-    engine: Arc<ChunkEngine>,
+pub(crate) struct LocalTarget {
+    pub(crate) engine: Arc<ChunkEngine>,
     state: AtomicU8,
 }
 
 impl LocalTarget {
-    fn state(&self) -> LocalState {
+    pub(crate) fn state(&self) -> LocalState {
         LocalState::from_u8(self.state.load(Ordering::Acquire)).unwrap_or(LocalState::Online)
     }
 
-    fn set_state(&self, s: LocalState) {
+    pub(crate) fn set_state(&self, s: LocalState) {
         self.state.store(s.to_u8(), Ordering::Release);
     }
 }
 
 pub struct StorageService {
-    targets: HashMap<TargetId, LocalTarget>,
-    routing: Arc<RoutingWatcher>,
+    pub(crate) targets: HashMap<TargetId, LocalTarget>,
+    pub(crate) routing: Arc<RoutingWatcher>,
+    pub(crate) peers: PeerPool,
+    pub(crate) locks: ChunkLocks,
+    pub(crate) terms: Mutex<HashMap<u32, Term>>,
 }
 
 impl StorageService {
@@ -47,7 +56,13 @@ impl StorageService {
             .into_iter()
             .map(|(id, engine)| (id, LocalTarget { engine, state: AtomicU8::new(LocalState::Online.to_u8()) }))
             .collect();
-        StorageService { targets, routing }
+        StorageService {
+            targets,
+            routing,
+            peers: PeerPool::new(REPLICA_RPC_TIMEOUT),
+            locks: ChunkLocks::new(),
+            terms: Mutex::default(),
+        }
     }
 
     /// Space and state reports of every local target, as sent in heartbeats.
@@ -78,66 +93,60 @@ impl StorageService {
     }
 
     async fn dispatch(&self, req: Request) -> Result<Response, Status> {
+        let body = &req.body;
         match Method::from_u16(req.method) {
-            Some(Method::StorageWrite) => self.write(decode_body(&req.body)?, req.payload).await,
-            Some(Method::StorageBatchRead) => self.batch_read(decode_body(&req.body)?).await,
-            Some(Method::StorageTruncate) => self.truncate(decode_body(&req.body)?).await,
-            Some(Method::StorageRemoveChunks) => self.remove_chunks(decode_body(&req.body)?).await,
+            Some(Method::StorageWrite) => self.write(decode_body(body)?, req.payload).await,
+            Some(Method::StorageBatchRead) => self.batch_read(decode_body(body)?).await,
+            Some(Method::StorageTruncate) => self.truncate(decode_body(body)?).await,
+            Some(Method::StorageRemoveChunks) => self.remove_chunks(decode_body(body)?).await,
             Some(Method::StorageSpaceInfo) => Ok(Response::msg(&SpaceInfoResp { targets: self.reports() })),
+            Some(Method::StorageReplicate) => self.replicate(decode_body(body)?, req.payload).await,
+            Some(Method::StorageSyncList) => self.sync_list(decode_body(body)?).await,
+            Some(Method::StorageSyncInstall) => self.sync_install(decode_body(body)?, req.payload).await,
+            Some(Method::StorageSyncRemove) => self.sync_remove(decode_body(body)?).await,
+            Some(Method::StorageSyncDone) => self.sync_done(decode_body(body)?).await,
             _ => Err(Status::new(StatusCode::UnknownMethod, format!("storage has no method {:#06x}", req.method))),
         }
     }
 
-    /// Resolves a request's chunk to a local engine after checking the client routed by the
-    /// chain version this node knows (refreshing once if they differ).
-    async fn engine_for(&self, c: &ChunkRef) -> Result<Arc<ChunkEngine>, Status> {
-        let target = TargetId(c.target_id);
-        let local = self.targets.get(&target).ok_or_else(|| {
-            Status::new(StatusCode::NoSuchTarget, format!("target {target} is not on this node"))
-        })?;
-        if local.state() != LocalState::UpToDate {
-            return Err(Status::new(
-                StatusCode::RoutingStale,
-                format!("target {target} is {} here and does not serve yet", local.state().name()),
-            ));
-        }
-        let engine = local.engine.clone();
-        if self.chain_matches(c, false) {
-            return Ok(engine);
-        }
-        let _ = self.routing.refresh().await;
-        if self.chain_matches(c, true) {
-            return Ok(engine);
-        }
-        Err(Status::new(
-            StatusCode::RoutingStale,
-            format!("chain {} version {} does not hold target {target} here", c.chain_id, c.chain_version),
-        ))
+    pub(crate) fn local(&self, target: TargetId) -> Result<&LocalTarget, Status> {
+        self.targets
+            .get(&target)
+            .ok_or_else(|| Status::new(StatusCode::NoSuchTarget, format!("target {target} is not on this node")))
     }
 
-    fn chain_matches(&self, c: &ChunkRef, log: bool) -> bool {
-        let table = self.routing.get();
-        let serving = table
-            .target(TargetId(c.target_id))
-            .is_some_and(|t| TargetState::from_u8(t.state as u8) == Some(TargetState::Serving));
-        let ok = serving
-            && table
-                .chain(ChainId(c.chain_id))
-                .is_some_and(|chain| chain.version == c.chain_version && chain.targets.contains(&c.target_id));
-        if !ok && log {
-            tracing::debug!(chain = c.chain_id, version = c.chain_version, routing = table.version(), "stale route");
+    /// Resolves a request's target to its engine after checking the routing (refreshed once
+    /// when it does not match: the caller may know a newer version than we do).
+    pub(crate) async fn resolve(&self, c: &ChunkRef, need: Need) -> Result<Arc<ChunkEngine>, Status> {
+        let local = self.local(TargetId(c.target_id))?;
+        if access::check(&self.routing.get(), c, local.state(), need).is_ok() {
+            return Ok(local.engine.clone());
         }
-        ok
+        let _ = self.routing.refresh().await;
+        match access::check(&self.routing.get(), c, local.state(), need) {
+            Ok(()) => Ok(local.engine.clone()),
+            Err(why) => Err(Status::new(StatusCode::RoutingStale, why)),
+        }
     }
 
     async fn write(&self, r: WriteReq, payload: Bytes) -> Result<Response, Status> {
         let c = r.chunk.ok_or_else(|| Status::invalid("write without a chunk"))?;
-        let engine = self.engine_for(&c).await?;
+        let engine = self.resolve(&c, Need::Primary).await?;
+        self.check_ready(c.chain_id)?;
         if crc32c::crc32c(&payload) != r.crc32c {
             return Err(Status::new(StatusCode::ChecksumMismatch, "write payload does not match its CRC32C"));
         }
         let chunk = ChunkId::new(InodeId(c.inode), c.index);
-        let info = blocking(move || engine.write(chunk, r.offset, &payload)).await?;
+        let _guard = self.locks.lock(chunk).await;
+        let base = current_version(&engine, chunk).await?;
+        let local = {
+            let (engine, payload) = (engine.clone(), payload.clone());
+            blocking(move || engine.write_at(chunk, base, r.offset, &payload))
+        };
+        let change = Change { base, offset: r.offset, crc32c: r.crc32c, truncate_to: None };
+        let (local, replicas) = tokio::join!(local, self.fan_out(&c, chunk, change, payload));
+        let info = local?;
+        replicas?;
         Ok(Response::msg(&WriteResp { version: info.version, chunk_len: info.len }))
     }
 
@@ -160,10 +169,13 @@ impl StorageService {
         Ok(Response::with_payload(&BatchReadResp { results }, payload.freeze()))
     }
 
+    /// Reads on the primary, after any write in flight on the chunk: that write is not
+    /// committed until every replica has it, and must not be seen before.
     async fn read_one(&self, io: ReadIo) -> Result<Vec<u8>, Status> {
         let c = io.chunk.ok_or_else(|| Status::invalid("read without a chunk"))?;
-        let engine = self.engine_for(&c).await?;
+        let engine = self.resolve(&c, Need::Primary).await?;
         let chunk = ChunkId::new(InodeId(c.inode), c.index);
+        let _guard = self.locks.lock(chunk).await;
         blocking(move || engine.read(chunk, io.offset, io.len)).await
     }
 
@@ -172,34 +184,48 @@ impl StorageService {
         if r.chunk_size == 0 || r.stripe == 0 || r.stripe_position >= r.stripe {
             return Err(Status::invalid("truncate needs a chunk size and a stripe position inside the stripe"));
         }
-        let engine = self.engine_for(&c).await?;
+        let engine = self.resolve(&c, Need::Primary).await?;
+        self.check_ready(c.chain_id)?;
         let cs = u64::from(r.chunk_size);
-        let boundary = r.length / cs;
-        let Ok(boundary) = u32::try_from(boundary) else {
+        let Ok(boundary) = u32::try_from(r.length / cs) else {
             return Err(Status::invalid(format!("length {} is beyond the largest file", r.length)));
         };
         let inode = InodeId(c.inode);
-        let in_chunk = (r.length % cs) as u32;
-        let here = boundary % r.stripe == r.stripe_position;
-        let removed = blocking(move || {
-            let removed = engine.remove_chunks(inode, boundary.saturating_add(1))?;
-            let chunk = ChunkId::new(inode, boundary);
-            if here && engine.chunk_info(chunk)?.is_some() {
-                engine.truncate(chunk, in_chunk)?;
-            }
-            Ok(removed)
-        })
-        .await?;
+        let chunk = ChunkId::new(inode, boundary);
+        let _guard = self.locks.lock(chunk).await;
+        let removed = {
+            let engine = engine.clone();
+            blocking(move || engine.remove_chunks(inode, boundary.saturating_add(1))).await?
+        };
+        self.fan_out_remove(&c, boundary.saturating_add(1)).await?;
+        let existing = {
+            let engine = engine.clone();
+            blocking(move || engine.chunk_info(chunk)).await?
+        };
+        if let (true, Some(info)) = (boundary % r.stripe == r.stripe_position, existing) {
+            let in_chunk = (r.length % cs) as u32;
+            let local = blocking(move || engine.truncate_at(chunk, info.version, in_chunk));
+            let change = Change { base: info.version, offset: 0, crc32c: 0, truncate_to: Some(in_chunk) };
+            let (local, replicas) = tokio::join!(local, self.fan_out(&c, chunk, change, Bytes::new()));
+            local?;
+            replicas?;
+        }
         Ok(Response::msg(&TruncateResp { removed_chunks: removed }))
     }
 
+    /// Removes a deleted file's chunks from this target only: meta sends it to every target.
     async fn remove_chunks(&self, r: RemoveChunksReq) -> Result<Response, Status> {
         let c = r.chain.ok_or_else(|| Status::invalid("remove without a chain"))?;
-        let engine = self.engine_for(&c).await?;
+        let engine = self.resolve(&c, Need::Any).await?;
         let inode = InodeId(c.inode);
         let removed = blocking(move || engine.remove_chunks(inode, r.from_index)).await?;
         Ok(Response::msg(&RemoveChunksResp { removed }))
     }
+}
+
+async fn current_version(engine: &Arc<ChunkEngine>, chunk: ChunkId) -> Result<u64, Status> {
+    let engine = engine.clone();
+    Ok(blocking(move || engine.chunk_info(chunk)).await?.map_or(0, |i| i.version))
 }
 
 fn report(id: TargetId, t: &LocalTarget) -> TargetReport {
@@ -215,7 +241,7 @@ fn report(id: TargetId, t: &LocalTarget) -> TargetReport {
 }
 
 /// Runs engine work on the blocking pool: every engine call may wait for an fsync.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::EngineError> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)

@@ -183,25 +183,53 @@ fn wait_addr(path: &Path, proc: &mut Proc) -> String {
     }
 }
 
-/// mgmtd, one meta server and one storage node with `targets` targets.
+/// Shape of a test cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct Spec {
+    pub storage_nodes: usize,
+    pub targets: usize,
+    /// 1: every target is a chain of its own. Otherwise it must equal `storage_nodes`: chain `i`
+    /// is target `i` of every node.
+    pub replicas: usize,
+}
+
+/// mgmtd, one meta server and `storage_nodes` storage nodes.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub bin: PathBuf,
     pub mgmtd_addr: String,
     pub mgmtd: Proc,
     pub meta: Proc,
-    pub storage: Proc,
+    pub storage: Vec<Proc>,
+}
+
+/// Data directory name of storage node `i` (the first keeps the single-node name).
+pub fn storage_role(i: usize) -> String {
+    if i == 0 {
+        "storage".into()
+    } else {
+        format!("storage{i}")
+    }
 }
 
 impl Cluster {
+    /// One storage node with `targets` single-target chains.
     pub fn start(bin: &Path, targets: usize) -> Cluster {
+        Cluster::start_spec(bin, Spec { storage_nodes: 1, targets, replicas: 1 })
+    }
+
+    pub fn start_spec(bin: &Path, spec: Spec) -> Cluster {
+        assert!(spec.replicas == 1 || spec.replicas == spec.storage_nodes, "unsupported test cluster {spec:?}");
         let dir = tempfile::Builder::new().prefix("ember-test-").tempdir().expect("tempdir");
         let logs = dir.path().join("logs");
         std::fs::create_dir_all(&logs).expect("logs dir");
         let data = |r: &str| dir.path().join(r).display().to_string();
         let any = "127.0.0.1:0".to_string();
 
-        let args = vec!["--data".into(), data("mgmtd"), "--listen".into(), any.clone(), "--metrics-listen".into(), any.clone()];
+        let mut args = vec!["--data".into(), data("mgmtd"), "--listen".into(), any.clone(), "--metrics-listen".into(), any.clone()];
+        if spec.replicas > 1 {
+            args.push("--manual-chains".into());
+        }
         let mut mgmtd = Proc::spawn(bin, "mgmtd", args, logs.join("mgmtd.log"));
         let mgmtd_addr = wait_addr(&dir.path().join("mgmtd/mgmtd.addr"), &mut mgmtd);
 
@@ -209,33 +237,67 @@ impl Cluster {
             vec!["--data".into(), data(role), "--listen".into(), any.clone(), "--metrics-listen".into(), any.clone(), "--mgmtd".into(), mgmtd_addr.clone()]
         };
         let mut meta = Proc::spawn(bin, "meta", service_args("meta"), logs.join("meta.log"));
-        let mut args = service_args("storage");
-        for i in 0..targets {
-            args.extend(["--target".into(), format!("{}/target{i}", data("storage"))]);
+        let mut storage = Vec::new();
+        for n in 0..spec.storage_nodes {
+            let role = storage_role(n);
+            let mut args = service_args(&role);
+            for i in 0..spec.targets {
+                args.extend(["--target".into(), format!("{}/target{i}", data(&role))]);
+            }
+            storage.push(Proc::spawn(bin, "storage", args, logs.join(format!("{role}.log"))));
         }
-        let mut storage = Proc::spawn(bin, "storage", args, logs.join("storage.log"));
         wait_addr(&dir.path().join("meta/meta.addr"), &mut meta);
-        wait_addr(&dir.path().join("storage/storage.addr"), &mut storage);
-        Cluster { dir, bin: bin.to_owned(), mgmtd_addr, mgmtd, meta, storage }
+        for (n, proc) in storage.iter_mut().enumerate() {
+            wait_addr(&dir.path().join(storage_role(n)).join("storage.addr"), proc);
+        }
+        let cluster = Cluster { dir, bin: bin.to_owned(), mgmtd_addr, mgmtd, meta, storage };
+        if spec.replicas > 1 {
+            for i in 0..spec.targets {
+                let ids: Vec<String> = (0..spec.storage_nodes).map(|n| cluster.target_id(n, i).to_string()).collect();
+                cluster.admin(&["create-chain", "--targets", &ids.join(",")]);
+            }
+        }
+        cluster
     }
 
-    /// Address file of a role; removed before a restart so the new address is awaited.
-    fn addr_file(&self, role: &str) -> PathBuf {
-        self.dir.path().join(role).join(format!("{role}.addr"))
+    /// Id mgmtd gave target `i` of storage node `node`.
+    pub fn target_id(&self, node: usize, i: usize) -> u32 {
+        let path = self.dir.path().join(storage_role(node)).join(format!("target{i}/target.id"));
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no target id in {}", path.display()))
+    }
+
+    /// Runs `ember admin --mgmtd <addr> <args>` and returns its stdout; panics on failure.
+    pub fn admin(&self, args: &[&str]) -> String {
+        let out = Command::new(&self.bin)
+            .args(["admin", "--mgmtd", &self.mgmtd_addr])
+            .args(args)
+            .output()
+            .expect("run ember admin");
+        assert!(out.status.success(), "ember admin {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Address file of a service; removed before a restart so the new address is awaited.
+    fn addr_file(&self, role: &str, file: &str) -> PathBuf {
+        self.dir.path().join(role).join(file)
     }
 
     pub fn restart_meta(&mut self) {
-        let f = self.addr_file("meta");
+        let f = self.addr_file("meta", "meta.addr");
         let _ = std::fs::remove_file(&f);
         self.meta.restart();
         wait_addr(&f, &mut self.meta);
     }
 
-    pub fn restart_storage(&mut self) {
-        let f = self.addr_file("storage");
+    /// Restarts storage node `n` (killing it first if it runs).
+    pub fn restart_storage(&mut self, n: usize) {
+        let f = self.addr_file(&storage_role(n), "storage.addr");
         let _ = std::fs::remove_file(&f);
-        self.storage.restart();
-        wait_addr(&f, &mut self.storage);
+        self.storage[n].restart();
+        wait_addr(&f, &mut self.storage[n]);
     }
 
     pub fn mount(&self) -> Mount {
@@ -261,12 +323,11 @@ impl Cluster {
 
     /// Log tails of every service, for assertion messages.
     pub fn logs(&self) -> String {
-        format!(
-            "--- mgmtd\n{}\n--- meta\n{}\n--- storage\n{}",
-            self.mgmtd.log_tail(),
-            self.meta.log_tail(),
-            self.storage.log_tail()
-        )
+        let mut out = format!("--- mgmtd\n{}\n--- meta\n{}", self.mgmtd.log_tail(), self.meta.log_tail());
+        for (n, s) in self.storage.iter().enumerate() {
+            out.push_str(&format!("\n--- {}\n{}", storage_role(n), s.log_tail()));
+        }
+        out
     }
 }
 

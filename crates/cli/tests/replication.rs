@@ -1,0 +1,181 @@
+//! Replicated chains (3 storage nodes, chains of 3) through the FUSE mount, under failures:
+//! a replica lost, the primary lost, every node restarted in turn, all while a writer runs.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ember_testkit::{fuse_available, random_bytes, storage_role, Cluster, Slots, Spec};
+
+static SLOTS: Slots = Slots::new(1);
+const NODES: usize = 3;
+
+fn start() -> Cluster {
+    let bin = Path::new(env!("CARGO_BIN_EXE_ember"));
+    Cluster::start_spec(bin, Spec { storage_nodes: NODES, targets: 1, replicas: NODES })
+}
+
+/// Waits until every target is SERVING and up to date.
+fn wait_all_serving(cluster: &Cluster) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let targets: Vec<serde_json::Value> = serde_json::from_str(&cluster.admin(&["targets", "--json"])).unwrap();
+        if targets.iter().all(|t| t["state"] == "serving" && t["local_state"] == "uptodate") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "targets never all served again: {targets:?}\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Index of the storage node holding the chain's primary.
+fn primary_node(cluster: &Cluster) -> usize {
+    let chains: Vec<serde_json::Value> = serde_json::from_str(&cluster.admin(&["chains", "--json"])).unwrap();
+    let primary = chains[0]["targets"][0].as_u64().unwrap() as u32;
+    (0..NODES).find(|n| cluster.target_id(*n, 0) == primary).unwrap()
+}
+
+/// Bytes all storage nodes copied to members they synced, from their /metrics.
+fn synced_bytes(cluster: &Cluster) -> u64 {
+    (0..NODES)
+        .map(|n| {
+            let addr = fs::read_to_string(cluster.dir.path().join(storage_role(n)).join("metrics.addr")).unwrap();
+            let Ok(mut s) = std::net::TcpStream::connect(addr.trim()) else { return 0 };
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut text = String::new();
+            s.read_to_string(&mut text).unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("ember_storage_sync_bytes_total "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Files whose write returned, with their contents.
+type Acked = Vec<(PathBuf, Vec<u8>)>;
+
+/// Writes files of 4 KiB to 1 MiB until stopped; returns what was acknowledged and the
+/// longest time one file took.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<(Acked, Duration)>,
+}
+
+impl Writer {
+    fn start(dir: PathBuf) -> Writer {
+        fs::create_dir_all(&dir).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let (mut acked, mut longest) = (Vec::new(), Duration::ZERO);
+            let mut i = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                let len = 4096 << (i % 9);
+                let data = random_bytes(1000 + i, len);
+                let path = dir.join(format!("w{i}"));
+                let t0 = Instant::now();
+                fs::write(&path, &data).unwrap_or_else(|e| panic!("write {} failed: {e}", path.display()));
+                longest = longest.max(t0.elapsed());
+                acked.push((path, data));
+                i += 1;
+            }
+            (acked, longest)
+        });
+        Writer { stop, handle }
+    }
+
+    fn finish(self) -> (Acked, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("writer panicked")
+    }
+}
+
+fn verify(acked: &[(PathBuf, Vec<u8>)], cluster: &Cluster) {
+    for (path, data) in acked {
+        let back = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}\n{}", path.display(), cluster.logs()));
+        assert!(back == *data, "{} differs after the failure", path.display());
+    }
+}
+
+#[test]
+fn a_lost_replica_costs_no_write_and_resyncs_only_what_changed() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let mut cluster = start();
+    let mount = cluster.mount();
+    let base = random_bytes(5, 16 << 20);
+    fs::write(mount.join("base"), &base).unwrap();
+    wait_all_serving(&cluster);
+    let before = synced_bytes(&cluster);
+
+    let victim = (primary_node(&cluster) + 1) % NODES;
+    let writer = Writer::start(mount.join("stream"));
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.storage[victim].kill9();
+    std::thread::sleep(Duration::from_millis(2000));
+    cluster.restart_storage(victim);
+    std::thread::sleep(Duration::from_millis(500));
+    let (acked, longest) = writer.finish();
+    eprintln!("replica loss: {} writes acknowledged, longest {longest:?}", acked.len());
+    assert!(longest < Duration::from_secs(15), "a write hung for {longest:?}");
+
+    wait_all_serving(&cluster);
+    verify(&acked, &cluster);
+    assert!(fs::read(mount.join("base")).unwrap() == base);
+    let written: u64 = acked.iter().map(|(_, d)| d.len() as u64).sum();
+    let copied = synced_bytes(&cluster) - before;
+    eprintln!("resync copied {copied} bytes; data set {} bytes", written + base.len() as u64);
+    assert!(copied <= written, "resync copied {copied} bytes, more than the {written} written meanwhile");
+}
+
+#[test]
+fn a_new_primary_takes_over_without_losing_acknowledged_writes() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let mut cluster = start();
+    let mount = cluster.mount();
+    wait_all_serving(&cluster);
+    let old = primary_node(&cluster);
+    let writer = Writer::start(mount.join("stream"));
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.storage[old].kill9();
+    std::thread::sleep(Duration::from_millis(2500));
+    let (acked, longest) = writer.finish();
+    eprintln!("primary loss: {} writes acknowledged, longest {longest:?}", acked.len());
+    assert!(longest < Duration::from_secs(15), "a write hung for {longest:?}");
+    assert_ne!(primary_node(&cluster), old, "no new primary");
+    verify(&acked, &cluster);
+
+    cluster.restart_storage(old);
+    wait_all_serving(&cluster);
+    verify(&acked, &cluster);
+}
+
+#[test]
+fn a_rolling_restart_of_every_storage_node_costs_no_write() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let mut cluster = start();
+    let mount = cluster.mount();
+    wait_all_serving(&cluster);
+    let writer = Writer::start(mount.join("stream"));
+    for n in 0..NODES {
+        std::thread::sleep(Duration::from_millis(300));
+        cluster.restart_storage(n);
+        wait_all_serving(&cluster);
+    }
+    let (acked, _) = writer.finish();
+    assert!(!acked.is_empty());
+    verify(&acked, &cluster);
+}

@@ -1,0 +1,378 @@
+//! Replication, primary side and replica side.
+//!
+//! The chain's primary (its first SERVING member) takes a chunk's lock, applies the change
+//! locally and sends the same versioned change to every other SERVING or SYNCING member in
+//! parallel; the client gets its answer once all of them hold it. A member that fails is
+//! reported to mgmtd, which takes it out of the chain, and the change commits without it.
+//! A member that mgmtd lets back (SYNCING), and every member when a new primary takes over, is
+//! brought to the primary's state by a sync: compare chunk lists, copy the chunks that differ,
+//! remove the ones the primary lacks. Writes wait while a new primary syncs its serving
+//! members: a change its predecessor left half-replicated is thereby completed or undone
+//! everywhere before anything else happens to the chunk.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ember_net::{Response, RpcClient};
+use ember_proto::mgmtd::OfflineTargetReq;
+use ember_proto::routing::RoutingTable;
+use ember_proto::storage::*;
+use ember_types::{ChainId, ChunkId, InodeId, LocalState, Status, StatusCode, TargetId, TargetState};
+use tokio::task::JoinSet;
+
+use crate::access::Need;
+use crate::service::{blocking, StorageService};
+use crate::ChunkEngine;
+
+/// How long a primary waits for mgmtd to drop a failed replica before it gives up the write.
+const DROP_WAIT: Duration = Duration::from_secs(5);
+const SYNC_PAGE: usize = 1024;
+
+/// One versioned change to a chunk, as the primary built it.
+#[derive(Clone, Copy, Debug)]
+pub struct Change {
+    pub base: u64,
+    pub offset: u32,
+    pub crc32c: u32,
+    pub truncate_to: Option<u32>,
+}
+
+/// A local target's time as primary of one chain: which members it has synced since.
+#[derive(Debug, Default)]
+pub struct Term {
+    id: u64,
+    peered: HashSet<u32>,
+    busy: HashSet<u32>,
+}
+
+static TERM_IDS: AtomicU64 = AtomicU64::new(1);
+
+fn new_term() -> Term {
+    Term { id: TERM_IDS.fetch_add(1, Ordering::Relaxed), ..Term::default() }
+}
+
+fn state_of(table: &RoutingTable, target: u32) -> Option<TargetState> {
+    table.target(TargetId(target)).and_then(|t| TargetState::from_u8(t.state as u8))
+}
+
+fn in_write_set(state: Option<TargetState>) -> bool {
+    matches!(state, Some(TargetState::Serving | TargetState::Syncing))
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl StorageService {
+    /// Writes wait while a new primary has not yet synced every serving member.
+    pub(crate) fn check_ready(&self, chain_id: u32) -> Result<(), Status> {
+        let table = self.routing.get();
+        let Some(chain) = table.chain(ChainId(chain_id)) else {
+            return Err(Status::new(StatusCode::RoutingStale, format!("chain {chain_id} is unknown")));
+        };
+        let serving = table.serving_targets(ChainId(chain_id));
+        let mut terms = lock(&self.terms);
+        let term = terms.entry(chain_id).or_insert_with(new_term);
+        let waiting: Vec<u32> = chain
+            .targets
+            .iter()
+            .copied()
+            .filter(|t| serving.first() != Some(&TargetId(*t)) && serving.contains(&TargetId(*t)))
+            .filter(|t| !term.peered.contains(t))
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        Err(Status::new(StatusCode::Busy, format!("chain {chain_id} is syncing members {waiting:?} first")))
+    }
+
+    /// Sends `change` to every other member in the write set and waits for all of them.
+    pub(crate) async fn fan_out(&self, c: &ChunkRef, chunk: ChunkId, change: Change, payload: Bytes) -> Result<(), Status> {
+        let mut pending: Option<Vec<u32>> = None;
+        for _attempt in 0..3 {
+            let table = self.routing.get();
+            let chain = table
+                .chain(ChainId(c.chain_id))
+                .ok_or_else(|| Status::new(StatusCode::RoutingStale, format!("chain {} is unknown", c.chain_id)))?;
+            let members: Vec<u32> = chain
+                .targets
+                .iter()
+                .copied()
+                .filter(|t| *t != c.target_id && in_write_set(state_of(&table, *t)))
+                .filter(|t| pending.as_ref().is_none_or(|p| p.contains(t)))
+                .collect();
+            let (stale, failed) = self.send_change(&table, chain.version, c, chunk, change, &payload, &members).await;
+            if !failed.is_empty() {
+                self.drop_members(&failed).await?;
+            }
+            if stale.is_empty() {
+                return Ok(());
+            }
+            // A member knew a newer chain version: refresh and resend to those members only.
+            let _ = self.routing.refresh().await;
+            pending = Some(stale);
+        }
+        Err(Status::new(StatusCode::RoutingStale, "replicas kept refusing the chain version"))
+    }
+
+    /// Returns (members that refused our chain version, members that failed).
+    #[allow(clippy::too_many_arguments)]
+    async fn send_change(
+        &self,
+        table: &RoutingTable,
+        chain_version: u64,
+        c: &ChunkRef,
+        chunk: ChunkId,
+        change: Change,
+        payload: &Bytes,
+        members: &[u32],
+    ) -> (Vec<u32>, Vec<u32>) {
+        let mut tasks = JoinSet::new();
+        let mut failed = Vec::new();
+        for &m in members {
+            let Some(addr) = table.target_address(TargetId(m)) else {
+                failed.push(m);
+                continue;
+            };
+            let syncing = state_of(table, m) == Some(TargetState::Syncing);
+            let req = ReplicateReq {
+                chunk: Some(ChunkRef { inode: chunk.inode.0, index: chunk.index, chain_id: c.chain_id, chain_version, target_id: m }),
+                base_version: change.base,
+                offset: change.offset,
+                crc32c: change.crc32c,
+                truncate_to: change.truncate_to,
+            };
+            let (client, payload) = (self.peers.get(addr), payload.clone());
+            tasks.spawn(async move { (m, syncing, client.call(&req, payload).await.map(|_| ())) });
+        }
+        let mut stale = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((m, syncing, result)) = joined else { continue };
+            match result {
+                Ok(()) => {}
+                // A syncing member misses chunks until its sync reaches them.
+                Err(st) if syncing && st.code == StatusCode::VersionMismatch => {}
+                Err(st) if st.code == StatusCode::RoutingStale => stale.push(m),
+                Err(st) => {
+                    tracing::warn!(target = m, error = %st, "replica failed a change; dropping it from the chain");
+                    failed.push(m);
+                }
+            }
+        }
+        (stale, failed)
+    }
+
+    /// Sends a chunk removal to every other member of the write set (idempotent, unversioned).
+    pub(crate) async fn fan_out_remove(&self, c: &ChunkRef, from_index: u32) -> Result<(), Status> {
+        let table = self.routing.get();
+        let Some(chain) = table.chain(ChainId(c.chain_id)) else { return Ok(()) };
+        let mut failed = Vec::new();
+        for &m in chain.targets.iter().filter(|t| **t != c.target_id && in_write_set(state_of(&table, **t))) {
+            let req = RemoveChunksReq { chain: Some(ChunkRef { target_id: m, ..c.clone() }), from_index };
+            let result = match table.target_address(TargetId(m)) {
+                Some(addr) => self.peers.get(addr).unary(&req).await.map(|_| ()),
+                None => Err(Status::new(StatusCode::RoutingStale, "member has no node")),
+            };
+            if let Err(st) = result {
+                tracing::warn!(target = m, error = %st, "replica failed a removal; dropping it from the chain");
+                failed.push(m);
+            }
+        }
+        if failed.is_empty() {
+            return Ok(());
+        }
+        self.drop_members(&failed).await
+    }
+
+    /// Asks mgmtd to take failed members out of their chain and waits until routing says so.
+    async fn drop_members(&self, failed: &[u32]) -> Result<(), Status> {
+        for &m in failed {
+            if let Err(st) = self.routing.mgmtd().unary(&OfflineTargetReq { target_id: m }).await {
+                return Err(Status::new(StatusCode::Unavailable, format!("cannot drop failed replica {m}: {st}")));
+            }
+        }
+        let deadline = Instant::now() + DROP_WAIT;
+        loop {
+            let table = self.routing.refresh().await.unwrap_or_else(|_| self.routing.get());
+            if failed.iter().all(|m| !in_write_set(state_of(&table, *m))) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Status::new(StatusCode::Unavailable, "mgmtd did not drop the failed replicas in time"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Replica side of `fan_out`: applies the change only on the version it was built on.
+    pub(crate) async fn replicate(&self, r: ReplicateReq, payload: Bytes) -> Result<Response, Status> {
+        let c = r.chunk.ok_or_else(|| Status::invalid("replicate without a chunk"))?;
+        let engine = self.resolve(&c, Need::Member).await?;
+        let chunk = ChunkId::new(InodeId(c.inode), c.index);
+        let base = r.base_version;
+        let info = match r.truncate_to {
+            Some(len) => blocking(move || engine.truncate_at(chunk, base, len)).await?,
+            None => {
+                if crc32c::crc32c(&payload) != r.crc32c {
+                    return Err(Status::new(StatusCode::ChecksumMismatch, "replicated payload does not match its CRC32C"));
+                }
+                blocking(move || engine.write_at(chunk, base, r.offset, &payload)).await?
+            }
+        };
+        Ok(Response::msg(&ReplicateResp { version: info.version }))
+    }
+
+    pub(crate) async fn sync_list(&self, r: SyncListReq) -> Result<Response, Status> {
+        let c = r.target.ok_or_else(|| Status::invalid("sync list without a target"))?;
+        let engine = self.resolve(&c, Need::Member).await?;
+        let after = r.after.map(|s| ChunkId::new(InodeId(s.inode), s.index));
+        let limit = (r.limit as usize).clamp(1, SYNC_PAGE * 4);
+        let page = blocking(move || engine.list(after, limit)).await?;
+        let chunks = page
+            .into_iter()
+            .map(|(id, i)| ChunkState { inode: id.inode.0, index: id.index, version: i.version, len: i.len, digest: i.digest })
+            .collect();
+        Ok(Response::msg(&SyncListResp { chunks }))
+    }
+
+    pub(crate) async fn sync_install(&self, r: SyncInstallReq, payload: Bytes) -> Result<Response, Status> {
+        let c = r.chunk.ok_or_else(|| Status::invalid("sync install without a chunk"))?;
+        let engine = self.resolve(&c, Need::Member).await?;
+        if crc32c::crc32c(&payload) != r.crc32c {
+            return Err(Status::new(StatusCode::ChecksumMismatch, "synced chunk does not match its CRC32C"));
+        }
+        let chunk = ChunkId::new(InodeId(c.inode), c.index);
+        blocking(move || engine.install(chunk, r.version, &payload)).await?;
+        Ok(Response::msg(&SyncInstallResp {}))
+    }
+
+    pub(crate) async fn sync_remove(&self, r: SyncRemoveReq) -> Result<Response, Status> {
+        let c = r.chunk.ok_or_else(|| Status::invalid("sync remove without a chunk"))?;
+        let engine = self.resolve(&c, Need::Member).await?;
+        let chunk = ChunkId::new(InodeId(c.inode), c.index);
+        blocking(move || engine.remove(chunk)).await?;
+        Ok(Response::msg(&SyncRemoveResp {}))
+    }
+
+    /// The primary finished syncing this member: it holds everything committed and receives
+    /// every new change, so it may report itself up to date.
+    pub(crate) async fn sync_done(&self, r: SyncDoneReq) -> Result<Response, Status> {
+        let c = r.target.ok_or_else(|| Status::invalid("sync done without a target"))?;
+        self.resolve(&c, Need::Member).await?;
+        let local = self.local(TargetId(c.target_id))?;
+        if local.state() != LocalState::UpToDate {
+            tracing::info!(target = c.target_id, chain = c.chain_id, "sync finished; target is up to date");
+            local.set_state(LocalState::UpToDate);
+        }
+        Ok(Response::msg(&SyncDoneResp {}))
+    }
+
+    /// One pass of the primary's duties: start a sync for every member that needs one.
+    pub fn keep_chains(self: &Arc<Self>) {
+        let table = self.routing.get();
+        for (tid, local) in &self.targets {
+            let Some(chain_id) = table.target(*tid).map(|t| t.chain_id).filter(|c| *c != 0) else { continue };
+            let primary = local.state() == LocalState::UpToDate
+                && table.serving_targets(ChainId(chain_id)).first() == Some(tid);
+            let mut terms = lock(&self.terms);
+            if !primary {
+                terms.remove(&chain_id);
+                continue;
+            }
+            let Some(chain) = table.chain(ChainId(chain_id)) else { continue };
+            let term = terms.entry(chain_id).or_insert_with(new_term);
+            for &m in chain.targets.iter().filter(|m| **m != tid.0) {
+                if !in_write_set(state_of(&table, m)) {
+                    term.peered.remove(&m);
+                } else if !term.peered.contains(&m) && term.busy.insert(m) {
+                    let (me, term_id, target) = (self.clone(), term.id, *tid);
+                    tokio::spawn(async move { me.run_sync(chain_id, term_id, target, m).await });
+                }
+            }
+        }
+    }
+
+    async fn run_sync(self: Arc<Self>, chain_id: u32, term_id: u64, me: TargetId, member: u32) {
+        let result = self.sync_member(chain_id, me, member).await;
+        if let Err(e) = &result {
+            tracing::warn!(chain = chain_id, member, error = %e, "sync failed; will retry");
+        }
+        let mut terms = lock(&self.terms);
+        if let Some(term) = terms.get_mut(&chain_id).filter(|t| t.id == term_id) {
+            term.busy.remove(&member);
+            if result.is_ok() {
+                term.peered.insert(member);
+            }
+        }
+    }
+
+    /// Brings `member` to this primary's state, chunk by chunk, under each chunk's lock.
+    async fn sync_member(&self, chain_id: u32, me: TargetId, member: u32) -> Result<(), Status> {
+        let table = self.routing.get();
+        let version = table.chain(ChainId(chain_id)).map(|c| c.version).unwrap_or(0);
+        let addr = table
+            .target_address(TargetId(member))
+            .ok_or_else(|| Status::new(StatusCode::RoutingStale, format!("member {member} has no node")))?;
+        let client = self.peers.get(addr);
+        let target = ChunkRef { inode: 0, index: 0, chain_id, chain_version: version, target_id: member };
+        let mut theirs = list_remote(&client, &target).await?;
+        let engine = self.local(me)?.engine.clone();
+        let (mut after, mut copied) = (None, 0u64);
+        loop {
+            let e = engine.clone();
+            let page = blocking(move || e.list(after, SYNC_PAGE)).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.0);
+            for (chunk, info) in page {
+                let same = theirs.remove(&chunk).is_some_and(|t| t == (info.version, info.len, info.digest));
+                if !same {
+                    copied += self.copy_chunk(&engine, &client, &target, chunk).await?;
+                }
+            }
+        }
+        for chunk in theirs.into_keys() {
+            copied += self.copy_chunk(&engine, &client, &target, chunk).await?;
+        }
+        client.unary(&SyncDoneReq { target: Some(target) }).await?;
+        ember_telemetry::global().inc("ember_storage_sync_bytes_total", "", copied);
+        tracing::info!(chain = chain_id, member, bytes = copied, "member synced");
+        Ok(())
+    }
+
+    /// Makes the member's copy of one chunk equal to ours (or removes it); returns bytes sent.
+    async fn copy_chunk(&self, engine: &Arc<ChunkEngine>, client: &RpcClient, target: &ChunkRef, chunk: ChunkId) -> Result<u64, Status> {
+        let _guard = self.locks.lock(chunk).await;
+        let c = ChunkRef { inode: chunk.inode.0, index: chunk.index, ..target.clone() };
+        let e = engine.clone();
+        let Some(info) = blocking(move || e.chunk_info(chunk)).await? else {
+            client.unary(&SyncRemoveReq { chunk: Some(c) }).await?;
+            return Ok(0);
+        };
+        let e = engine.clone();
+        let data = Bytes::from(blocking(move || e.read(chunk, 0, info.len)).await?);
+        let req = SyncInstallReq { chunk: Some(c), version: info.version, crc32c: crc32c::crc32c(&data) };
+        let sent = data.len() as u64;
+        client.call(&req, data).await?;
+        Ok(sent)
+    }
+}
+
+type RemoteChunks = BTreeMap<ChunkId, (u64, u32, u64)>;
+
+/// Every chunk the member holds, with (version, len, digest).
+async fn list_remote(client: &RpcClient, target: &ChunkRef) -> Result<RemoteChunks, Status> {
+    let mut out = BTreeMap::new();
+    let mut after = None;
+    loop {
+        let req = SyncListReq { target: Some(target.clone()), after: after.clone(), limit: SYNC_PAGE as u32 };
+        let page = client.unary(&req).await?.chunks;
+        let Some(last) = page.last() else { return Ok(out) };
+        after = Some(last.clone());
+        for s in page {
+            out.insert(ChunkId::new(InodeId(s.inode), s.index), (s.version, s.len, s.digest));
+        }
+    }
+}
