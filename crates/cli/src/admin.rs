@@ -42,6 +42,9 @@ pub enum AdminCommand {
         /// Target id.
         target: u32,
     },
+    /// Write load straight to storage through the client library; prints latency percentiles
+    /// and throughput. Creates a hidden file in the root and removes it afterwards.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Serialize)]
@@ -110,6 +113,7 @@ pub async fn run(args: AdminArgs) -> Result<(), Failure> {
             let resp = client.unary(&CreateChainReq { targets }).await.map_err(|e| rpc_failure(mgmtd, e))?;
             print_result(args.json, "chain_id", resp.chain_id, &format!("created chain {}", resp.chain_id))
         }
+        AdminCommand::Bench(b) => crate::bench::run(mgmtd, b, args.json).await,
         AdminCommand::OfflineTarget { target } => {
             client.unary(&OfflineTargetReq { target_id: target }).await.map_err(|e| rpc_failure(mgmtd, e))?;
             print_result(args.json, "offline_target", target, &format!("target {target} is offline"))

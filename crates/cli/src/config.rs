@@ -60,6 +60,9 @@ pub struct MgmtdArgs {
     /// Do not give new targets a chain of their own; chains are built with `admin create-chain`.
     #[arg(long)]
     pub manual_chains: bool,
+    /// How chains replicate: fan-out (parallel) or chain (store and forward, the baseline).
+    #[arg(long, value_parser = ["fan-out", "chain"])]
+    pub replication_mode: Option<String>,
 }
 
 impl MgmtdArgs {
@@ -70,6 +73,10 @@ impl MgmtdArgs {
         set(&mut c.data_dir, self.data);
         if self.manual_chains {
             c.auto_create_chains = false;
+        }
+        if let Some(m) = self.replication_mode {
+            c.replication_mode =
+                if m == "chain" { ember_types::ReplicationMode::Chain } else { ember_types::ReplicationMode::FanOut };
         }
         Ok(Some(c))
     }

@@ -4,6 +4,7 @@
 //! configuration (clap's convention), 3 the cluster could not be reached.
 
 mod admin;
+mod bench;
 mod config;
 mod up;
 

@@ -36,6 +36,9 @@ pub struct UpArgs {
     /// Replicas per chain (targets on distinct storage nodes).
     #[arg(long)]
     pub replicas: Option<usize>,
+    /// How chains replicate: fan-out (parallel, the default) or chain (store and forward).
+    #[arg(long, value_parser = ["fan-out", "chain"])]
+    pub replication_mode: Option<String>,
     /// Let every service pick a free port instead of the configured ones.
     #[arg(long)]
     pub any_port: bool,
@@ -51,6 +54,8 @@ pub struct UpConfig {
     pub targets: usize,
     pub storage_nodes: usize,
     pub replicas: usize,
+    /// "fan-out" or "chain".
+    pub replication_mode: String,
     pub mgmtd_listen: String,
     pub meta_listen: String,
     pub storage_listen: String,
@@ -66,6 +71,7 @@ impl Default for UpConfig {
             targets: 2,
             storage_nodes: 1,
             replicas: 1,
+            replication_mode: "fan-out".into(),
             mgmtd_listen: "127.0.0.1:9000".into(),
             meta_listen: "127.0.0.1:9100".into(),
             storage_listen: "127.0.0.1:9200".into(),
@@ -147,6 +153,9 @@ fn resolve(args: UpArgs) -> Result<Option<UpConfig>, Failure> {
     if let Some(r) = args.replicas {
         c.replicas = r.max(1);
     }
+    if let Some(m) = args.replication_mode {
+        c.replication_mode = m;
+    }
     if c.replicas > c.storage_nodes || !(c.targets * c.storage_nodes).is_multiple_of(c.replicas) {
         let error = anyhow!(
             "--replicas {} needs at least as many storage nodes and a target count ({} nodes x {} targets) it divides",
@@ -207,6 +216,7 @@ async fn start_all(c: &UpConfig, roles: &mut Vec<Role>) -> anyhow::Result<()> {
     if c.replicas > 1 {
         args.push("--manual-chains".into());
     }
+    args.extend(["--replication-mode".into(), c.replication_mode.clone()]);
     roles.push(spawn("mgmtd", &args, &logs)?);
     let mgmtd = wait_for_file(&dir("mgmtd").join("mgmtd.addr"), roles).await?;
     pin_listen(roles, "mgmtd", &mgmtd);

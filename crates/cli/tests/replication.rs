@@ -15,8 +15,12 @@ static SLOTS: Slots = Slots::new(1);
 const NODES: usize = 3;
 
 fn start() -> Cluster {
+    start_in(false)
+}
+
+fn start_in(chain_mode: bool) -> Cluster {
     let bin = Path::new(env!("CARGO_BIN_EXE_ember"));
-    Cluster::start_spec(bin, Spec { storage_nodes: NODES, targets: 1, replicas: NODES })
+    Cluster::start_spec(bin, Spec { storage_nodes: NODES, targets: 1, replicas: NODES, chain_mode })
 }
 
 /// Waits until every target is SERVING and up to date.
@@ -181,5 +185,27 @@ fn a_rolling_restart_of_every_storage_node_costs_no_write() {
     }
     let (acked, _) = writer.finish();
     assert!(!acked.is_empty());
+    verify(&acked, &cluster);
+}
+
+#[test]
+fn chain_mode_replicates_member_after_member_and_survives_a_lost_replica() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let mut cluster = start_in(true);
+    let chains: serde_json::Value = serde_json::from_str(&cluster.admin(&["status", "--json"])).unwrap();
+    assert_eq!(chains["chains"].as_array().unwrap().len(), 1);
+    let mount = cluster.mount();
+    wait_all_serving(&cluster);
+    let victim = (primary_node(&cluster) + 2) % NODES;
+    let writer = Writer::start(mount.join("stream"));
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.storage[victim].kill9();
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster.restart_storage(victim);
+    let (acked, _) = writer.finish();
+    wait_all_serving(&cluster);
     verify(&acked, &cluster);
 }

@@ -61,6 +61,9 @@ pub struct MgmtdConfig {
     pub client_session_timeout_ms: u64,
     /// Give every new target a chain of its own (single-node and test clusters).
     pub auto_create_chains: bool,
+    /// How chains replicate: "fan-out" (the primary sends to every member at once) or "chain"
+    /// (store and forward, member after member: 3FS's scheme, kept as a baseline).
+    pub replication_mode: ember_types::ReplicationMode,
 }
 
 impl Default for MgmtdConfig {
@@ -72,6 +75,7 @@ impl Default for MgmtdConfig {
             heartbeat_timeout_ms: 1_000,
             client_session_timeout_ms: 60_000,
             auto_create_chains: true,
+            replication_mode: ember_types::ReplicationMode::FanOut,
         }
     }
 }
@@ -84,6 +88,7 @@ pub async fn run_mgmtd(config: MgmtdConfig, shutdown: impl Future<Output = ()>) 
         heartbeat_timeout: Duration::from_millis(config.heartbeat_timeout_ms),
         client_session_timeout: Duration::from_millis(config.client_session_timeout_ms),
         auto_create_chains: config.auto_create_chains,
+        replication_mode: config.replication_mode,
     };
     let state = Arc::new(tokio::task::block_in_place(|| ClusterState::load(kv, options))?);
     let listener = ember_net::bind(&config.listen).await?;

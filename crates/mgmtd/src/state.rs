@@ -9,7 +9,7 @@ use ember_proto::mgmtd::{
     ChainInfo, ChainTableInfo, ClientSessionInfo, HeartbeatReq, NodeInfo, RegisterNodeReq, RoutingInfo, TargetInfo,
     TargetReport,
 };
-use ember_types::{LocalState, NodeKind, TargetState};
+use ember_types::{LocalState, NodeKind, ReplicationMode, TargetState};
 use prost::Message;
 
 use crate::records::{self, ChainRecord, ChainTableRecord, NodeRecord, TargetRecord};
@@ -24,6 +24,7 @@ pub struct MgmtdOptions {
     pub heartbeat_timeout: Duration,
     pub client_session_timeout: Duration,
     pub auto_create_chains: bool,
+    pub replication_mode: ReplicationMode,
 }
 
 struct Node {
@@ -307,7 +308,7 @@ impl ClusterState {
         if known_version == inner.routing_version && known_version != 0 {
             return None;
         }
-        Some(build_routing(&inner))
+        Some(build_routing(&inner, self.options.replication_mode))
     }
 
     pub fn extend_session(&self, client_id: u64, description: String) {
@@ -350,7 +351,7 @@ fn create_chain(inner: &mut Inner, batch: &mut Batch, targets: Vec<u32>) -> u32 
     id
 }
 
-fn build_routing(inner: &Inner) -> RoutingInfo {
+fn build_routing(inner: &Inner, mode: ReplicationMode) -> RoutingInfo {
     let nodes = inner
         .nodes
         .iter()
@@ -388,7 +389,12 @@ fn build_routing(inner: &Inner) -> RoutingInfo {
     let chain_tables = inner
         .tables
         .iter()
-        .map(|(id, t)| ChainTableInfo { table_id: *id, version: t.version, chains: t.chains.clone() })
+        .map(|(id, t)| ChainTableInfo {
+            table_id: *id,
+            version: t.version,
+            chains: t.chains.clone(),
+            mode: mode.to_u8().into(),
+        })
         .collect();
     RoutingInfo { version: inner.routing_version, nodes, targets, chains, chain_tables }
 }
@@ -486,6 +492,7 @@ mod tests {
             heartbeat_timeout: Duration::from_millis(timeout_ms),
             client_session_timeout: Duration::from_millis(timeout_ms),
             auto_create_chains: true,
+            replication_mode: ReplicationMode::FanOut,
         }
     }
 

@@ -142,6 +142,9 @@ pub struct ChainTableInfo {
     pub version: u64,
     #[prost(uint32, repeated, tag = "3")]
     pub chains: Vec<u32>,
+    /// `ember_types::ReplicationMode::to_u8` of the table's chains.
+    #[prost(uint32, tag = "4")]
+    pub mode: u32,
 }
 
 /// Everything a client or server needs to route requests. Versioned as a whole.

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use ember_types::{ChainId, ChainTableId, NodeId, NodeKind, TargetId, TargetState};
+use ember_types::{ChainId, ChainTableId, NodeId, NodeKind, ReplicationMode, TargetId, TargetState};
 
 use crate::mgmtd::{ChainInfo, NodeInfo, RoutingInfo, TargetInfo};
 
@@ -69,6 +69,15 @@ impl RoutingTable {
             .unwrap_or_default()
     }
 
+    /// How the chain replicates: the mode of the table that lists it.
+    pub fn replication_mode(&self, chain: ChainId) -> ReplicationMode {
+        self.info
+            .chain_tables
+            .iter()
+            .find(|t| t.chains.contains(&chain.0))
+            .map_or(ReplicationMode::FanOut, |t| ReplicationMode::from_u8(t.mode as u8))
+    }
+
     /// Alive nodes of one kind, in id order.
     pub fn alive_nodes(&self, kind: NodeKind) -> Vec<&NodeInfo> {
         let mut v: Vec<&NodeInfo> = self
@@ -97,12 +106,14 @@ mod tests {
                 TargetInfo { target_id: 2, node_id: 7, state: TargetState::Offline.to_u8().into(), chain_id: 10, ..Default::default() },
             ],
             chains: vec![ChainInfo { chain_id: 10, version: 1, targets: vec![2, 1] }],
-            chain_tables: vec![ChainTableInfo { table_id: 1, version: 1, chains: vec![10] }],
+            chain_tables: vec![ChainTableInfo { table_id: 1, version: 1, chains: vec![10], mode: 1 }],
         };
         let r = RoutingTable::new(info);
         assert_eq!(r.target_address(TargetId(1)), Some("127.0.0.1:9"));
         assert_eq!(r.serving_targets(ChainId(10)), vec![TargetId(1)]);
         assert_eq!(r.table_chains(ChainTableId(1)), vec![ChainId(10)]);
+        assert_eq!(r.replication_mode(ChainId(10)), ReplicationMode::Chain);
+        assert_eq!(r.replication_mode(ChainId(99)), ReplicationMode::FanOut);
         assert_eq!(r.alive_nodes(NodeKind::Storage).len(), 1);
         assert!(r.alive_nodes(NodeKind::Meta).is_empty());
     }

@@ -20,7 +20,7 @@ use ember_net::{Response, RpcClient};
 use ember_proto::mgmtd::OfflineTargetReq;
 use ember_proto::routing::RoutingTable;
 use ember_proto::storage::*;
-use ember_types::{ChainId, ChunkId, InodeId, LocalState, Status, StatusCode, TargetId, TargetState};
+use ember_types::{ChainId, ChunkId, InodeId, LocalState, ReplicationMode, Status, StatusCode, TargetId, TargetState};
 use tokio::task::JoinSet;
 
 use crate::access::Need;
@@ -89,6 +89,11 @@ impl StorageService {
         Err(Status::new(StatusCode::Busy, format!("chain {chain_id} is syncing members {waiting:?} first")))
     }
 
+    /// Whether the chain replicates member after member (the 3FS baseline) rather than in parallel.
+    pub(crate) fn chain_mode(&self, chain_id: u32) -> bool {
+        self.routing.get().replication_mode(ChainId(chain_id)) == ReplicationMode::Chain
+    }
+
     /// Sends `change` to every other member in the write set and waits for all of them.
     pub(crate) async fn fan_out(&self, c: &ChunkRef, chunk: ChunkId, change: Change, payload: Bytes) -> Result<(), Status> {
         let mut pending: Option<Vec<u32>> = None;
@@ -130,8 +135,9 @@ impl StorageService {
         payload: &Bytes,
         members: &[u32],
     ) -> (Vec<u32>, Vec<u32>) {
+        let sequential = table.replication_mode(ChainId(c.chain_id)) == ReplicationMode::Chain;
         let mut tasks = JoinSet::new();
-        let mut failed = Vec::new();
+        let (mut failed, mut results) = (Vec::new(), Vec::new());
         for &m in members {
             let Some(addr) = table.target_address(TargetId(m)) else {
                 failed.push(m);
@@ -146,11 +152,21 @@ impl StorageService {
                 truncate_to: change.truncate_to,
             };
             let (client, payload) = (self.peers.get(addr), payload.clone());
-            tasks.spawn(async move { (m, syncing, client.call(&req, payload).await.map(|_| ())) });
+            let call = async move { (m, syncing, client.call(&req, payload).await.map(|_| ())) };
+            if sequential {
+                // Chain mode: the next member gets the change only after this one has it.
+                results.push(call.await);
+            } else {
+                tasks.spawn(call);
+            }
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok(r) = joined {
+                results.push(r);
+            }
         }
         let mut stale = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            let Ok((m, syncing, result)) = joined else { continue };
+        for (m, syncing, result) in results {
             match result {
                 Ok(()) => {}
                 // A syncing member misses chunks until its sync reaches them.

@@ -144,9 +144,16 @@ impl StorageService {
             blocking(move || engine.write_at(chunk, base, r.offset, &payload))
         };
         let change = Change { base, offset: r.offset, crc32c: r.crc32c, truncate_to: None };
-        let (local, replicas) = tokio::join!(local, self.fan_out(&c, chunk, change, payload));
-        let info = local?;
-        replicas?;
+        let info = if self.chain_mode(c.chain_id) {
+            // Store and forward: the local copy is durable before any member gets it.
+            let info = local.await?;
+            self.fan_out(&c, chunk, change, payload).await?;
+            info
+        } else {
+            let (local, replicas) = tokio::join!(local, self.fan_out(&c, chunk, change, payload));
+            replicas?;
+            local?
+        };
         Ok(Response::msg(&WriteResp { version: info.version, chunk_len: info.len }))
     }
 

@@ -191,6 +191,8 @@ pub struct Spec {
     /// 1: every target is a chain of its own. Otherwise it must equal `storage_nodes`: chain `i`
     /// is target `i` of every node.
     pub replicas: usize,
+    /// Store-and-forward replication (the 3FS baseline) instead of fan-out.
+    pub chain_mode: bool,
 }
 
 /// mgmtd, one meta server and `storage_nodes` storage nodes.
@@ -215,7 +217,7 @@ pub fn storage_role(i: usize) -> String {
 impl Cluster {
     /// One storage node with `targets` single-target chains.
     pub fn start(bin: &Path, targets: usize) -> Cluster {
-        Cluster::start_spec(bin, Spec { storage_nodes: 1, targets, replicas: 1 })
+        Cluster::start_spec(bin, Spec { storage_nodes: 1, targets, replicas: 1, chain_mode: false })
     }
 
     pub fn start_spec(bin: &Path, spec: Spec) -> Cluster {
@@ -229,6 +231,9 @@ impl Cluster {
         let mut args = vec!["--data".into(), data("mgmtd"), "--listen".into(), any.clone(), "--metrics-listen".into(), any.clone()];
         if spec.replicas > 1 {
             args.push("--manual-chains".into());
+        }
+        if spec.chain_mode {
+            args.extend(["--replication-mode".into(), "chain".into()]);
         }
         let mut mgmtd = Proc::spawn(bin, "mgmtd", args, logs.join("mgmtd.log"));
         let mgmtd_addr = wait_addr(&dir.path().join("mgmtd/mgmtd.addr"), &mut mgmtd);

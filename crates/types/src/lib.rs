@@ -117,6 +117,36 @@ impl LocalState {
     }
 }
 
+/// How a chain's primary replicates a change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicationMode {
+    /// To every member in parallel (Ember's design).
+    #[default]
+    FanOut,
+    /// Store and forward, one member after another (3FS's chain replication), kept as the
+    /// baseline benchmarks compare against.
+    Chain,
+}
+
+impl ReplicationMode {
+    pub fn to_u8(self) -> u8 {
+        match self {
+            ReplicationMode::FanOut => 0,
+            ReplicationMode::Chain => 1,
+        }
+    }
+
+    /// Unknown values from a newer mgmtd fall back to fan-out.
+    pub fn from_u8(v: u8) -> Self {
+        if v == 1 {
+            ReplicationMode::Chain
+        } else {
+            ReplicationMode::FanOut
+        }
+    }
+}
+
 /// Role a registered node plays in the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum NodeKind {

@@ -208,6 +208,7 @@ mod network {
                     table_id: 1,
                     version: 1,
                     chains: vec![5],
+                    mode: 0,
                 }],
             }
         }

@@ -50,6 +50,7 @@ impl Service for FakeMgmtd {
                             table_id: 1,
                             version: 1,
                             chains: vec![5],
+                            mode: 0,
                         }],
                         ..Default::default()
                     };
