@@ -6,6 +6,8 @@
 //! Services bind port 0 and publish the port they got in `<data>/<role>.addr`; the harness
 //! waits for that file, never for a fixed sleep.
 
+pub mod linearizable;
+
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
