@@ -45,7 +45,7 @@ async fn worker(client: Arc<EmberClient>, inode: InodeId, layout: Layout, id: u6
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let invoked = Instant::now();
-        let kind = if rng % 2 == 0 {
+        let kind = if rng.is_multiple_of(2) {
             let v = id * 1_000_000 + i + 1;
             client.write(inode, &layout, 0, block_of(v)).await.unwrap_or_else(|e| panic!("write failed: {e}"));
             OpKind::Write(v)
