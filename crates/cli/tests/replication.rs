@@ -209,3 +209,42 @@ fn chain_mode_replicates_member_after_member_and_survives_a_lost_replica() {
     wait_all_serving(&cluster);
     verify(&acked, &cluster);
 }
+
+#[test]
+fn a_returning_replica_copies_only_the_blocks_it_missed() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let mut cluster = start();
+    let mount = cluster.mount();
+    let mut expect = random_bytes(77, 32 << 20);
+    fs::write(mount.join("base"), &expect).unwrap();
+    wait_all_serving(&cluster);
+    let before = synced_bytes(&cluster);
+
+    let victim = (primary_node(&cluster) + 1) % NODES;
+    cluster.storage[victim].kill9();
+    let mut f = fs::OpenOptions::new().write(true).open(mount.join("base")).unwrap();
+    let mut rng = 0x1234_5678_u64;
+    let pieces = 100;
+    for i in 0..pieces {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let offset = (rng % (expect.len() as u64 / 4096)) * 4096;
+        let piece = random_bytes(500 + i, 4096);
+        std::os::unix::fs::FileExt::write_all_at(&f, &piece, offset).unwrap();
+        expect[offset as usize..offset as usize + 4096].copy_from_slice(&piece);
+    }
+    f.flush().unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    cluster.restart_storage(victim);
+    wait_all_serving(&cluster);
+
+    let copied = synced_bytes(&cluster) - before;
+    eprintln!("catch-up copied {copied} bytes for {pieces} changed blocks of a {} byte file", expect.len());
+    assert!(copied <= pieces * 4096, "copied {copied} bytes for {pieces} changed 4 KiB blocks");
+    assert!(fs::read(mount.join("base")).unwrap() == expect);
+}

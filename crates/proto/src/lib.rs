@@ -50,13 +50,14 @@ pub enum Method {
     StorageSpaceInfo = 0x0305,
     StorageReplicate = 0x0306,
     StorageSyncList = 0x0307,
-    StorageSyncInstall = 0x0308,
+    StorageSyncPatch = 0x0308,
     StorageSyncRemove = 0x0309,
     StorageSyncDone = 0x030a,
+    StorageSyncBlocks = 0x030b,
 }
 
 impl Method {
-    const ALL: [Method; 33] = [
+    const ALL: [Method; 34] = [
         Method::MgmtdRegisterNode,
         Method::MgmtdHeartbeat,
         Method::MgmtdGetRouting,
@@ -87,9 +88,10 @@ impl Method {
         Method::StorageSpaceInfo,
         Method::StorageReplicate,
         Method::StorageSyncList,
-        Method::StorageSyncInstall,
+        Method::StorageSyncPatch,
         Method::StorageSyncRemove,
         Method::StorageSyncDone,
+        Method::StorageSyncBlocks,
     ];
 
     pub fn from_u16(v: u16) -> Option<Method> {
@@ -129,9 +131,10 @@ impl Method {
             Method::StorageSpaceInfo => "storage.space_info",
             Method::StorageReplicate => "storage.replicate",
             Method::StorageSyncList => "storage.sync_list",
-            Method::StorageSyncInstall => "storage.sync_install",
+            Method::StorageSyncPatch => "storage.sync_patch",
             Method::StorageSyncRemove => "storage.sync_remove",
             Method::StorageSyncDone => "storage.sync_done",
+            Method::StorageSyncBlocks => "storage.sync_blocks",
         }
     }
 }

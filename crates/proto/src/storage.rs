@@ -210,23 +210,58 @@ impl Rpc for SyncListReq {
     type Response = SyncListResp;
 }
 
-/// Replaces a chunk on a replica with the primary's committed state (payload = its bytes).
+/// Asks a member for its copy of a chunk: state and per-block CRCs.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct SyncInstallReq {
+pub struct SyncBlocksReq {
+    #[prost(message, optional, tag = "1")]
+    pub chunk: Option<ChunkRef>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SyncBlocksResp {
+    #[prost(bool, tag = "1")]
+    pub exists: bool,
+    #[prost(uint64, tag = "2")]
+    pub version: u64,
+    #[prost(uint32, tag = "3")]
+    pub len: u32,
+    /// Indexes of the stored blocks, ascending.
+    #[prost(uint32, repeated, tag = "4")]
+    pub blocks: Vec<u32>,
+    /// CRC32C of each block in `blocks`.
+    #[prost(uint32, repeated, tag = "5")]
+    pub crcs: Vec<u32>,
+}
+
+impl Rpc for SyncBlocksReq {
+    const METHOD: Method = Method::StorageSyncBlocks;
+    type Response = SyncBlocksResp;
+}
+
+/// Makes a member's chunk equal to the primary's: keep `present` blocks, replace `patched` ones
+/// with the payload (4 KiB images back to back), drop the rest.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SyncPatchReq {
     #[prost(message, optional, tag = "1")]
     pub chunk: Option<ChunkRef>,
     #[prost(uint64, tag = "2")]
     pub version: u64,
     #[prost(uint32, tag = "3")]
+    pub len: u32,
+    #[prost(uint32, repeated, tag = "4")]
+    pub present: Vec<u32>,
+    #[prost(uint32, repeated, tag = "5")]
+    pub patched: Vec<u32>,
+    #[prost(uint32, tag = "6")]
     pub crc32c: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct SyncInstallResp {}
+pub struct SyncPatchResp {}
 
-impl Rpc for SyncInstallReq {
-    const METHOD: Method = Method::StorageSyncInstall;
-    type Response = SyncInstallResp;
+impl Rpc for SyncPatchReq {
+    const METHOD: Method = Method::StorageSyncPatch;
+    type Response = SyncPatchResp;
 }
 
 /// Removes a chunk the primary does not have.

@@ -5,8 +5,8 @@
 //! parallel; the client gets its answer once all of them hold it. A member that fails is
 //! reported to mgmtd, which takes it out of the chain, and the change commits without it.
 //! A member that mgmtd lets back (SYNCING), and every member when a new primary takes over, is
-//! brought to the primary's state by a sync: compare chunk lists, copy the chunks that differ,
-//! remove the ones the primary lacks. Writes wait while a new primary syncs its serving
+//! brought to the primary's state by a sync: compare chunk lists, and for each chunk that
+//! differs send only the blocks whose CRC differs; remove the chunks the primary lacks. Writes wait while a new primary syncs its serving
 //! members: a change its predecessor left half-replicated is thereby completed or undone
 //! everywhere before anything else happens to the chunk.
 
@@ -254,15 +254,29 @@ impl StorageService {
         Ok(Response::msg(&SyncListResp { chunks }))
     }
 
-    pub(crate) async fn sync_install(&self, r: SyncInstallReq, payload: Bytes) -> Result<Response, Status> {
-        let c = r.chunk.ok_or_else(|| Status::invalid("sync install without a chunk"))?;
+    pub(crate) async fn sync_blocks(&self, r: SyncBlocksReq) -> Result<Response, Status> {
+        let c = r.chunk.ok_or_else(|| Status::invalid("sync blocks without a chunk"))?;
+        let engine = self.resolve(&c, Need::Member).await?;
+        let chunk = ChunkId::new(InodeId(c.inode), c.index);
+        let resp = match blocking(move || engine.block_map(chunk)).await? {
+            None => SyncBlocksResp::default(),
+            Some((info, map)) => {
+                let (blocks, crcs) = map.into_iter().unzip();
+                SyncBlocksResp { exists: true, version: info.version, len: info.len, blocks, crcs }
+            }
+        };
+        Ok(Response::msg(&resp))
+    }
+
+    pub(crate) async fn sync_patch(&self, r: SyncPatchReq, payload: Bytes) -> Result<Response, Status> {
+        let c = r.chunk.ok_or_else(|| Status::invalid("sync patch without a chunk"))?;
         let engine = self.resolve(&c, Need::Member).await?;
         if crc32c::crc32c(&payload) != r.crc32c {
-            return Err(Status::new(StatusCode::ChecksumMismatch, "synced chunk does not match its CRC32C"));
+            return Err(Status::new(StatusCode::ChecksumMismatch, "synced blocks do not match their CRC32C"));
         }
         let chunk = ChunkId::new(InodeId(c.inode), c.index);
-        blocking(move || engine.install(chunk, r.version, &payload)).await?;
-        Ok(Response::msg(&SyncInstallResp {}))
+        blocking(move || engine.patch(chunk, r.version, r.len, &r.present, &r.patched, &payload)).await?;
+        Ok(Response::msg(&SyncPatchResp {}))
     }
 
     pub(crate) async fn sync_remove(&self, r: SyncRemoveReq) -> Result<Response, Status> {
@@ -358,20 +372,25 @@ impl StorageService {
         Ok(())
     }
 
-    /// Makes the member's copy of one chunk equal to ours (or removes it); returns bytes sent.
+    /// Makes the member's copy of one chunk equal to ours (or removes it), sending only the
+    /// blocks whose CRC differs; returns the bytes of block images sent.
     async fn copy_chunk(&self, engine: &Arc<ChunkEngine>, client: &RpcClient, target: &ChunkRef, chunk: ChunkId) -> Result<u64, Status> {
         let _guard = self.locks.lock(chunk).await;
         let c = ChunkRef { inode: chunk.inode.0, index: chunk.index, ..target.clone() };
         let e = engine.clone();
-        let Some(info) = blocking(move || e.chunk_info(chunk)).await? else {
+        let Some((info, mine)) = blocking(move || e.block_map(chunk)).await? else {
             client.unary(&SyncRemoveReq { chunk: Some(c) }).await?;
             return Ok(0);
         };
-        let e = engine.clone();
-        let data = Bytes::from(blocking(move || e.read(chunk, 0, info.len)).await?);
-        let req = SyncInstallReq { chunk: Some(c), version: info.version, crc32c: crc32c::crc32c(&data) };
-        let sent = data.len() as u64;
-        client.call(&req, data).await?;
+        let theirs = client.unary(&SyncBlocksReq { chunk: Some(c.clone()) }).await?;
+        let theirs: std::collections::HashMap<u32, u32> = theirs.blocks.into_iter().zip(theirs.crcs).collect();
+        let present: Vec<u32> = mine.iter().map(|(l, _)| *l).collect();
+        let patched: Vec<u32> = mine.iter().filter(|(l, crc)| theirs.get(l) != Some(crc)).map(|(l, _)| *l).collect();
+        let (e, wanted) = (engine.clone(), patched.clone());
+        let images = Bytes::from(blocking(move || e.read_block_images(chunk, &wanted)).await?);
+        let sent = images.len() as u64;
+        let req = SyncPatchReq { chunk: Some(c), version: info.version, len: info.len, present, patched, crc32c: crc32c::crc32c(&images) };
+        client.call(&req, images).await?;
         Ok(sent)
     }
 }

@@ -323,19 +323,62 @@ impl ChunkEngine {
         Ok(out)
     }
 
-    /// Replaces a chunk with `data` at exactly `version`: how a replica that missed writes takes
-    /// over another replica's committed state. Durable on return.
-    pub fn install(&self, chunk: ChunkId, version: u64, data: &[u8]) -> Result<ChunkInfo, EngineError> {
-        let len = self.check_end(data.len() as u64, "install")?;
+    /// The chunk's state and the (index, CRC32C) of every block it stores, in block order: what
+    /// a sync compares to find the blocks a replica lacks.
+    pub fn block_map(&self, chunk: ChunkId) -> Result<Option<(ChunkInfo, Vec<(u32, u32)>)>, EngineError> {
+        let _guard = self.locks.read(chunk);
+        Ok(self.load(chunk)?.map(|m| (m.info(), m.blocks.iter().map(|(l, r)| (*l, r.crc)).collect())))
+    }
+
+    /// The images of the given stored blocks, back to back, each CRC-verified.
+    pub fn read_block_images(&self, chunk: ChunkId, blocks: &[u32]) -> Result<Vec<u8>, EngineError> {
+        let _guard = self.locks.read(chunk);
+        let meta = self.load(chunk)?.ok_or_else(|| EngineError::InvalidArgument(format!("chunk {chunk} does not exist")))?;
+        let mut out = Vec::with_capacity(blocks.len() * BS as usize);
+        for l in blocks {
+            let r = meta
+                .blocks
+                .get(l)
+                .ok_or_else(|| EngineError::InvalidArgument(format!("chunk {chunk} has no block {l}")))?;
+            out.extend_from_slice(&self.read_verified(chunk, &[(*l, *r)])?);
+        }
+        Ok(out)
+    }
+
+    /// Makes the chunk hold exactly the blocks `present` at `version` and `len`: the blocks in
+    /// `patched` (a subset of `present`) get `images`, the other present blocks are kept, every
+    /// other block is dropped. How a replica takes over another's state block by block.
+    pub fn patch(&self, chunk: ChunkId, version: u64, len: u32, present: &[u32], patched: &[u32], images: &[u8]) -> Result<ChunkInfo, EngineError> {
+        self.check_end(u64::from(len), "patch")?;
+        if images.len() != patched.len() * BS as usize {
+            return Err(EngineError::InvalidArgument(format!("{} images for {} blocks", images.len() / BS as usize, patched.len())));
+        }
+        let limit = blocks_for(u64::from(len)) as u32;
+        if let Some(bad) = present.iter().find(|l| **l >= limit) {
+            return Err(EngineError::InvalidArgument(format!("block {bad} lies past the chunk length {len}")));
+        }
         let _guard = self.locks.write(chunk);
         let old = self.load(chunk)?;
         let mut meta = ChunkMeta { version, len, ..ChunkMeta::default() };
-        if !data.is_empty() {
-            let (first, images) = self.build_images(chunk, None, 0, data)?;
-            let phys = self.write_new_blocks(&images)?;
-            install_blocks(&mut meta, first, &phys, &images);
+        let keep: std::collections::BTreeSet<u32> = present.iter().copied().collect();
+        let new: std::collections::BTreeSet<u32> = patched.iter().copied().collect();
+        if !new.is_subset(&keep) {
+            return Err(EngineError::InvalidArgument("patched blocks must be present blocks".into()));
         }
-        let freed: Vec<u64> = old.as_ref().map(|m| m.blocks.values().map(|r| r.phys).collect()).unwrap_or_default();
+        for l in keep.difference(&new) {
+            let r = old.as_ref().and_then(|m| m.blocks.get(l)).ok_or_else(|| {
+                EngineError::InvalidArgument(format!("chunk {chunk} lacks block {l} that the patch keeps"))
+            })?;
+            meta.blocks.insert(*l, *r);
+        }
+        let phys = if images.is_empty() { Vec::new() } else { self.write_new_blocks(images)? };
+        for ((l, p), img) in patched.iter().zip(&phys).zip(images.chunks_exact(BS as usize)) {
+            meta.blocks.insert(*l, BlockRef { phys: *p, crc: crc32c::crc32c(img) });
+        }
+        let freed: Vec<u64> = old
+            .as_ref()
+            .map(|m| m.blocks.iter().filter(|(l, r)| meta.blocks.get(l) != Some(r)).map(|(_, r)| r.phys).collect())
+            .unwrap_or_default();
         self.commit_and_release(chunk, &meta, old.is_none(), &freed)?;
         Ok(meta.info())
     }
