@@ -109,6 +109,9 @@ impl Default for EngineOptions {
     }
 }
 
+/// (block index, CRC32C) of every stored block of a chunk, in block order.
+pub type BlockMap = Vec<(u32, u32)>;
+
 /// Committed state of one chunk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChunkInfo {
@@ -325,7 +328,7 @@ impl ChunkEngine {
 
     /// The chunk's state and the (index, CRC32C) of every block it stores, in block order: what
     /// a sync compares to find the blocks a replica lacks.
-    pub fn block_map(&self, chunk: ChunkId) -> Result<Option<(ChunkInfo, Vec<(u32, u32)>)>, EngineError> {
+    pub fn block_map(&self, chunk: ChunkId) -> Result<Option<(ChunkInfo, BlockMap)>, EngineError> {
         let _guard = self.locks.read(chunk);
         Ok(self.load(chunk)?.map(|m| (m.info(), m.blocks.iter().map(|(l, r)| (*l, r.crc)).collect())))
     }
