@@ -205,11 +205,7 @@ impl ClusterState {
             .get(&target)
             .map(|t| t.record.chain_id)
             .ok_or_else(|| MgmtdError::Invalid(format!("target {target} is unknown")))?;
-        let members = inner.chains.get(&chain_id).map(|c| c.targets.clone()).unwrap_or_default();
-        let serving_others = members.iter().any(|&o| {
-            o != target && inner.targets.get(&o).is_some_and(|x| x.record.public_state() == TargetState::Serving)
-        });
-        if !serving_others {
+        if !others_serving(&inner, chain_id, target) {
             return Err(MgmtdError::Invalid(format!("target {target} is the last serving member of chain {chain_id}")));
         }
         let mut batch = Batch::default();
@@ -410,11 +406,7 @@ fn demote_restarted(inner: &mut Inner, batch: &mut Batch, node_id: u32) {
         .map(|(id, t)| (*id, t.record.chain_id))
         .collect();
     for (target, chain_id) in restarted {
-        let members = inner.chains.get(&chain_id).map(|c| c.targets.clone()).unwrap_or_default();
-        let others_serving = members.iter().any(|&o| {
-            o != target && inner.targets.get(&o).is_some_and(|x| x.record.public_state() == TargetState::Serving)
-        });
-        if !others_serving {
+        if !others_serving(inner, chain_id, target) {
             continue;
         }
         tracing::info!(target, chain = chain_id, "serving target restarted; it syncs before serving again");
@@ -434,10 +426,7 @@ fn update_chain(inner: &mut Inner, batch: &mut Batch, chain_id: u32) {
     for &t in &chain.targets {
         let Some(input) = member_input(inner, t) else { continue };
         let Some(current) = inner.targets.get(&t).map(|x| x.record.public_state()) else { continue };
-        let others_serving = chain.targets.iter().any(|&o| {
-            o != t && inner.targets.get(&o).is_some_and(|x| x.record.public_state() == TargetState::Serving)
-        });
-        let next = transition::next_state(current, input, others_serving);
+        let next = transition::next_state(current, input, others_serving(inner, chain_id, t));
         if next != current {
             tracing::info!(target = t, chain = chain_id, from = current.name(), to = next.name(), "target state");
             if let Some(target) = inner.targets.get_mut(&t) {
@@ -454,6 +443,15 @@ fn update_chain(inner: &mut Inner, batch: &mut Batch, chain_id: u32) {
         batch.put(records::key(records::CHAIN, chain_id), &updated);
         inner.chains.insert(chain_id, updated);
     }
+}
+
+/// Whether a member of the chain other than `target` is SERVING.
+fn others_serving(inner: &Inner, chain_id: u32, target: u32) -> bool {
+    inner.chains.get(&chain_id).is_some_and(|c| {
+        c.targets.iter().any(|&o| {
+            o != target && inner.targets.get(&o).is_some_and(|x| x.record.public_state() == TargetState::Serving)
+        })
+    })
 }
 
 /// What the state machine gets for one member: `None` = no news (its node is alive but has
