@@ -180,3 +180,37 @@ fn up_with_several_storage_nodes_stripes_files_over_all_of_them() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("last serving member"));
     assert!(up.stop().success());
 }
+
+#[test]
+fn up_restarts_a_storage_node_that_dies_and_the_chain_recovers() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (data, mnt) = (dir.path().join("data"), dir.path().join("mnt"));
+    let up = Up::start_with(&data, &mnt, &["--storage-nodes", "3", "--replicas", "3"]);
+    let addr = std::fs::read_to_string(data.join("mgmtd/mgmtd.addr")).unwrap();
+    let addr = addr.trim();
+    std::fs::write(mnt.join("before"), b"written before the crash").unwrap();
+
+    // The storage process `up` started for node 1 (found by its data directory).
+    let pattern = format!("storage --data {} ", data.join("storage1").display());
+    let out = Command::new("pgrep").args(["-f", &pattern]).output().unwrap();
+    let pid: i32 = String::from_utf8_lossy(&out.stdout).lines().next().unwrap().trim().parse().unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    std::fs::write(mnt.join("during"), b"written while a replica restarts").unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = admin(addr, &["targets", "--json"]);
+        let targets: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if targets.len() == 6 && targets.iter().all(|t| t["state"] == "serving") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica never came back: {targets:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(std::fs::read(mnt.join("before")).unwrap(), b"written before the crash");
+    assert_eq!(std::fs::read(mnt.join("during")).unwrap(), b"written while a replica restarts");
+    assert!(up.stop().success());
+}

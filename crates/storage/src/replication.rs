@@ -10,7 +10,7 @@
 //! members: a change its predecessor left half-replicated is thereby completed or undone
 //! everywhere before anything else happens to the chunk.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,12 +40,25 @@ pub struct Change {
     pub truncate_to: Option<u32>,
 }
 
-/// A local target's time as primary of one chain: which members it has synced since.
+/// A local target's time as primary of one chain: which members it has synced since, and at
+/// which chain version.
 #[derive(Debug, Default)]
 pub struct Term {
     id: u64,
-    peered: HashSet<u32>,
+    peered: HashMap<u32, u64>,
     busy: HashSet<u32>,
+}
+
+impl Term {
+    /// A serving member needs one sync per term; a syncing member needs one at its current
+    /// chain version (it may have restarted and be syncing again, faster than we polled).
+    fn needs_sync(&self, member: u32, state: Option<TargetState>, chain_version: u64) -> bool {
+        match state {
+            Some(TargetState::Serving) => !self.peered.contains_key(&member),
+            Some(TargetState::Syncing) => self.peered.get(&member) != Some(&chain_version),
+            _ => false,
+        }
+    }
 }
 
 static TERM_IDS: AtomicU64 = AtomicU64::new(1);
@@ -81,7 +94,7 @@ impl StorageService {
             .iter()
             .copied()
             .filter(|t| serving.first() != Some(&TargetId(*t)) && serving.contains(&TargetId(*t)))
-            .filter(|t| !term.peered.contains(t))
+            .filter(|t| !term.peered.contains_key(t))
             .collect();
         if waiting.is_empty() {
             return Ok(());
@@ -315,9 +328,10 @@ impl StorageService {
             let Some(chain) = table.chain(ChainId(chain_id)) else { continue };
             let term = terms.entry(chain_id).or_insert_with(new_term);
             for &m in chain.targets.iter().filter(|m| **m != tid.0) {
-                if !in_write_set(state_of(&table, m)) {
+                let state = state_of(&table, m);
+                if !in_write_set(state) {
                     term.peered.remove(&m);
-                } else if !term.peered.contains(&m) && term.busy.insert(m) {
+                } else if term.needs_sync(m, state, chain.version) && term.busy.insert(m) {
                     let (me, term_id, target) = (self.clone(), term.id, *tid);
                     tokio::spawn(async move { me.run_sync(chain_id, term_id, target, m).await });
                 }
@@ -326,7 +340,8 @@ impl StorageService {
     }
 
     async fn run_sync(self: Arc<Self>, chain_id: u32, term_id: u64, me: TargetId, member: u32) {
-        let result = self.sync_member(chain_id, me, member).await;
+        let version = self.routing.get().chain(ChainId(chain_id)).map_or(0, |c| c.version);
+        let result = self.sync_member(chain_id, version, me, member).await;
         if let Err(e) = &result {
             tracing::warn!(chain = chain_id, member, error = %e, "sync failed; will retry");
         }
@@ -334,15 +349,16 @@ impl StorageService {
         if let Some(term) = terms.get_mut(&chain_id).filter(|t| t.id == term_id) {
             term.busy.remove(&member);
             if result.is_ok() {
-                term.peered.insert(member);
+                term.peered.insert(member, version);
             }
         }
     }
 
-    /// Brings `member` to this primary's state, chunk by chunk, under each chunk's lock.
-    async fn sync_member(&self, chain_id: u32, me: TargetId, member: u32) -> Result<(), Status> {
+    /// Brings `member` to this primary's state, chunk by chunk, under each chunk's lock. Every
+    /// request carries `version`: if the chain changes meanwhile the member refuses, and the
+    /// sync is retried.
+    async fn sync_member(&self, chain_id: u32, version: u64, me: TargetId, member: u32) -> Result<(), Status> {
         let table = self.routing.get();
-        let version = table.chain(ChainId(chain_id)).map(|c| c.version).unwrap_or(0);
         let addr = table
             .target_address(TargetId(member))
             .ok_or_else(|| Status::new(StatusCode::RoutingStale, format!("member {member} has no node")))?;
