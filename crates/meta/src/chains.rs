@@ -62,20 +62,24 @@ impl ChainSource for RoutingChains {
         self.0.get().table_chains(DEFAULT_CHAIN_TABLE)
     }
 
-    /// Sum over every target's last report. With replication each byte is counted once per
-    /// replica, like `df` on the underlying disks.
     fn space(&self) -> Space {
-        let table = self.0.get();
-        table
-            .info
-            .targets
-            .iter()
-            .fold(Space::default(), |s, t| Space {
-                capacity: s.capacity.saturating_add(t.capacity_bytes),
-                free: s.free.saturating_add(t.free_bytes),
-                used: s.used.saturating_add(t.used_bytes),
-            })
+        space_of(&self.0.get())
     }
+}
+
+/// What files can use: per chain, the smallest capacity and free space among its members
+/// (every replica holds every byte) and the largest usage, summed over the chains. Targets that
+/// share one file system are still counted once each.
+fn space_of(table: &ember_proto::routing::RoutingTable) -> Space {
+    table.info.chains.iter().fold(Space::default(), |s, chain| {
+        let members: Vec<_> = chain.targets.iter().filter_map(|t| table.target(ember_types::TargetId(*t))).collect();
+        let min = |f: fn(&ember_proto::mgmtd::TargetInfo) -> u64| members.iter().map(|t| f(t)).min().unwrap_or(0);
+        Space {
+            capacity: s.capacity.saturating_add(min(|t| t.capacity_bytes)),
+            free: s.free.saturating_add(min(|t| t.free_bytes)),
+            used: s.used.saturating_add(members.iter().map(|t| t.used_bytes).max().unwrap_or(0)),
+        }
+    })
 }
 
 /// Builds layouts for new files: `stripe` consecutive chains of the table, round-robin.
@@ -142,5 +146,27 @@ mod tests {
         let p = ChainPicker::new(Arc::new(FixedChains::new(vec![])), 1 << 20, 4);
         let err = p.layout().unwrap_err();
         assert!(err.to_string().contains("no storage chains registered yet"));
+    }
+
+    #[test]
+    fn space_counts_each_replicated_byte_once() {
+        use ember_proto::mgmtd::{ChainInfo, RoutingInfo, TargetInfo};
+        let target = |id, cap, free, used| TargetInfo {
+            target_id: id,
+            capacity_bytes: cap,
+            free_bytes: free,
+            used_bytes: used,
+            ..Default::default()
+        };
+        let info = RoutingInfo {
+            targets: vec![target(1, 100, 60, 40), target(2, 90, 50, 41), target(3, 10, 5, 5)],
+            chains: vec![
+                ChainInfo { chain_id: 1, version: 1, targets: vec![1, 2] },
+                ChainInfo { chain_id: 2, version: 1, targets: vec![3] },
+            ],
+            ..Default::default()
+        };
+        let s = space_of(&ember_proto::routing::RoutingTable::new(info));
+        assert_eq!((s.capacity, s.free, s.used), (100, 55, 46));
     }
 }
