@@ -29,7 +29,8 @@ impl MgmtdService {
             Some(Method::MgmtdHeartbeat) => {
                 let r: HeartbeatReq = decode_body(&req.body)?;
                 let routing_version = self.state.heartbeat(&r).map_err(|e| e.status())?;
-                Ok(Response::msg(&HeartbeatResp { routing_version }))
+                let lease_ms = self.state.lease().as_millis() as u64;
+                Ok(Response::msg(&HeartbeatResp { routing_version, lease_ms }))
             }
             Some(Method::MgmtdGetRouting) => {
                 let r: GetRoutingReq = decode_body(&req.body)?;

@@ -329,6 +329,12 @@ impl ClusterState {
         (list, self.started.elapsed() > timeout)
     }
 
+    /// The primary lease granted with each heartbeat: a margin below the heartbeat timeout, so
+    /// a node's lease has run out before mgmtd can declare it dead and appoint another primary.
+    pub fn lease(&self) -> Duration {
+        self.options.heartbeat_timeout * 3 / 4
+    }
+
     pub fn session_timeout(&self) -> Duration {
         self.options.client_session_timeout
     }

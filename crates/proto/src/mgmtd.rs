@@ -67,6 +67,11 @@ pub struct HeartbeatReq {
 pub struct HeartbeatResp {
     #[prost(uint64, tag = "1")]
     pub routing_version: u64,
+    /// How long after sending this heartbeat the node may act as a chain's primary (serve
+    /// reads): shorter than the time after which mgmtd declares it dead and lets another
+    /// member take over.
+    #[prost(uint64, tag = "2")]
+    pub lease_ms: u64,
 }
 
 impl Rpc for HeartbeatReq {

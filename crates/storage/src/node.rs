@@ -155,12 +155,15 @@ async fn heartbeat_loop(
     loop {
         seq += 1;
         let req = HeartbeatReq { node_id, address: address.clone(), targets: service.reports(), seq };
+        let sent = std::time::Instant::now();
         match routing.mgmtd().unary(&req).await {
             Ok(resp) => {
                 if routing.get().version() < resp.routing_version {
                     let _ = routing.refresh().await;
                 }
                 service.reconcile(&routing.get(), resp.routing_version);
+                // Counted from the send: mgmtd saw the heartbeat after that.
+                service.renew_lease(sent, Duration::from_millis(resp.lease_ms));
             }
             Err(st) if st.code == StatusCode::NotRegistered => {
                 let dirs = config.target_dirs();

@@ -42,11 +42,14 @@ pub struct Change {
 
 /// A local target's time as primary of one chain: which members it has synced since, and at
 /// which chain version.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Term {
     id: u64,
     peered: HashMap<u32, u64>,
     busy: HashSet<u32>,
+    /// No writes before this: a deposed primary that is still alive may serve reads until its
+    /// lease runs out, and must not miss a write committed in the meantime.
+    writable_after: Instant,
 }
 
 impl Term {
@@ -63,8 +66,25 @@ impl Term {
 
 static TERM_IDS: AtomicU64 = AtomicU64::new(1);
 
-fn new_term() -> Term {
-    Term { id: TERM_IDS.fetch_add(1, Ordering::Relaxed), ..Term::default() }
+/// A new term waits out one lease when a member that is not serving is still alive: it may
+/// have been the primary a moment ago (taken out by hand) and still hold a lease. A crashed
+/// primary's node is dead, and its lease ran out before mgmtd declared it so.
+fn new_term(table: &RoutingTable, chain: ChainId, lease: Duration) -> Term {
+    let live_non_serving = table.chain(chain).is_some_and(|c| {
+        c.targets.iter().any(|t| {
+            let info = table.target(TargetId(*t));
+            let serving = info.is_some_and(|i| TargetState::from_u8(i.state as u8) == Some(TargetState::Serving));
+            let alive = info.and_then(|i| table.node(ember_types::NodeId(i.node_id))).is_some_and(|n| n.alive);
+            !serving && alive
+        })
+    });
+    let wait = if live_non_serving { lease } else { Duration::ZERO };
+    Term {
+        id: TERM_IDS.fetch_add(1, Ordering::Relaxed),
+        peered: HashMap::new(),
+        busy: HashSet::new(),
+        writable_after: Instant::now() + wait,
+    }
 }
 
 fn state_of(table: &RoutingTable, target: u32) -> Option<TargetState> {
@@ -87,8 +107,12 @@ impl StorageService {
             return Err(Status::new(StatusCode::RoutingStale, format!("chain {chain_id} is unknown")));
         };
         let serving = table.serving_targets(ChainId(chain_id));
+        let lease = self.lease_length();
         let mut terms = lock(&self.terms);
-        let term = terms.entry(chain_id).or_insert_with(new_term);
+        let term = terms.entry(chain_id).or_insert_with(|| new_term(&table, ChainId(chain_id), lease));
+        if Instant::now() < term.writable_after {
+            return Err(Status::new(StatusCode::Busy, format!("chain {chain_id} has a new primary waiting out the old one's lease")));
+        }
         let waiting: Vec<u32> = chain
             .targets
             .iter()
@@ -100,6 +124,24 @@ impl StorageService {
             return Ok(());
         }
         Err(Status::new(StatusCode::Busy, format!("chain {chain_id} is syncing members {waiting:?} first")))
+    }
+
+    fn lease_length(&self) -> Duration {
+        self.lease.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+
+    /// Reads on a replicated chain need a valid primary lease: once it has run out, mgmtd may
+    /// have made another member primary, which may commit writes this node never sees.
+    pub(crate) fn check_read_lease(&self, chain_id: u32) -> Result<(), Status> {
+        let table = self.routing.get();
+        if table.chain(ChainId(chain_id)).is_none_or(|c| c.targets.len() < 2) {
+            return Ok(());
+        }
+        let (until, _) = *self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        if until.is_some_and(|u| Instant::now() < u) {
+            return Ok(());
+        }
+        Err(Status::new(StatusCode::RoutingStale, "this primary's lease from mgmtd has run out"))
     }
 
     /// Whether the chain replicates member after member (the 3FS baseline) rather than in parallel.
@@ -326,7 +368,8 @@ impl StorageService {
                 continue;
             }
             let Some(chain) = table.chain(ChainId(chain_id)) else { continue };
-            let term = terms.entry(chain_id).or_insert_with(new_term);
+            let lease = self.lease_length();
+            let term = terms.entry(chain_id).or_insert_with(|| new_term(&table, ChainId(chain_id), lease));
             for &m in chain.targets.iter().filter(|m| **m != tid.0) {
                 let state = state_of(&table, m);
                 if !in_write_set(state) {

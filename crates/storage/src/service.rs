@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ember_net::routing::RoutingWatcher;
@@ -46,6 +46,9 @@ pub struct StorageService {
     pub(crate) peers: PeerPool,
     pub(crate) locks: ChunkLocks,
     pub(crate) terms: Mutex<HashMap<u32, Term>>,
+    /// Until when this node may act as a primary of a replicated chain, and the lease length
+    /// mgmtd grants (for a new primary's wait).
+    pub(crate) lease: Mutex<(Option<Instant>, Duration)>,
 }
 
 impl StorageService {
@@ -62,6 +65,7 @@ impl StorageService {
             peers: PeerPool::new(REPLICA_RPC_TIMEOUT),
             locks: ChunkLocks::new(),
             terms: Mutex::default(),
+            lease: Mutex::new((None, Duration::ZERO)),
         }
     }
 
@@ -90,6 +94,12 @@ impl StorageService {
                 _ => {}
             }
         }
+    }
+
+    /// Extends the primary lease to `sent + length` after mgmtd acknowledged a heartbeat.
+    pub fn renew_lease(&self, sent: Instant, length: Duration) {
+        let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        *lease = (Some(sent + length), length);
     }
 
     async fn dispatch(&self, req: Request) -> Result<Response, Status> {
@@ -182,6 +192,7 @@ impl StorageService {
     async fn read_one(&self, io: ReadIo) -> Result<Vec<u8>, Status> {
         let c = io.chunk.ok_or_else(|| Status::invalid("read without a chunk"))?;
         let engine = self.resolve(&c, Need::Primary).await?;
+        self.check_read_lease(c.chain_id)?;
         let chunk = ChunkId::new(InodeId(c.inode), c.index);
         let _guard = self.locks.lock(chunk).await;
         blocking(move || engine.read(chunk, io.offset, io.len)).await

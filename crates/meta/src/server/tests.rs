@@ -36,7 +36,7 @@ impl Service for FakeMgmtd {
                 }
                 Some(Method::MgmtdHeartbeat) => {
                     self.heartbeats.fetch_add(1, Ordering::SeqCst);
-                    Ok(Response::msg(&HeartbeatResp { routing_version: 1 }))
+                    Ok(Response::msg(&HeartbeatResp { routing_version: 1, lease_ms: 750 }))
                 }
                 Some(Method::MgmtdGetRouting) => {
                     let routing = RoutingInfo {
