@@ -160,6 +160,10 @@ pub struct ReplicateReq {
     pub crc32c: u32,
     #[prost(uint32, optional, tag = "5")]
     pub truncate_to: Option<u32>,
+    /// The sending primary's target: a member applies the change only if that target is the
+    /// chain's primary at `chunk.chain_version` in its own routing too.
+    #[prost(uint32, tag = "6")]
+    pub from_target: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

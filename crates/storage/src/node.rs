@@ -162,8 +162,11 @@ async fn heartbeat_loop(
                     let _ = routing.refresh().await;
                 }
                 service.reconcile(&routing.get(), resp.routing_version);
-                // Counted from the send: mgmtd saw the heartbeat after that.
-                service.renew_lease(sent, Duration::from_millis(resp.lease_ms));
+                // Counted from the send: mgmtd saw the heartbeat after that. Only with routing
+                // as new as the reply: a lease must not outlive news that we were deposed.
+                if routing.get().version() >= resp.routing_version {
+                    service.renew_lease(sent, Duration::from_millis(resp.lease_ms));
+                }
             }
             Err(st) if st.code == StatusCode::NotRegistered => {
                 let dirs = config.target_dirs();

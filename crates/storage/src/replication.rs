@@ -157,6 +157,11 @@ impl StorageService {
             let chain = table
                 .chain(ChainId(c.chain_id))
                 .ok_or_else(|| Status::new(StatusCode::RoutingStale, format!("chain {} is unknown", c.chain_id)))?;
+            // After a refresh we may have been deposed: never replicate under a version in which
+            // another member is the primary.
+            if table.serving_targets(ChainId(c.chain_id)).first() != Some(&TargetId(c.target_id)) {
+                return Err(Status::new(StatusCode::RoutingStale, "no longer the primary of the chain"));
+            }
             let members: Vec<u32> = chain
                 .targets
                 .iter()
@@ -205,6 +210,7 @@ impl StorageService {
                 offset: change.offset,
                 crc32c: change.crc32c,
                 truncate_to: change.truncate_to,
+                from_target: c.target_id,
             };
             let (client, payload) = (self.peers.get(addr), payload.clone());
             let call = async move { (m, syncing, client.call(&req, payload).await.map(|_| ())) };
@@ -282,6 +288,14 @@ impl StorageService {
     pub(crate) async fn replicate(&self, r: ReplicateReq, payload: Bytes) -> Result<Response, Status> {
         let c = r.chunk.ok_or_else(|| Status::invalid("replicate without a chunk"))?;
         let engine = self.resolve(&c, Need::Member).await?;
+        // Same chain version on both sides (checked above), so both agree on the primary.
+        let primary = self.routing.get().serving_targets(ChainId(c.chain_id)).first().copied();
+        if primary != Some(TargetId(r.from_target)) {
+            return Err(Status::new(
+                StatusCode::RoutingStale,
+                format!("target {} is not the primary of chain {} here", r.from_target, c.chain_id),
+            ));
+        }
         let chunk = ChunkId::new(InodeId(c.inode), c.index);
         let base = r.base_version;
         let info = match r.truncate_to {

@@ -193,6 +193,9 @@ impl StorageService {
         let c = io.chunk.ok_or_else(|| Status::invalid("read without a chunk"))?;
         let engine = self.resolve(&c, Need::Primary).await?;
         self.check_read_lease(c.chain_id)?;
+        // A new primary may hold a change its predecessor never committed; until its sync has
+        // put that change on every member (or removed it), reading it could be undone.
+        self.check_ready(c.chain_id)?;
         let chunk = ChunkId::new(InodeId(c.inode), c.index);
         let _guard = self.locks.lock(chunk).await;
         blocking(move || engine.read(chunk, io.offset, io.len)).await
