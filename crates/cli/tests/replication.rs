@@ -99,6 +99,21 @@ impl Writer {
     }
 }
 
+/// A started cluster, its mount, every target serving.
+fn ready(chain_mode: bool) -> (Cluster, ember_testkit::Mount) {
+    let cluster = start_in(chain_mode);
+    let mount = cluster.mount();
+    wait_all_serving(&cluster);
+    (cluster, mount)
+}
+
+/// Kills storage node `victim`, keeps it down for `down`, and starts it again.
+fn outage(cluster: &mut Cluster, victim: usize, down: Duration) {
+    cluster.storage[victim].kill9();
+    std::thread::sleep(down);
+    cluster.restart_storage(victim);
+}
+
 fn verify(acked: &[(PathBuf, Vec<u8>)], cluster: &Cluster) {
     for (path, data) in acked {
         let back = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}\n{}", path.display(), cluster.logs()));
@@ -122,9 +137,7 @@ fn a_lost_replica_costs_no_write_and_resyncs_only_what_changed() {
     let victim = (primary_node(&cluster) + 1) % NODES;
     let writer = Writer::start(mount.join("stream"));
     std::thread::sleep(Duration::from_millis(500));
-    cluster.storage[victim].kill9();
-    std::thread::sleep(Duration::from_millis(2000));
-    cluster.restart_storage(victim);
+    outage(&mut cluster, victim, Duration::from_millis(2000));
     std::thread::sleep(Duration::from_millis(500));
     let (acked, longest) = writer.finish();
     eprintln!("replica loss: {} writes acknowledged, longest {longest:?}", acked.len());
@@ -145,9 +158,7 @@ fn a_new_primary_takes_over_without_losing_acknowledged_writes() {
         return;
     }
     let _slot = SLOTS.acquire();
-    let mut cluster = start();
-    let mount = cluster.mount();
-    wait_all_serving(&cluster);
+    let (mut cluster, mount) = ready(false);
     let old = primary_node(&cluster);
     let writer = Writer::start(mount.join("stream"));
     std::thread::sleep(Duration::from_millis(500));
@@ -174,9 +185,7 @@ fn a_rolling_restart_of_every_storage_node_costs_no_write() {
         return;
     }
     let _slot = SLOTS.acquire();
-    let mut cluster = start();
-    let mount = cluster.mount();
-    wait_all_serving(&cluster);
+    let (mut cluster, mount) = ready(false);
     let writer = Writer::start(mount.join("stream"));
     for n in 0..NODES {
         std::thread::sleep(Duration::from_millis(300));
@@ -194,17 +203,13 @@ fn chain_mode_replicates_member_after_member_and_survives_a_lost_replica() {
         return;
     }
     let _slot = SLOTS.acquire();
-    let mut cluster = start_in(true);
+    let (mut cluster, mount) = ready(true);
     let chains: serde_json::Value = serde_json::from_str(&cluster.admin(&["status", "--json"])).unwrap();
     assert_eq!(chains["chains"].as_array().unwrap().len(), 1);
-    let mount = cluster.mount();
-    wait_all_serving(&cluster);
     let victim = (primary_node(&cluster) + 2) % NODES;
     let writer = Writer::start(mount.join("stream"));
     std::thread::sleep(Duration::from_millis(300));
-    cluster.storage[victim].kill9();
-    std::thread::sleep(Duration::from_millis(1500));
-    cluster.restart_storage(victim);
+    outage(&mut cluster, victim, Duration::from_millis(1500));
     let (acked, _) = writer.finish();
     wait_all_serving(&cluster);
     verify(&acked, &cluster);

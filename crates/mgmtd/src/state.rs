@@ -552,6 +552,17 @@ mod tests {
         assert_eq!(target_states(&st.routing(0).unwrap()), vec![state(TargetState::Serving)]);
     }
 
+    /// Two storage nodes with one target each, in one chain [1, 2].
+    fn two_node_chain(heartbeat_timeout_ms: u64) -> ClusterState {
+        let mut opts = options(heartbeat_timeout_ms);
+        opts.auto_create_chains = false;
+        let st = ClusterState::load(Arc::new(ember_kv::MemKv::new()), opts).unwrap();
+        st.register(&storage(0, vec![0])).unwrap();
+        st.register(&storage(0, vec![0])).unwrap();
+        assert_eq!(st.create_chain(&[1, 2]).unwrap(), 1);
+        st
+    }
+
     fn state(s: TargetState) -> u32 {
         s.to_u8().into()
     }
@@ -577,12 +588,7 @@ mod tests {
 
     #[test]
     fn a_failed_member_moves_to_the_end_and_syncs_before_serving_again() {
-        let mut opts = options(50);
-        opts.auto_create_chains = false;
-        let st = ClusterState::load(Arc::new(ember_kv::MemKv::new()), opts).unwrap();
-        st.register(&storage(0, vec![0])).unwrap();
-        st.register(&storage(0, vec![0])).unwrap();
-        assert_eq!(st.create_chain(&[1, 2]).unwrap(), 1);
+        let st = two_node_chain(50);
         assert!(st.create_chain(&[2]).is_err(), "a target in two chains");
         let (v0, order) = chain_of(&st);
         assert_eq!(order, vec![1, 2]);
@@ -611,12 +617,7 @@ mod tests {
 
     #[test]
     fn a_restarted_serving_member_must_sync_unless_it_is_the_only_one() {
-        let mut opts = options(10_000);
-        opts.auto_create_chains = false;
-        let st = ClusterState::load(Arc::new(ember_kv::MemKv::new()), opts).unwrap();
-        st.register(&storage(0, vec![0])).unwrap();
-        st.register(&storage(0, vec![0])).unwrap();
-        st.create_chain(&[1, 2]).unwrap();
+        let st = two_node_chain(10_000);
         // Fresh members report ONLINE until promoted; that is no reason to leave the chain.
         beat(&st, 1, 1, &[(1, LocalState::Online)]);
         beat(&st, 2, 1, &[(2, LocalState::Online)]);
@@ -632,12 +633,7 @@ mod tests {
 
     #[test]
     fn offline_by_hand_refuses_the_last_serving_member() {
-        let mut opts = options(10_000);
-        opts.auto_create_chains = false;
-        let st = ClusterState::load(Arc::new(ember_kv::MemKv::new()), opts).unwrap();
-        st.register(&storage(0, vec![0])).unwrap();
-        st.register(&storage(0, vec![0])).unwrap();
-        st.create_chain(&[1, 2]).unwrap();
+        let st = two_node_chain(10_000);
         st.offline_target(1).unwrap();
         assert_eq!(state_of(&st, 1), TargetState::Offline);
         assert_eq!(chain_of(&st).1, vec![2, 1]);
