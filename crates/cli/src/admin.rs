@@ -115,7 +115,7 @@ pub async fn run(args: AdminArgs) -> Result<(), Failure> {
         }
         AdminCommand::Bench(b) => crate::bench::run(mgmtd, b, args.json).await,
         AdminCommand::OfflineTarget { target } => {
-            client.unary(&OfflineTargetReq { target_id: target }).await.map_err(|e| rpc_failure(mgmtd, e))?;
+            client.unary(&OfflineTargetReq { target_id: target, chain_version: 0 }).await.map_err(|e| rpc_failure(mgmtd, e))?;
             print_result(args.json, "offline_target", target, &format!("target {target} is offline"))
         }
     }

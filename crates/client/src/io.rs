@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use ember_proto::storage::{BatchReadReq, ChunkRef, ReadIo, TruncateReq, WriteReq};
@@ -61,8 +61,12 @@ impl EmberClient {
         let mut backoff = Backoff::new();
         let mut pending = spans;
         while !pending.is_empty() {
-            let plan = plan_reads(&self.routing.get(), &pending)?;
-            pending = self.run_plan(plan, &mut out).await?;
+            // A chain with no serving member (all of them failed or syncing) is waited for.
+            pending = match plan_reads(&self.routing.get(), &pending) {
+                Ok(plan) => self.run_plan(plan, &mut out).await?,
+                Err(st) if should_retry(&st, Retry::Idempotent) => pending,
+                Err(st) => return Err(st),
+            };
             if !pending.is_empty() {
                 if Instant::now() >= deadline {
                     return Err(Status::new(StatusCode::Unavailable, "storage did not serve the read in time"));

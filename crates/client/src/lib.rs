@@ -7,10 +7,12 @@ mod io;
 mod session;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use ember_net::routing::RoutingWatcher;
-use ember_net::{PeerPool, RpcClient};
+use ember_net::{Dialer, PeerPool, RpcClient};
 use ember_proto::Rpc;
 use ember_types::{NodeKind, Status, StatusCode};
 
@@ -23,6 +25,8 @@ pub struct ClientConfig {
     pub retry_for: Duration,
     /// Free-form text shown by `ember admin status` for this client's session.
     pub description: String,
+    /// How connections are opened (TCP unless a simulation says otherwise).
+    pub dialer: Dialer,
 }
 
 impl ClientConfig {
@@ -32,6 +36,7 @@ impl ClientConfig {
             rpc_timeout: Duration::from_secs(30),
             retry_for: Duration::from_secs(60),
             description: String::new(),
+            dialer: Dialer::tcp(),
         }
     }
 }
@@ -54,10 +59,10 @@ pub struct EmberClient {
 impl EmberClient {
     /// Connects to mgmtd and starts the routing poller and the session keep-alive.
     pub async fn connect(config: ClientConfig) -> Result<Arc<Self>, Status> {
-        let routing = RoutingWatcher::new(&config.mgmtd);
+        let routing = RoutingWatcher::with_dialer(&config.mgmtd, config.dialer.clone());
         let client = Arc::new(EmberClient {
             routing,
-            peers: PeerPool::new(config.rpc_timeout),
+            peers: PeerPool::new(config.rpc_timeout).with_dialer(config.dialer.clone()),
             client_id: session::new_client_id(),
             config,
         });

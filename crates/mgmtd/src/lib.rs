@@ -28,6 +28,8 @@ pub enum MgmtdError {
     Invalid(String),
     #[error("unknown node {0}")]
     UnknownNode(u32),
+    #[error("stale request: {0}")]
+    Stale(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -40,6 +42,7 @@ impl MgmtdError {
             MgmtdError::Kv(_) => Status::new(StatusCode::KvError, self.to_string()),
             MgmtdError::Invalid(_) => Status::new(StatusCode::InvalidArgument, self.to_string()),
             MgmtdError::UnknownNode(_) => Status::new(StatusCode::NotRegistered, self.to_string()),
+            MgmtdError::Stale(_) => Status::new(StatusCode::RoutingStale, self.to_string()),
             _ => Status::new(StatusCode::Internal, self.to_string()),
         }
     }
@@ -111,11 +114,11 @@ pub async fn run_mgmtd(config: MgmtdConfig, shutdown: impl Future<Output = ()>) 
 
 /// Re-evaluates node liveness often enough that a dead node is noticed within ~a tenth of the
 /// heartbeat timeout after it expires.
-async fn liveness_loop(state: Arc<ClusterState>) {
+pub async fn liveness_loop(state: Arc<ClusterState>) {
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let st = state.clone();
-        match tokio::task::spawn_blocking(move || st.check_liveness()).await {
+        match ember_net::blocking(move || st.check_liveness()).await {
             Ok(Err(e)) => tracing::warn!(error = %e, "liveness check failed"),
             Err(e) => tracing::warn!(error = %e, "liveness task failed"),
             Ok(Ok(())) => {}

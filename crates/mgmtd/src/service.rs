@@ -54,7 +54,7 @@ impl MgmtdService {
             }
             Some(Method::MgmtdOfflineTarget) => {
                 let r: OfflineTargetReq = decode_body(&req.body)?;
-                self.state.offline_target(r.target_id).map_err(|e| e.status())?;
+                self.state.offline_target(r.target_id, r.chain_version).map_err(|e| e.status())?;
                 Ok(Response::msg(&OfflineTargetResp {}))
             }
             _ => Err(Status::new(StatusCode::UnknownMethod, format!("mgmtd has no method {:#06x}", req.method))),
@@ -66,7 +66,7 @@ impl Service for MgmtdService {
     fn call(self: Arc<Self>, req: Request) -> ServiceFuture {
         // State changes commit to the KV synchronously; keep them off the async workers.
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || self.dispatch(req))
+            ember_net::blocking(move || self.dispatch(req))
                 .await
                 .map_err(|e| Status::internal(format!("mgmtd handler failed: {e}")))?
         })

@@ -2,7 +2,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use ember_kv::{Transaction, TxnKv};
 use ember_proto::mgmtd::{
@@ -198,13 +200,19 @@ impl ClusterState {
 
     /// Takes a target out of service by hand; it must sync before it serves again. The last
     /// serving member of a chain is refused: nothing could bring it back.
-    pub fn offline_target(&self, target: u32) -> Result<(), MgmtdError> {
+    /// Takes `target` out of its chain; `chain_version` 0 is unconditional, any other must be
+    /// the chain's current version.
+    pub fn offline_target(&self, target: u32, chain_version: u64) -> Result<(), MgmtdError> {
         let mut inner = self.lock();
         let chain_id = inner
             .targets
             .get(&target)
             .map(|t| t.record.chain_id)
             .ok_or_else(|| MgmtdError::Invalid(format!("target {target} is unknown")))?;
+        let current = inner.chains.get(&chain_id).map_or(0, |c| c.version);
+        if chain_version != 0 && chain_version != current {
+            return Err(MgmtdError::Stale(format!("chain {chain_id} is at version {current}, not {chain_version}")));
+        }
         if !others_serving(&inner, chain_id, target) {
             return Err(MgmtdError::Invalid(format!("target {target} is the last serving member of chain {chain_id}")));
         }
@@ -430,7 +438,7 @@ fn update_chain(inner: &mut Inner, batch: &mut Batch, chain_id: u32) {
     let Some(chain) = inner.chains.get(&chain_id).cloned() else { return };
     let mut changed = false;
     for &t in &chain.targets {
-        let Some(input) = member_input(inner, t) else { continue };
+        let Some(input) = member_input(inner, t, chain.version) else { continue };
         let Some(current) = inner.targets.get(&t).map(|x| x.record.public_state()) else { continue };
         let next = transition::next_state(current, input, others_serving(inner, chain_id, t));
         if next != current {
@@ -462,9 +470,16 @@ fn others_serving(inner: &Inner, chain_id: u32, target: u32) -> bool {
 
 /// What the state machine gets for one member: `None` = no news (its node is alive but has
 /// not reported since mgmtd started), `Some(None)` = its node is dead.
-fn member_input(inner: &Inner, target: u32) -> Option<Option<LocalState>> {
+///
+/// A SYNCING member's "up to date" counts only if its last sync ran at the chain's current
+/// version: a sync by a deposed primary, or one that a later change overtook, may have missed
+/// changes (a node cut off from mgmtd may also still say "up to date" from before it was
+/// taken out). The current primary syncs it again at the current version.
+fn member_input(inner: &Inner, target: u32, chain_version: u64) -> Option<Option<LocalState>> {
     let t = inner.targets.get(&target)?;
+    let stale = t.record.public_state() == TargetState::Syncing && t.report.synced_chain_version != chain_version;
     match inner.nodes.get(&t.record.node_id) {
+        Some(n) if n.alive && stale && t.local == Some(LocalState::UpToDate) => Some(Some(LocalState::Online)),
         Some(n) if n.alive => t.local.map(Some),
         _ => Some(None),
     }
@@ -610,7 +625,20 @@ mod tests {
         assert_eq!(state_of(&st, 1), TargetState::Waiting);
         beat(&st, 1, 11, &[(1, LocalState::Online)]);
         assert_eq!(state_of(&st, 1), TargetState::Syncing);
+        // "Up to date" from before it was taken out (it never saw that), or from a sync at an
+        // older chain version, does not count: only a sync by the current primary does.
         beat(&st, 1, 12, &[(1, LocalState::UpToDate)]);
+        assert_eq!(state_of(&st, 1), TargetState::Syncing);
+        let synced = TargetReport {
+            target_id: 1,
+            local_state: LocalState::UpToDate.to_u8().into(),
+            synced_chain_version: chain_of(&st).0 - 1,
+            ..Default::default()
+        };
+        st.heartbeat(&HeartbeatReq { node_id: 1, seq: 13, targets: vec![synced.clone()], ..Default::default() }).unwrap();
+        assert_eq!(state_of(&st, 1), TargetState::Syncing);
+        let synced = TargetReport { synced_chain_version: chain_of(&st).0, ..synced };
+        st.heartbeat(&HeartbeatReq { node_id: 1, seq: 14, targets: vec![synced], ..Default::default() }).unwrap();
         assert_eq!(state_of(&st, 1), TargetState::Serving);
         assert_eq!(chain_of(&st).1, vec![2, 1], "the new primary stays primary");
     }
@@ -634,10 +662,21 @@ mod tests {
     #[test]
     fn offline_by_hand_refuses_the_last_serving_member() {
         let st = two_node_chain(10_000);
-        st.offline_target(1).unwrap();
+        st.offline_target(1, 0).unwrap();
         assert_eq!(state_of(&st, 1), TargetState::Offline);
         assert_eq!(chain_of(&st).1, vec![2, 1]);
-        assert!(st.offline_target(2).is_err());
+        assert!(st.offline_target(2, 0).is_err());
+    }
+
+    #[test]
+    fn a_drop_request_from_an_older_chain_version_is_refused() {
+        let st = two_node_chain(10_000);
+        let (v, _) = chain_of(&st);
+        // A primary that was deposed meanwhile acts on an old version: it may not drop members.
+        assert!(matches!(st.offline_target(2, v + 1), Err(MgmtdError::Stale(_))));
+        assert_eq!(state_of(&st, 2), TargetState::Serving);
+        st.offline_target(2, v).unwrap();
+        assert_eq!(state_of(&st, 2), TargetState::Offline);
     }
 
     #[test]

@@ -7,11 +7,10 @@ use bytes::Bytes;
 use ember_proto::Rpc;
 use ember_types::{Status, StatusCode};
 use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::frame::{read_frame, FrameError, FrameHeader, FrameKind, FrameLimits};
+use crate::transport::{BoxRead, BoxWrite, Dialer};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,6 +29,9 @@ struct Connection {
     tx: mpsc::Sender<Outgoing>,
     pending: Pending,
     dead: Arc<AtomicBool>,
+    /// Frames received so far: a call that times out while this stands still suggests the
+    /// connection is silently gone (peer host lost, packets dropped), not just a slow server.
+    received: Arc<AtomicU64>,
 }
 
 /// A client for one server address. Connects lazily and reconnects after a failure; every
@@ -40,6 +42,7 @@ pub struct RpcClient {
     next_id: AtomicU64,
     limits: FrameLimits,
     timeout: Duration,
+    dialer: Dialer,
 }
 
 impl RpcClient {
@@ -50,7 +53,13 @@ impl RpcClient {
             next_id: AtomicU64::new(1),
             limits: FrameLimits::default(),
             timeout: DEFAULT_TIMEOUT,
+            dialer: Dialer::tcp(),
         }
+    }
+
+    pub fn with_dialer(mut self, dialer: Dialer) -> Self {
+        self.dialer = dialer;
+        self
     }
 
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
@@ -76,8 +85,10 @@ impl RpcClient {
     }
 
     pub async fn call_raw(&self, method: u16, body: Bytes, payload: Bytes, timeout: Duration) -> Reply {
+        let mut used: Option<(Arc<Connection>, u64)> = None;
         let work = async {
             let conn = self.connection().await?;
+            used = Some((conn.clone(), conn.received.load(Ordering::Acquire)));
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
             lock(&conn.pending).insert(id, tx);
@@ -93,7 +104,16 @@ impl RpcClient {
         };
         match tokio::time::timeout(timeout, work).await {
             Ok(r) => r,
-            Err(_) => Err(Status::new(StatusCode::Timeout, format!("rpc to {} timed out after {timeout:?}", self.addr))),
+            Err(_) => {
+                // Nothing at all came back while we waited: the next call reconnects instead
+                // of queueing behind a connection that may never deliver again.
+                if let Some((conn, before)) = used {
+                    if conn.received.load(Ordering::Acquire) == before {
+                        conn.dead.store(true, Ordering::Release);
+                    }
+                }
+                Err(Status::new(StatusCode::Timeout, format!("rpc to {} timed out after {timeout:?}", self.addr)))
+            }
         }
     }
 
@@ -111,18 +131,24 @@ impl RpcClient {
 
     async fn connect(&self) -> Result<Connection, Status> {
         let unavailable = |e: String| Status::new(StatusCode::Unavailable, format!("connect {}: {e}", self.addr));
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
+        let (rd, wr) = tokio::time::timeout(CONNECT_TIMEOUT, self.dialer.dial(&self.addr))
             .await
             .map_err(|_| unavailable("timed out".into()))?
             .map_err(|e| unavailable(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::channel(1024);
         let pending: Pending = Arc::default();
         let dead = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(AtomicU64::new(0));
         tokio::spawn(write_loop(wr, rx, dead.clone()));
-        tokio::spawn(read_loop(rd, pending.clone(), dead.clone(), self.limits, self.addr.clone()));
-        Ok(Connection { tx, pending, dead })
+        let reader = Reader {
+            pending: pending.clone(),
+            dead: dead.clone(),
+            received: received.clone(),
+            limits: self.limits,
+            addr: self.addr.clone(),
+        };
+        tokio::spawn(reader.run(rd));
+        Ok(Connection { tx, pending, dead, received })
     }
 }
 
@@ -146,7 +172,7 @@ fn closed(addr: &str) -> Status {
     Status::new(StatusCode::ConnectionClosed, format!("connection to {addr} closed"))
 }
 
-async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, dead: Arc<AtomicBool>) {
+async fn write_loop(wr: BoxWrite, mut rx: mpsc::Receiver<Outgoing>, dead: Arc<AtomicBool>) {
     let mut w = BufWriter::with_capacity(64 * 1024, wr);
     'outer: while let Some(f) = rx.recv().await {
         let mut next = Some(f);
@@ -166,39 +192,53 @@ async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, dead: 
     dead.store(true, Ordering::Release);
 }
 
-async fn read_loop(mut rd: OwnedReadHalf, pending: Pending, dead: Arc<AtomicBool>, limits: FrameLimits, addr: String) {
-    loop {
-        match read_frame(&mut rd, &limits).await {
-            Ok(frame) => {
-                let h = frame.header;
-                let reply = if h.status == 0 {
-                    Ok((frame.body, frame.payload))
-                } else {
-                    let msg = String::from_utf8_lossy(&frame.body).into_owned();
-                    Err(Status::new(StatusCode::from_u16(h.status), msg))
-                };
-                if let Some(tx) = lock(&pending).remove(&h.request_id) {
-                    let _ = tx.send(reply);
+/// The receiving side of a connection: hands each reply to its caller.
+struct Reader {
+    pending: Pending,
+    dead: Arc<AtomicBool>,
+    received: Arc<AtomicU64>,
+    limits: FrameLimits,
+    addr: String,
+}
+
+impl Reader {
+    async fn run(self, mut rd: BoxRead) {
+        let Reader { pending, dead, received, limits, addr } = self;
+        loop {
+            let frame = read_frame(&mut rd, &limits).await;
+            received.fetch_add(1, Ordering::AcqRel);
+            match frame {
+                Ok(frame) => {
+                    let h = frame.header;
+                    let reply = if h.status == 0 {
+                        Ok((frame.body, frame.payload))
+                    } else {
+                        let msg = String::from_utf8_lossy(&frame.body).into_owned();
+                        Err(Status::new(StatusCode::from_u16(h.status), msg))
+                    };
+                    if let Some(tx) = lock(&pending).remove(&h.request_id) {
+                        let _ = tx.send(reply);
+                    }
                 }
-            }
-            Err(FrameError::DataChecksum { header, what }) => {
-                let st = Status::new(StatusCode::ChecksumMismatch, format!("reply {what} from {addr} corrupted"));
-                if let Some(tx) = lock(&pending).remove(&header.request_id) {
-                    let _ = tx.send(Err(st));
+                Err(FrameError::DataChecksum { header, what }) => {
+                    let st = Status::new(StatusCode::ChecksumMismatch, format!("reply {what} from {addr} corrupted"));
+                    if let Some(tx) = lock(&pending).remove(&header.request_id) {
+                        let _ = tx.send(Err(st));
+                    }
                 }
-            }
-            Err(e) => {
-                if !matches!(e, FrameError::Closed) {
-                    tracing::warn!(%addr, error = %e, "dropping connection");
+                Err(e) => {
+                    if !matches!(e, FrameError::Closed) {
+                        tracing::warn!(%addr, error = %e, "dropping connection");
+                    }
+                    break;
                 }
-                break;
             }
         }
-    }
-    dead.store(true, Ordering::Release);
-    // Wake every caller still waiting on this connection.
-    for (_, tx) in lock(&pending).drain() {
-        let _ = tx.send(Err(closed(&addr)));
+        dead.store(true, Ordering::Release);
+        // Wake every caller still waiting on this connection.
+        for (_, tx) in lock(&pending).drain() {
+            let _ = tx.send(Err(closed(&addr)));
+        }
     }
 }
 
@@ -207,18 +247,24 @@ async fn read_loop(mut rd: OwnedReadHalf, pending: Pending, dead: Arc<AtomicBool
 pub struct PeerPool {
     clients: Mutex<HashMap<String, Arc<RpcClient>>>,
     timeout: Option<Duration>,
+    dialer: Dialer,
 }
 
 impl PeerPool {
     pub fn new(timeout: Duration) -> Self {
-        PeerPool { clients: Mutex::default(), timeout: Some(timeout) }
+        PeerPool { clients: Mutex::default(), timeout: Some(timeout), dialer: Dialer::tcp() }
+    }
+
+    pub fn with_dialer(mut self, dialer: Dialer) -> Self {
+        self.dialer = dialer;
+        self
     }
 
     pub fn get(&self, addr: &str) -> Arc<RpcClient> {
         let mut map = lock(&self.clients);
         map.entry(addr.to_owned())
             .or_insert_with(|| {
-                let c = RpcClient::new(addr);
+                let c = RpcClient::new(addr).with_dialer(self.dialer.clone());
                 Arc::new(match self.timeout {
                     Some(t) => c.with_timeout(t),
                     None => c,

@@ -11,10 +11,12 @@ mod client;
 mod frame;
 pub mod routing;
 mod server;
+mod transport;
 
 pub use client::{PeerPool, RpcClient};
 pub use frame::{FrameError, FrameHeader, FrameKind, FrameLimits, HEADER_LEN, MAGIC, VERSION};
-pub use server::{serve, Request, Response, Service, ServiceFuture};
+pub use server::{serve, serve_stream, Request, Response, Service, ServiceFuture};
+pub use transport::{blocking, run_blocking_inline_on_this_thread, BoxRead, BoxWrite, DialFuture, Dialer};
 
 use ember_types::{Status, StatusCode};
 

@@ -8,7 +8,7 @@ use ember_proto::mgmtd::GetRoutingReq;
 use ember_proto::routing::RoutingTable;
 use ember_types::Status;
 
-use crate::RpcClient;
+use crate::{Dialer, RpcClient};
 
 pub struct RoutingWatcher {
     mgmtd: RpcClient,
@@ -18,8 +18,12 @@ pub struct RoutingWatcher {
 
 impl RoutingWatcher {
     pub fn new(mgmtd_addr: &str) -> Arc<Self> {
+        Self::with_dialer(mgmtd_addr, Dialer::tcp())
+    }
+
+    pub fn with_dialer(mgmtd_addr: &str, dialer: Dialer) -> Arc<Self> {
         Arc::new(RoutingWatcher {
-            mgmtd: RpcClient::new(mgmtd_addr).with_timeout(Duration::from_secs(5)),
+            mgmtd: RpcClient::new(mgmtd_addr).with_timeout(Duration::from_secs(5)).with_dialer(dialer),
             current: RwLock::new(Arc::new(RoutingTable::default())),
             refresh: tokio::sync::Mutex::new(()),
         })

@@ -2,15 +2,15 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ember_proto::Method;
 use ember_types::{Status, StatusCode};
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
 
 use crate::frame::{read_frame, FrameError, FrameHeader, FrameKind, FrameLimits};
 
@@ -62,7 +62,8 @@ pub async fn serve(listener: TcpListener, service: Arc<dyn Service>, limits: Fra
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_connection(stream, peer, service.clone(), limits));
+                let (rd, wr) = stream.into_split();
+                tokio::spawn(serve_stream(rd, wr, peer, service.clone(), limits));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -80,8 +81,12 @@ fn describe_metrics() {
     r.describe("ember_rpc_bad_frames_total", "Frames rejected before dispatch, by reason.");
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: Arc<dyn Service>, limits: FrameLimits) {
-    let (mut rd, wr) = stream.into_split();
+/// Serves the requests of one accepted connection until the peer closes it.
+pub async fn serve_stream<R, W>(mut rd: R, wr: W, peer: SocketAddr, service: Arc<dyn Service>, limits: FrameLimits)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, rx) = mpsc::channel::<OutFrame>(WRITE_QUEUE);
     let writer = tokio::spawn(write_loop(wr, rx));
     let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT_PER_CONN));
@@ -159,7 +164,7 @@ async fn handle(svc: Arc<dyn Service>, req: Request, request_id: u64) -> OutFram
     let name = Method::from_u16(method).map(Method::name).unwrap_or("unknown");
     let started = Instant::now();
     let result = match req.deadline {
-        Some(d) => match tokio::time::timeout_at(d.into(), svc.call(req)).await {
+        Some(d) => match tokio::time::timeout_at(d, svc.call(req)).await {
             Ok(r) => r,
             Err(_) => Err(Status::new(StatusCode::Timeout, "deadline expired on the server")),
         },
@@ -185,7 +190,7 @@ fn error_frame(method: u16, request_id: u64, st: &Status) -> OutFrame {
     OutFrame { header, body, payload: Bytes::new() }
 }
 
-async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<OutFrame>) {
+async fn write_loop<W: AsyncWrite + Unpin>(wr: W, mut rx: mpsc::Receiver<OutFrame>) {
     let mut w = BufWriter::with_capacity(64 * 1024, wr);
     while let Some(f) = rx.recv().await {
         if write_one(&mut w, &f).await.is_err() {
@@ -204,7 +209,7 @@ async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<OutFrame>) {
     let _ = w.shutdown().await;
 }
 
-async fn write_one(w: &mut BufWriter<OwnedWriteHalf>, f: &OutFrame) -> std::io::Result<()> {
+async fn write_one<W: AsyncWrite + Unpin>(w: &mut BufWriter<W>, f: &OutFrame) -> std::io::Result<()> {
     w.write_all(&f.header.encode()).await?;
     w.write_all(&f.body).await?;
     w.write_all(&f.payload).await

@@ -48,6 +48,11 @@ pub struct TargetReport {
     /// `ember_types::LocalState::to_u8`; 0 (absent) from an older node means up to date.
     #[prost(uint32, tag = "6")]
     pub local_state: u32,
+    /// Chain version of the sync that made the target up to date; 0 if none has since the
+    /// node started. mgmtd trusts an "up to date" from a SYNCING target only from a sync at
+    /// the chain's current version, that is by the current primary, after the last change.
+    #[prost(uint64, tag = "7")]
+    pub synced_chain_version: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -251,6 +256,11 @@ impl Rpc for CreateChainReq {
 pub struct OfflineTargetReq {
     #[prost(uint32, tag = "1")]
     pub target_id: u32,
+    /// The chain version the requester (a primary dropping a failed member) acts on; a
+    /// request from an older version is refused, so a deposed primary cannot take members
+    /// out. 0: unconditional (an operator's request).
+    #[prost(uint64, tag = "2")]
+    pub chain_version: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -13,8 +13,8 @@ mod node;
 mod replication;
 mod service;
 
-pub use engine::{ChunkEngine, ChunkInfo, EngineError, EngineOptions, EngineStats};
-pub use node::{run_storage, StorageConfig};
+pub use engine::{ChunkEngine, ChunkInfo, CrashPoints, EngineError, EngineOptions, EngineStats};
+pub use node::{run_storage, StorageConfig, StorageNode};
 pub use service::StorageService;
 
 #[derive(Debug, thiserror::Error)]

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ember_net::routing::RoutingWatcher;
-use ember_net::RpcClient;
+use ember_net::{Dialer, PeerPool, RpcClient};
 use ember_proto::mgmtd::{HeartbeatReq, RegisterNodeReq};
 use ember_types::{NodeKind, StatusCode, TargetId};
 
-use crate::service::StorageService;
+use crate::service::{StorageService, REPLICA_RPC_TIMEOUT};
 use crate::{ChunkEngine, EngineOptions, StorageError};
 
 /// Settings of one storage process (`ember storage --print-default-config`).
@@ -45,7 +45,7 @@ impl Default for StorageConfig {
 }
 
 impl StorageConfig {
-    fn target_dirs(&self) -> Vec<PathBuf> {
+    pub fn target_dirs(&self) -> Vec<PathBuf> {
         if self.targets.is_empty() {
             vec![self.data_dir.join("target0")]
         } else {
@@ -57,40 +57,69 @@ impl StorageConfig {
 /// Runs a storage node until `shutdown` resolves.
 pub async fn run_storage(config: StorageConfig, shutdown: impl Future<Output = ()>) -> Result<(), StorageError> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let dirs = config.target_dirs();
     let mut engines = Vec::new();
-    for dir in &dirs {
-        let d = dir.clone();
-        let engine = tokio::task::spawn_blocking(move || ChunkEngine::open(&d, EngineOptions::default()))
+    for dir in config.target_dirs() {
+        let engine = tokio::task::spawn_blocking(move || ChunkEngine::open(&dir, EngineOptions::default()))
             .await
             .map_err(|e| StorageError::Startup(e.to_string()))??;
         engines.push(Arc::new(engine));
     }
     let listener = ember_net::bind(&config.listen).await?;
     let address = listener.local_addr()?.to_string();
-    let routing = RoutingWatcher::new(&config.mgmtd);
-    let (node_id, ids) = register_until_done(&config, routing.mgmtd(), &address, &dirs).await?;
-    let targets: HashMap<TargetId, Arc<ChunkEngine>> = ids.iter().copied().map(TargetId).zip(engines).collect();
-    let service = Arc::new(StorageService::new(targets, routing.clone()));
-    let _ = routing.refresh().await;
-    let poller = routing.spawn_poller(Duration::from_secs(1));
-    let beat = tokio::spawn(heartbeat_loop(config.clone(), routing.clone(), service.clone(), node_id, address.clone()));
-    let keeper = tokio::spawn(keep_chains_loop(service.clone()));
+    let node = StorageNode::start(&config, engines, &address, Dialer::tcp()).await?;
     if !config.metrics_listen.is_empty() {
         let m = ember_net::bind(&config.metrics_listen).await?;
         ember_net::write_file_atomic(&config.data_dir.join("metrics.addr"), &m.local_addr()?.to_string())?;
         tokio::spawn(ember_telemetry::serve_metrics(m));
     }
     ember_net::write_file_atomic(&config.data_dir.join("storage.addr"), &address)?;
-    tracing::info!(%address, node_id, targets = ?ids, "storage serving");
     tokio::select! {
-        _ = ember_net::serve(listener, service, ember_net::FrameLimits::default()) => {}
+        _ = ember_net::serve(listener, node.service.clone(), ember_net::FrameLimits::default()) => {}
         _ = shutdown => tracing::info!("storage shutting down"),
     }
-    poller.abort();
-    beat.abort();
-    keeper.abort();
     Ok(())
+}
+
+/// A registered storage node and its background duties (routing poll, heartbeats, chain
+/// upkeep); dropping it stops them. Serving its RPCs is the caller's job, so the same node
+/// runs behind a TCP listener or a simulated one.
+pub struct StorageNode {
+    pub service: Arc<StorageService>,
+    pub node_id: u32,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl StorageNode {
+    /// Registers the targets of `engines` (one per directory of `config`) under `address`.
+    pub async fn start(
+        config: &StorageConfig,
+        engines: Vec<Arc<ChunkEngine>>,
+        address: &str,
+        dialer: Dialer,
+    ) -> Result<StorageNode, StorageError> {
+        let dirs = config.target_dirs();
+        let routing = RoutingWatcher::with_dialer(&config.mgmtd, dialer.clone());
+        let (node_id, ids) = register_until_done(config, routing.mgmtd(), address, &dirs).await?;
+        let targets: HashMap<TargetId, Arc<ChunkEngine>> = ids.iter().copied().map(TargetId).zip(engines).collect();
+        let peers = PeerPool::new(REPLICA_RPC_TIMEOUT).with_dialer(dialer);
+        let service = Arc::new(StorageService::new(targets, routing.clone(), peers));
+        let _ = routing.refresh().await;
+        let tasks = vec![
+            routing.spawn_poller(Duration::from_secs(1)),
+            tokio::spawn(heartbeat_loop(config.clone(), routing.clone(), service.clone(), node_id, address.to_owned())),
+            tokio::spawn(keep_chains_loop(service.clone())),
+        ];
+        tracing::info!(%address, node_id, targets = ?ids, "storage serving");
+        Ok(StorageNode { service, node_id, tasks })
+    }
+}
+
+impl Drop for StorageNode {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 /// Registers with mgmtd, retrying while it is unreachable, and remembers the ids it gets.
@@ -155,7 +184,7 @@ async fn heartbeat_loop(
     loop {
         seq += 1;
         let req = HeartbeatReq { node_id, address: address.clone(), targets: service.reports(), seq };
-        let sent = std::time::Instant::now();
+        let sent = tokio::time::Instant::now();
         match routing.mgmtd().unary(&req).await {
             Ok(resp) => {
                 if routing.get().version() < resp.routing_version {

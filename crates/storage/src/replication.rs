@@ -13,7 +13,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use ember_net::{Response, RpcClient};
@@ -171,7 +173,7 @@ impl StorageService {
                 .collect();
             let (stale, failed) = self.send_change(&table, chain.version, c, chunk, change, &payload, &members).await;
             if !failed.is_empty() {
-                self.drop_members(&failed).await?;
+                self.drop_members(&failed, chain.version).await?;
             }
             if stale.is_empty() {
                 return Ok(());
@@ -261,14 +263,18 @@ impl StorageService {
         if failed.is_empty() {
             return Ok(());
         }
-        self.drop_members(&failed).await
+        self.drop_members(&failed, chain.version).await
     }
 
     /// Asks mgmtd to take failed members out of their chain and waits until routing says so.
-    async fn drop_members(&self, failed: &[u32]) -> Result<(), Status> {
+    /// mgmtd refuses if the chain has moved past `chain_version` (we may have been deposed);
+    /// the caller's client then retries against the current primary.
+    async fn drop_members(&self, failed: &[u32], chain_version: u64) -> Result<(), Status> {
         for &m in failed {
-            if let Err(st) = self.routing.mgmtd().unary(&OfflineTargetReq { target_id: m }).await {
-                return Err(Status::new(StatusCode::Unavailable, format!("cannot drop failed replica {m}: {st}")));
+            let req = OfflineTargetReq { target_id: m, chain_version };
+            if let Err(st) = self.routing.mgmtd().unary(&req).await {
+                let code = if st.code == StatusCode::RoutingStale { st.code } else { StatusCode::Unavailable };
+                return Err(Status::new(code, format!("cannot drop failed replica {m}: {st}")));
             }
         }
         let deadline = Instant::now() + DROP_WAIT;
@@ -362,6 +368,7 @@ impl StorageService {
         let c = r.target.ok_or_else(|| Status::invalid("sync done without a target"))?;
         self.resolve(&c, Need::Member).await?;
         let local = self.local(TargetId(c.target_id))?;
+        local.synced_chain_version.fetch_max(c.chain_version, Ordering::AcqRel);
         if local.state() != LocalState::UpToDate {
             tracing::info!(target = c.target_id, chain = c.chain_id, "sync finished; target is up to date");
             local.set_state(LocalState::UpToDate);

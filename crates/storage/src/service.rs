@@ -1,9 +1,11 @@
 //! RPC front of a storage node: checks routing and checksums, then calls the target's engine.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use ember_net::routing::RoutingWatcher;
@@ -19,7 +21,7 @@ use crate::replication::{Change, Term};
 use crate::ChunkEngine;
 
 /// A replica that does not answer in this time is reported to mgmtd and dropped.
-const REPLICA_RPC_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const REPLICA_RPC_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Largest total a single batch read may return; keeps replies under the frame limit.
 const MAX_BATCH_READ_BYTES: u64 = 64 << 20;
@@ -28,6 +30,8 @@ const MAX_BATCH_READ_BYTES: u64 = 64 << 20;
 pub(crate) struct LocalTarget {
     pub(crate) engine: Arc<ChunkEngine>,
     state: AtomicU8,
+    /// Chain version of the sync that last made this target up to date (0: none yet).
+    pub(crate) synced_chain_version: AtomicU64,
 }
 
 impl LocalTarget {
@@ -54,15 +58,15 @@ pub struct StorageService {
 impl StorageService {
     /// Every target starts ONLINE: after a start it may have missed writes, and only mgmtd
     /// can say whether it may serve.
-    pub fn new(targets: HashMap<TargetId, Arc<ChunkEngine>>, routing: Arc<RoutingWatcher>) -> Self {
+    pub fn new(targets: HashMap<TargetId, Arc<ChunkEngine>>, routing: Arc<RoutingWatcher>, peers: PeerPool) -> Self {
         let targets = targets
             .into_iter()
-            .map(|(id, engine)| (id, LocalTarget { engine, state: AtomicU8::new(LocalState::Online.to_u8()) }))
+            .map(|(id, engine)| (id, LocalTarget { engine, state: AtomicU8::new(LocalState::Online.to_u8()), synced_chain_version: AtomicU64::new(0) }))
             .collect();
         StorageService {
             targets,
             routing,
-            peers: PeerPool::new(REPLICA_RPC_TIMEOUT),
+            peers,
             locks: ChunkLocks::new(),
             terms: Mutex::default(),
             lease: Mutex::new((None, Duration::ZERO)),
@@ -259,6 +263,7 @@ fn report(id: TargetId, t: &LocalTarget) -> TargetReport {
         free_bytes: s.free_bytes,
         chunks: s.chunks,
         local_state: t.state().to_u8().into(),
+        synced_chain_version: t.synced_chain_version.load(Ordering::Acquire),
     }
 }
 
@@ -266,7 +271,7 @@ fn report(id: TargetId, t: &LocalTarget) -> TargetReport {
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::EngineError> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
+    ember_net::blocking(f)
         .await
         .map_err(|e| Status::internal(format!("storage task failed: {e}")))?
         .map_err(|e| e.status())

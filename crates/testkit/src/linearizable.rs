@@ -5,11 +5,12 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-/// One completed operation on the register as a client saw it.
+/// One completed operation on the register as a client saw it, timed by any clock (a
+/// simulation's virtual one too).
 #[derive(Clone, Debug)]
-pub struct Op {
-    pub invoked: Instant,
-    pub returned: Instant,
+pub struct Op<T = Instant> {
+    pub invoked: T,
+    pub returned: T,
     pub kind: OpKind,
 }
 
@@ -21,7 +22,7 @@ pub enum OpKind {
 
 /// Ok if `history` is linearizable for a register starting at `initial`; otherwise a message
 /// naming how far the longest linearizable prefix got.
-pub fn check_register(history: &[Op], initial: u64) -> Result<(), String> {
+pub fn check_register<T: Ord + Copy>(history: &[Op<T>], initial: u64) -> Result<(), String> {
     let n = history.len();
     let mut done = vec![false; n];
     let mut seen: HashSet<(Vec<u64>, u64)> = HashSet::new();
@@ -44,7 +45,7 @@ fn key(done: &[bool]) -> Vec<u64> {
 }
 
 /// Depth-first search over "which pending operation takes effect next".
-fn search(h: &[Op], done: &mut [bool], count: usize, state: u64, seen: &mut HashSet<(Vec<u64>, u64)>, best: &mut usize) -> bool {
+fn search<T: Ord + Copy>(h: &[Op<T>], done: &mut [bool], count: usize, state: u64, seen: &mut HashSet<(Vec<u64>, u64)>, best: &mut usize) -> bool {
     if count == h.len() {
         return true;
     }

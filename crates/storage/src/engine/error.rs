@@ -26,13 +26,16 @@ pub enum EngineError {
     /// A versioned change was built on another version of the chunk than the one stored.
     #[error("chunk is at version {current}, the change expects {expected}")]
     VersionMismatch { current: u64, expected: u64 },
+    /// The simulation decided the process dies at this persistence point.
+    #[error("simulated crash at {0}")]
+    Crashed(&'static str),
 }
 
 impl EngineError {
     /// The status a storage RPC should return for this error.
     pub fn status(&self) -> Status {
         let code = match self {
-            EngineError::Io(_) | EngineError::Meta(_) => StatusCode::IoError,
+            EngineError::Io(_) | EngineError::Meta(_) | EngineError::Crashed(_) => StatusCode::IoError,
             EngineError::Corrupt(_) => StatusCode::CorruptData,
             EngineError::NoSpace => StatusCode::NoSpace,
             EngineError::TooLarge(_) => StatusCode::ChunkTooLarge,

@@ -69,6 +69,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use ember_types::{ChunkId, InodeId, BLOCK_SIZE, MAX_CHUNK_SIZE};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -149,7 +150,14 @@ pub struct ChunkEngine {
     meta_sync: GroupSync,
     locks: LockTable,
     chunk_count: AtomicU64,
+    crash_points: OnceLock<CrashPoints>,
 }
+
+/// Asked at every persistence point (`"data.write"`, `"meta.commit"`, `"meta.persisted"`)
+/// whether the process dies there. Only the deterministic simulation installs one: the
+/// engine then fails the operation at that point, with what is on disk exactly as a `kill -9`
+/// at that instant would leave it, and the simulation crashes the node.
+pub type CrashPoints = Arc<dyn Fn(&'static str) -> bool + Send + Sync>;
 
 impl ChunkEngine {
     /// Creates the target in `dir` or reopens it, rebuilding the block allocator from the
@@ -182,7 +190,20 @@ impl ChunkEngine {
             meta_sync: GroupSync::new("chunk metadata"),
             locks: LockTable::new(),
             chunk_count: AtomicU64::new(chunk_count),
+            crash_points: OnceLock::new(),
         })
+    }
+
+    /// Installs the simulation's crash decisions (once per engine).
+    pub fn set_crash_points(&self, points: CrashPoints) {
+        let _ = self.crash_points.set(points);
+    }
+
+    fn persistence_point(&self, point: &'static str) -> Result<(), EngineError> {
+        match self.crash_points.get() {
+            Some(dies) if dies(point) => Err(EngineError::Crashed(point)),
+            _ => Ok(()),
+        }
     }
 
     /// Writes `data` at `offset` inside the chunk; durable (data and metadata fsynced) before it
@@ -504,6 +525,7 @@ impl ChunkEngine {
         if let Some(e) = self.blocks.poisoned() {
             return Err(e);
         }
+        self.persistence_point("data.write")?;
         let phys = self.blocks.allocate(images.len() / BS as usize)?;
         let result = self
             .blocks
@@ -554,10 +576,12 @@ impl ChunkEngine {
         created: bool,
         freed: &[u64],
     ) -> Result<(), EngineError> {
+        self.persistence_point("meta.commit")?;
         let mut batch = self.db.batch();
         batch.insert(&self.chunks, chunk.to_bytes(), meta.encode());
         batch.commit().map_err(EngineError::from_fjall)?;
         self.persist_meta()?;
+        self.persistence_point("meta.persisted")?;
         if created {
             self.chunk_count.fetch_add(1, Ordering::Relaxed);
         }
@@ -602,8 +626,10 @@ impl ChunkEngine {
         if removed == 0 {
             return Ok(0);
         }
+        self.persistence_point("meta.commit")?;
         batch.commit().map_err(EngineError::from_fjall)?;
         self.persist_meta()?;
+        self.persistence_point("meta.persisted")?;
         self.chunk_count
             .fetch_sub(u64::from(removed), Ordering::Relaxed);
         self.blocks.release(&freed);

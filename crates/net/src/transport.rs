@@ -1,0 +1,75 @@
+//! How a process reaches its peers and runs blocking work: TCP and the blocking thread pool
+//! in production, or whatever a deterministic simulation puts in their place.
+//!
+//! A [`Dialer`] opens a byte stream to an address; clients hold one (TCP when none is given).
+//! [`blocking`] runs synchronous work (KV commits, engine calls) off the async workers, except
+//! on a thread that asked for inline execution: a single-threaded simulation must not hand
+//! work to other threads, or their timing would decide the order of events.
+
+use std::cell::Cell;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+pub type DialFuture = Pin<Box<dyn Future<Output = io::Result<(BoxRead, BoxWrite)>> + Send>>;
+
+/// Opens a connection to an address and returns its two halves.
+#[derive(Clone)]
+pub struct Dialer(Arc<dyn Fn(String) -> DialFuture + Send + Sync>);
+
+impl Dialer {
+    pub fn new(f: impl Fn(String) -> DialFuture + Send + Sync + 'static) -> Self {
+        Dialer(Arc::new(f))
+    }
+
+    /// Plain TCP with Nagle off: requests are small and latency-bound.
+    pub fn tcp() -> Self {
+        Dialer::new(|addr| {
+            Box::pin(async move {
+                let stream = tokio::net::TcpStream::connect(&addr).await?;
+                let _ = stream.set_nodelay(true);
+                let (rd, wr) = stream.into_split();
+                Ok((Box::new(rd) as BoxRead, Box::new(wr) as BoxWrite))
+            })
+        })
+    }
+
+    pub(crate) fn dial(&self, addr: &str) -> DialFuture {
+        (self.0)(addr.to_owned())
+    }
+}
+
+impl Default for Dialer {
+    fn default() -> Self {
+        Dialer::tcp()
+    }
+}
+
+impl fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Dialer")
+    }
+}
+
+thread_local! {
+    static INLINE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes [`blocking`] run work inline on the calling thread from now on.
+pub fn run_blocking_inline_on_this_thread() {
+    INLINE.with(|i| i.set(true));
+}
+
+/// Runs `f` on the blocking pool, or inline on a thread that asked for it.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, tokio::task::JoinError> {
+    if INLINE.with(Cell::get) {
+        return Ok(f());
+    }
+    tokio::task::spawn_blocking(f).await
+}

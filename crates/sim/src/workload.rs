@@ -1,0 +1,210 @@
+//! The simulated client: the real `EmberClient` builds a chain of every storage target, then
+//! workers read and write one 4 KiB block (the register whose history is checked for
+//! linearizability) while another writes and truncates a second file across several chunks.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ember_client::{ClientConfig, EmberClient};
+use ember_proto::mgmtd::CreateChainReq;
+use ember_proto::routing::RoutingTable;
+use ember_testkit::linearizable::{Op, OpKind};
+use ember_types::{ChainId, InodeId, Layout, TargetState};
+use tokio::time::Instant;
+
+use crate::faults::{lock, Faults, Phase, Rng};
+use crate::hosts::{mgmtd_addr, sim_dialer};
+
+pub const REGISTER: InodeId = InodeId(1000);
+pub const BULK: InodeId = InodeId(1001);
+pub const CHUNK_SIZE: u32 = 64 * 1024;
+const BLOCK: usize = 4096;
+const BULK_SPAN: u64 = 4 * CHUNK_SIZE as u64;
+
+/// What the client saw.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub history: Vec<Op<Instant>>,
+    /// Operations that returned an error although at most one node was faulty.
+    pub errors: Vec<String>,
+    /// (routing version, chain version) at every routing change the client saw.
+    pub versions: Vec<(u64, u64)>,
+    pub acked_register_writes: u64,
+    pub chain: u32,
+}
+
+pub struct Workload {
+    pub seed: u64,
+    pub workers: u64,
+    pub run_for: Duration,
+    pub nodes: usize,
+}
+
+impl Workload {
+    pub async fn run(self, faults: Arc<Mutex<Faults>>, out: Arc<Mutex<Outcome>>) -> turmoil::Result {
+        let mut config = ClientConfig::new(mgmtd_addr());
+        config.dialer = sim_dialer();
+        config.rpc_timeout = Duration::from_secs(3);
+        config.retry_for = Duration::from_secs(30);
+        let client = connect(config).await;
+        let chain = self.create_chain(&client).await?;
+        lock(&out).chain = chain.0;
+        let layout = Layout::new(CHUNK_SIZE, vec![chain])?;
+        lock(&faults).phase = Phase::Running;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for id in 1..=self.workers {
+            let w = register_worker(client.clone(), layout.clone(), id, Rng::new(self.seed ^ id), stop.clone(), out.clone());
+            tasks.push(tokio::spawn(w));
+        }
+        tasks.push(tokio::spawn(bulk_writer(client.clone(), layout.clone(), Rng::new(!self.seed), stop.clone(), out.clone())));
+        tasks.push(tokio::spawn(watch_versions(client.clone(), chain, stop.clone(), out.clone())));
+        tokio::time::sleep(self.run_for).await;
+        lock(&faults).phase = Phase::Settling;
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.await?;
+        }
+        wait_all_serving(&client, chain, self.nodes).await;
+        // The final read: every acknowledged write must be visible through it.
+        register_op(&client, &layout, None, &out).await;
+        Ok(())
+    }
+
+    async fn create_chain(&self, client: &Arc<EmberClient>) -> turmoil::Result<ChainId> {
+        let targets = loop {
+            let table = client.routing().refresh().await.unwrap_or_else(|_| client.routing().get());
+            let ids: Vec<u32> = table.info.targets.iter().map(|t| t.target_id).collect();
+            if ids.len() == self.nodes {
+                break ids;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let resp = client.routing().mgmtd().unary(&CreateChainReq { targets }).await?;
+        let chain = ChainId(resp.chain_id);
+        wait_all_serving(client, chain, self.nodes).await;
+        Ok(chain)
+    }
+}
+
+async fn connect(config: ClientConfig) -> Arc<EmberClient> {
+    loop {
+        match EmberClient::connect(config.clone()).await {
+            Ok(c) => return c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn serving(table: &RoutingTable, chain: ChainId) -> usize {
+    let Some(c) = table.chain(chain) else { return 0 };
+    c.targets
+        .iter()
+        .filter(|t| table.target(ember_types::TargetId(**t)).is_some_and(|i| TargetState::from_u8(i.state as u8) == Some(TargetState::Serving)))
+        .count()
+}
+
+async fn wait_all_serving(client: &Arc<EmberClient>, chain: ChainId, nodes: usize) {
+    loop {
+        let table = client.routing().refresh().await.unwrap_or_else(|_| client.routing().get());
+        if serving(&table, chain) == nodes {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A register value fills the block's first 16 bytes with v and !v, so a torn block shows.
+fn block_of(v: u64) -> Bytes {
+    let mut b = vec![0u8; BLOCK];
+    b[..8].copy_from_slice(&v.to_le_bytes());
+    b[8..16].copy_from_slice(&(!v).to_le_bytes());
+    Bytes::from(b)
+}
+
+fn value_of(block: &[u8]) -> Result<u64, String> {
+    if block.len() < 16 {
+        return if block.iter().all(|b| *b == 0) { Ok(0) } else { Err(format!("short register block of {} bytes", block.len())) };
+    }
+    let v = u64::from_le_bytes(block[..8].try_into().unwrap_or_default());
+    let check = u64::from_le_bytes(block[8..16].try_into().unwrap_or_default());
+    if (v == 0 && check == 0) || check == !v {
+        Ok(v)
+    } else {
+        Err(format!("torn register block: {v:#x} / {check:#x}"))
+    }
+}
+
+/// One read (`write == None`) or write of the register, recorded in the history. A write
+/// that failed may still have taken effect: it stays pending forever in the history.
+async fn register_op(client: &Arc<EmberClient>, layout: &Layout, write: Option<u64>, out: &Arc<Mutex<Outcome>>) {
+    let invoked = Instant::now();
+    let result = match write {
+        Some(v) => client.write(REGISTER, layout, 0, block_of(v)).await.map(|()| OpKind::Write(v)).map_err(|e| e.to_string()),
+        None => match client.read(REGISTER, layout, 0, BLOCK).await {
+            Ok(data) => value_of(&data).map(OpKind::Read),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    let mut out = lock(out);
+    match result {
+        Ok(kind) => {
+            if matches!(kind, OpKind::Write(_)) {
+                out.acked_register_writes += 1;
+            }
+            out.history.push(Op { invoked, returned: Instant::now(), kind });
+        }
+        Err(e) => {
+            out.errors.push(format!("register {}: {e}", if write.is_some() { "write" } else { "read" }));
+            if let Some(v) = write {
+                out.history.push(Op { invoked, returned: invoked + Duration::from_secs(86_400), kind: OpKind::Write(v) });
+            }
+        }
+    }
+}
+
+async fn register_worker(client: Arc<EmberClient>, layout: Layout, id: u64, mut rng: Rng, stop: Arc<AtomicBool>, out: Arc<Mutex<Outcome>>) {
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let write = rng.chance(0.5).then_some(id * 1_000_000 + n);
+        register_op(&client, &layout, write, &out).await;
+        tokio::time::sleep(rng.millis(0, 20)).await;
+    }
+}
+
+/// Writes of 1 B to 64 KiB anywhere in four chunks, and now and then a truncate: the data
+/// the final comparison of the replicas looks at.
+async fn bulk_writer(client: Arc<EmberClient>, layout: Layout, mut rng: Rng, stop: Arc<AtomicBool>, out: Arc<Mutex<Outcome>>) {
+    while !stop.load(Ordering::Relaxed) {
+        let result = if rng.chance(0.05) {
+            let len = rng.below(BULK_SPAN);
+            client.truncate_chunks(BULK, &layout, len).await.map_err(|e| format!("bulk truncate to {len}: {e}"))
+        } else {
+            let len = 1 + rng.below(64 * 1024) as usize;
+            let offset = rng.below(BULK_SPAN - len as u64);
+            let data = Bytes::from(vec![(rng.below(255) + 1) as u8; len]);
+            client.write(BULK, &layout, offset, data).await.map_err(|e| format!("bulk write of {len} at {offset}: {e}"))
+        };
+        if let Err(e) = result {
+            lock(&out).errors.push(e);
+        }
+        tokio::time::sleep(rng.millis(0, 30)).await;
+    }
+}
+
+async fn watch_versions(client: Arc<EmberClient>, chain: ChainId, stop: Arc<AtomicBool>, out: Arc<Mutex<Outcome>>) {
+    while !stop.load(Ordering::Relaxed) {
+        let table = client.routing().get();
+        let seen = (table.version(), table.chain(chain).map_or(0, |c| c.version));
+        {
+            let mut out = lock(&out);
+            if out.versions.last() != Some(&seen) {
+                out.versions.push(seen);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
