@@ -40,9 +40,11 @@ impl EmberClient {
 
     async fn write_span(&self, span: ChunkSpan, data: Bytes) -> Result<(), Status> {
         let crc = crc32c::crc32c(&data);
+        let (_turn, request) = self.chunk_turn(span.chunk).await;
+        let request = Some(request);
         self.with_route(span.chain, Retry::Idempotent, |table| {
             let (chunk, addr) = route(table, &span)?;
-            let req = WriteReq { chunk: Some(chunk), offset: span.offset, crc32c: crc };
+            let req = WriteReq { chunk: Some(chunk), offset: span.offset, crc32c: crc, request };
             Ok((addr, req))
         }, |addr, req| {
             let peer = self.peer(&addr);

@@ -6,6 +6,7 @@
 mod io;
 mod session;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use tokio::time::Instant;
 
 use ember_net::routing::RoutingWatcher;
 use ember_net::{Dialer, PeerPool, RpcClient};
+use ember_proto::storage::RequestRef;
 use ember_proto::Rpc;
 use ember_types::{NodeKind, Status, StatusCode};
 
@@ -27,6 +29,8 @@ pub struct ClientConfig {
     pub description: String,
     /// How connections are opened (TCP unless a simulation says otherwise).
     pub dialer: Dialer,
+    /// This client's id; random unless set (a simulation sets it so that runs repeat).
+    pub client_id: Option<u64>,
 }
 
 impl ClientConfig {
@@ -37,6 +41,7 @@ impl ClientConfig {
             retry_for: Duration::from_secs(60),
             description: String::new(),
             dialer: Dialer::tcp(),
+            client_id: None,
         }
     }
 }
@@ -53,8 +58,16 @@ pub struct EmberClient {
     routing: Arc<RoutingWatcher>,
     peers: PeerPool,
     client_id: u64,
+    /// Sequence numbers of this client's storage writes (request ids, reused by retries).
+    next_seq: AtomicU64,
+    /// One write at a time per chunk (sharded), in sequence order: then a chunk that has
+    /// applied a request of ours has applied all our earlier ones, which is what lets storage
+    /// recognise a retry by the latest sequence number alone.
+    chunk_turns: Vec<tokio::sync::Mutex<()>>,
     config: ClientConfig,
 }
+
+const CHUNK_TURN_SHARDS: u64 = 256;
 
 impl EmberClient {
     /// Connects to mgmtd and starts the routing poller and the session keep-alive.
@@ -63,7 +76,9 @@ impl EmberClient {
         let client = Arc::new(EmberClient {
             routing,
             peers: PeerPool::new(config.rpc_timeout).with_dialer(config.dialer.clone()),
-            client_id: session::new_client_id(),
+            client_id: config.client_id.unwrap_or_else(session::new_client_id),
+            next_seq: AtomicU64::new(1),
+            chunk_turns: (0..CHUNK_TURN_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
             config,
         });
         client.routing.refresh().await?;
@@ -113,6 +128,14 @@ impl EmberClient {
                 other => return other,
             }
         }
+    }
+
+    /// Waits for this client's turn to write `chunk`, then gives the write its request id,
+    /// which every retry of it carries.
+    pub(crate) async fn chunk_turn(&self, chunk: ember_types::ChunkId) -> (tokio::sync::MutexGuard<'_, ()>, RequestRef) {
+        let h = chunk.inode.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(chunk.index);
+        let turn = self.chunk_turns[(h % CHUNK_TURN_SHARDS) as usize].lock().await;
+        (turn, RequestRef { client: self.client_id, seq: self.next_seq.fetch_add(1, Ordering::Relaxed) })
     }
 
     pub(crate) fn peer(&self, addr: &str) -> Arc<RpcClient> {

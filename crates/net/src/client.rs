@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +16,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Reply = Result<(Bytes, Bytes), Status>;
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+/// Ordered by request id: when a connection fails, its callers are woken in the order they
+/// called, not in a hash order that differs from run to run (which a simulation would notice).
+type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Reply>>>>;
 
 struct Outgoing {
     header: FrameHeader,
@@ -236,7 +238,7 @@ impl Reader {
         }
         dead.store(true, Ordering::Release);
         // Wake every caller still waiting on this connection.
-        for (_, tx) in lock(&pending).drain() {
+        for (_, tx) in std::mem::take(&mut *lock(&pending)) {
             let _ = tx.send(Err(closed(&addr)));
         }
     }

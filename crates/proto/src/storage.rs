@@ -27,6 +27,18 @@ pub struct WriteReq {
     /// CRC32C of the payload computed by the client; storage verifies it before writing.
     #[prost(uint32, tag = "3")]
     pub crc32c: u32,
+    /// The same on every retry of this write, so an applied write is not applied again.
+    #[prost(message, optional, tag = "4")]
+    pub request: Option<RequestRef>,
+}
+
+/// A client's id for one request: (client id, sequence number of the client).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, prost::Message)]
+pub struct RequestRef {
+    #[prost(uint64, tag = "1")]
+    pub client: u64,
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -164,6 +176,9 @@ pub struct ReplicateReq {
     /// chain's primary at `chunk.chain_version` in its own routing too.
     #[prost(uint32, tag = "6")]
     pub from_target: u32,
+    /// The client's request the change serves, remembered with the chunk on every replica.
+    #[prost(message, optional, tag = "7")]
+    pub request: Option<RequestRef>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -258,6 +273,9 @@ pub struct SyncPatchReq {
     pub patched: Vec<u32>,
     #[prost(uint32, tag = "6")]
     pub crc32c: u32,
+    /// The request ids the chunk remembers, oldest first.
+    #[prost(message, repeated, tag = "7")]
+    pub requests: Vec<RequestRef>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

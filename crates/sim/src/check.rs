@@ -41,7 +41,7 @@ pub fn all(outcome: &Outcome, engines: &[Arc<ChunkEngine>]) -> Result<u64, Strin
 }
 
 /// The history in invocation order, times in ms from the first invocation.
-fn describe(history: &[ember_testkit::linearizable::Op<tokio::time::Instant>]) -> String {
+pub fn describe(history: &[ember_testkit::linearizable::Op<tokio::time::Instant>]) -> String {
     let mut ops: Vec<_> = history.iter().collect();
     ops.sort_by_key(|o| o.invoked);
     let origin = ops.first().map(|o| o.invoked);

@@ -95,7 +95,10 @@ pub async fn run_storage(i: usize, dir: PathBuf, faults: Arc<Mutex<Faults>>, eng
         targets: vec![dir.join("target0")],
         heartbeat_interval_ms: 200,
     };
-    let engine = Arc::new(ChunkEngine::open(&config.targets[0], EngineOptions::default())?);
+    // A capacity well below the scratch file system's free space keeps the space reports
+    // (which travel in heartbeats and routing) independent of what else uses that disk.
+    let options = EngineOptions { capacity_bytes: Some(1 << 30), ..EngineOptions::default() };
+    let engine = Arc::new(ChunkEngine::open(&config.targets[0], options)?);
     engine.set_crash_points(Faults::crash_points(&faults, i));
     engines.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(engine.clone());
     let address = format!("{}:{STORAGE_PORT}", storage_host(i));

@@ -56,12 +56,15 @@ pub struct Report {
     pub elapsed: Duration,
     /// A digest of the history (values and simulated times) and of the final replicas.
     pub fingerprint: u64,
+    /// The register's history, one operation a line.
+    pub history: String,
 }
 
 /// A seed whose run broke an invariant, with everything needed to read what happened.
 #[derive(Debug)]
 pub struct Failure {
     pub seed: u64,
+    pub mode: ReplicationMode,
     pub what: String,
     pub faults: Vec<String>,
 }
@@ -73,7 +76,8 @@ impl std::fmt::Display for Failure {
         for line in &self.faults {
             writeln!(f, "  {line}")?;
         }
-        write!(f, "replay with EMBER_SIM_SEED={} cargo test -p ember-sim --test simulation one_seed -- --nocapture", self.seed)
+        let mode = if self.mode == ReplicationMode::Chain { "EMBER_SIM_MODE=chain " } else { "" };
+        write!(f, "replay with EMBER_SIM_SEED={} {mode}cargo test -p ember-sim --test simulation one_seed -- --nocapture", self.seed)
     }
 }
 
@@ -84,7 +88,7 @@ pub fn run_seed(seed: u64, config: &SimConfig) -> Result<Report, Failure> {
     let faults = Arc::new(Mutex::new(Faults::new(seed, config.storage_nodes, config.crash_point_chance)));
     let engines: Engines = Arc::new(Mutex::new(vec![None; config.storage_nodes]));
     let outcome = Arc::new(Mutex::new(Outcome::default()));
-    let fail = |what: String, faults: &Arc<Mutex<Faults>>| Failure { seed, what, faults: lock(faults).log.clone() };
+    let fail = |what: String, faults: &Arc<Mutex<Faults>>| Failure { seed, mode: config.mode, what, faults: lock(faults).log.clone() };
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -117,7 +121,8 @@ pub fn run_seed(seed: u64, config: &SimConfig) -> Result<Report, Failure> {
     let outcome = std::mem::take(&mut *lock(&outcome));
     let engines: Vec<_> = lock(&engines).iter().flatten().cloned().collect();
     let fingerprint = check::all(&outcome, &engines).map_err(|what| fail(what, &faults))?;
-    let report = Report { seed, operations: outcome.history.len(), faults: lock(&faults).log.clone(), elapsed, fingerprint };
+    let history = check::describe(&outcome.history);
+    let report = Report { seed, operations: outcome.history.len(), faults: lock(&faults).log.clone(), elapsed, fingerprint, history };
     drop(sim);
     Ok(report)
 }

@@ -48,18 +48,22 @@ impl Workload {
         config.dialer = sim_dialer();
         config.rpc_timeout = Duration::from_secs(3);
         config.retry_for = Duration::from_secs(30);
-        let client = connect(config).await;
+        config.client_id = Some(100);
+        let client = connect(config.clone()).await;
         let chain = self.create_chain(&client).await?;
         lock(&out).chain = chain.0;
         let layout = Layout::new(CHUNK_SIZE, vec![chain])?;
         lock(&faults).phase = Phase::Running;
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
+        // Every worker is a client of its own, like separate mounts.
         for id in 1..=self.workers {
-            let w = register_worker(client.clone(), layout.clone(), id, Rng::new(self.seed ^ id), stop.clone(), out.clone());
+            let c = connect(ClientConfig { client_id: Some(id), ..config.clone() }).await;
+            let w = register_worker(c, layout.clone(), id, Rng::new(self.seed ^ id), stop.clone(), out.clone());
             tasks.push(tokio::spawn(w));
         }
-        tasks.push(tokio::spawn(bulk_writer(client.clone(), layout.clone(), Rng::new(!self.seed), stop.clone(), out.clone())));
+        let c = connect(ClientConfig { client_id: Some(self.workers + 1), ..config }).await;
+        tasks.push(tokio::spawn(bulk_writer(c, layout.clone(), Rng::new(!self.seed), stop.clone(), out.clone())));
         tasks.push(tokio::spawn(watch_versions(client.clone(), chain, stop.clone(), out.clone())));
         tokio::time::sleep(self.run_for).await;
         lock(&faults).phase = Phase::Settling;

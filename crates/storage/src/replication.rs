@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::access::Need;
 use crate::service::{blocking, StorageService};
-use crate::ChunkEngine;
+use crate::{ChunkEngine, ChunkInfo, RequestId};
 
 /// How long a primary waits for mgmtd to drop a failed replica before it gives up the write.
 const DROP_WAIT: Duration = Duration::from_secs(5);
@@ -40,6 +40,7 @@ pub struct Change {
     pub offset: u32,
     pub crc32c: u32,
     pub truncate_to: Option<u32>,
+    pub request: Option<RequestId>,
 }
 
 /// A local target's time as primary of one chain: which members it has synced since, and at
@@ -147,8 +148,35 @@ impl StorageService {
     }
 
     /// Whether the chain replicates member after member (the 3FS baseline) rather than in parallel.
-    pub(crate) fn chain_mode(&self, chain_id: u32) -> bool {
+    fn chain_mode(&self, chain_id: u32) -> bool {
         self.routing.get().replication_mode(ChainId(chain_id)) == ReplicationMode::Chain
+    }
+
+    /// Applies a change here (`local`) and on every other member of the write set: in
+    /// parallel, or in chain mode member after member once the local copy is durable. A
+    /// failure part-way marks the chunk diverged.
+    pub(crate) async fn commit_change(
+        &self,
+        c: &ChunkRef,
+        chunk: ChunkId,
+        local: impl std::future::Future<Output = Result<ChunkInfo, Status>>,
+        change: Change,
+        payload: Bytes,
+    ) -> Result<ChunkInfo, Status> {
+        let result = if self.chain_mode(c.chain_id) {
+            match local.await {
+                Ok(info) => self.fan_out(c, chunk, change, payload).await.map(|()| info),
+                Err(e) => Err(e),
+            }
+        } else {
+            let (local, replicas) = tokio::join!(local, self.fan_out(c, chunk, change, payload));
+            replicas.and(local)
+        };
+        if let Err(e) = &result {
+            tracing::debug!(%chunk, error = %e, "change failed");
+            self.mark_diverged(chunk);
+        }
+        result
     }
 
     /// Sends `change` to every other member in the write set and waits for all of them.
@@ -213,6 +241,7 @@ impl StorageService {
                 crc32c: change.crc32c,
                 truncate_to: change.truncate_to,
                 from_target: c.target_id,
+                request: change.request.map(|q| RequestRef { client: q.client, seq: q.seq }),
             };
             let (client, payload) = (self.peers.get(addr), payload.clone());
             let call = async move { (m, syncing, client.call(&req, payload).await.map(|_| ())) };
@@ -230,6 +259,7 @@ impl StorageService {
         }
         let mut stale = Vec::new();
         for (m, syncing, result) in results {
+            tracing::debug!(%chunk, base = change.base, member = m, chain_version, result = ?result.as_ref().err(), "replicated");
             match result {
                 Ok(()) => {}
                 // A syncing member misses chunks until its sync reaches them.
@@ -310,9 +340,11 @@ impl StorageService {
                 if crc32c::crc32c(&payload) != r.crc32c {
                     return Err(Status::new(StatusCode::ChecksumMismatch, "replicated payload does not match its CRC32C"));
                 }
-                blocking(move || engine.write_at(chunk, base, r.offset, &payload)).await?
+                let request = r.request.map(|q| RequestId { client: q.client, seq: q.seq });
+                blocking(move || engine.write_at(chunk, base, r.offset, &payload, request)).await?
             }
         };
+        tracing::debug!(%chunk, target = c.target_id, version = info.version, from = r.from_target, "applied a replicated change");
         Ok(Response::msg(&ReplicateResp { version: info.version }))
     }
 
@@ -350,7 +382,9 @@ impl StorageService {
             return Err(Status::new(StatusCode::ChecksumMismatch, "synced blocks do not match their CRC32C"));
         }
         let chunk = ChunkId::new(InodeId(c.inode), c.index);
-        blocking(move || engine.patch(chunk, r.version, r.len, &r.present, &r.patched, &payload)).await?;
+        let requests: Vec<RequestId> = r.requests.iter().map(|q| RequestId { client: q.client, seq: q.seq }).collect();
+        blocking(move || engine.patch(chunk, r.version, r.len, &r.present, &r.patched, &payload, &requests)).await?;
+        tracing::debug!(%chunk, target = c.target_id, version = r.version, "patched by a sync");
         Ok(Response::msg(&SyncPatchResp {}))
     }
 
@@ -452,27 +486,71 @@ impl StorageService {
         Ok(())
     }
 
-    /// Makes the member's copy of one chunk equal to ours (or removes it), sending only the
-    /// blocks whose CRC differs; returns the bytes of block images sent.
+    /// [`copy_chunk_locked`] under the chunk's lock.
     async fn copy_chunk(&self, engine: &Arc<ChunkEngine>, client: &RpcClient, target: &ChunkRef, chunk: ChunkId) -> Result<u64, Status> {
         let _guard = self.locks.lock(chunk).await;
-        let c = ChunkRef { inode: chunk.inode.0, index: chunk.index, ..target.clone() };
-        let e = engine.clone();
-        let Some((info, mine)) = blocking(move || e.block_map(chunk)).await? else {
-            client.unary(&SyncRemoveReq { chunk: Some(c) }).await?;
-            return Ok(0);
-        };
-        let theirs = client.unary(&SyncBlocksReq { chunk: Some(c.clone()) }).await?;
-        let theirs: std::collections::HashMap<u32, u32> = theirs.blocks.into_iter().zip(theirs.crcs).collect();
-        let present: Vec<u32> = mine.iter().map(|(l, _)| *l).collect();
-        let patched: Vec<u32> = mine.iter().filter(|(l, crc)| theirs.get(l) != Some(crc)).map(|(l, _)| *l).collect();
-        let (e, wanted) = (engine.clone(), patched.clone());
-        let images = Bytes::from(blocking(move || e.read_block_images(chunk, &wanted)).await?);
-        let sent = images.len() as u64;
-        let req = SyncPatchReq { chunk: Some(c), version: info.version, len: info.len, present, patched, crc32c: crc32c::crc32c(&images) };
-        client.call(&req, images).await?;
-        Ok(sent)
+        copy_chunk_locked(engine, client, target, chunk).await
     }
+
+    pub(crate) fn mark_diverged(&self, chunk: ChunkId) {
+        tracing::info!(%chunk, "a change failed part-way; the chunk waits for its members to agree");
+        lock(&self.diverged).insert(chunk);
+    }
+
+    /// Before a diverged chunk is read or changed (the caller holds its lock): copy it to
+    /// every other member of the write set, dropping a member that cannot take it.
+    pub(crate) async fn settle(&self, c: &ChunkRef, engine: &Arc<ChunkEngine>, chunk: ChunkId) -> Result<(), Status> {
+        if !lock(&self.diverged).contains(&chunk) {
+            return Ok(());
+        }
+        let table = self.routing.refresh().await.unwrap_or_else(|_| self.routing.get());
+        let Some(chain) = table.chain(ChainId(c.chain_id)) else {
+            return Err(Status::new(StatusCode::RoutingStale, format!("chain {} is unknown", c.chain_id)));
+        };
+        if table.serving_targets(ChainId(c.chain_id)).first() != Some(&TargetId(c.target_id)) {
+            return Err(Status::new(StatusCode::RoutingStale, "no longer the primary of the chain"));
+        }
+        for &m in chain.targets.iter().filter(|m| **m != c.target_id && in_write_set(state_of(&table, **m))) {
+            let target = ChunkRef { inode: 0, index: 0, chain_id: c.chain_id, chain_version: chain.version, target_id: m };
+            let copied = match table.target_address(TargetId(m)) {
+                Some(addr) => copy_chunk_locked(engine, &self.peers.get(addr), &target, chunk).await.map(|_| ()),
+                None => Err(Status::new(StatusCode::RoutingStale, "member has no node")),
+            };
+            if let Err(st) = copied {
+                tracing::warn!(target = m, %chunk, error = %st, "member cannot take a diverged chunk; dropping it");
+                self.drop_members(&[m], chain.version)
+                    .await
+                    .map_err(|e| Status::new(StatusCode::Busy, format!("chunk {chunk} is waiting to be re-replicated: {e}")))?;
+            }
+        }
+        lock(&self.diverged).remove(&chunk);
+        tracing::info!(%chunk, "diverged chunk copied to every member");
+        Ok(())
+    }
+}
+
+/// Makes the member's copy of one chunk equal to ours (or removes it), sending only the
+/// blocks whose CRC differs, with the request ids the chunk remembers; returns the bytes of
+/// block images sent. The caller holds the chunk's lock.
+async fn copy_chunk_locked(engine: &Arc<ChunkEngine>, client: &RpcClient, target: &ChunkRef, chunk: ChunkId) -> Result<u64, Status> {
+    let c = ChunkRef { inode: chunk.inode.0, index: chunk.index, ..target.clone() };
+    let e = engine.clone();
+    let Some((info, mine)) = blocking(move || e.block_map(chunk)).await? else {
+        client.unary(&SyncRemoveReq { chunk: Some(c) }).await?;
+        return Ok(0);
+    };
+    let theirs = client.unary(&SyncBlocksReq { chunk: Some(c.clone()) }).await?;
+    let theirs: HashMap<u32, u32> = theirs.blocks.into_iter().zip(theirs.crcs).collect();
+    let present: Vec<u32> = mine.iter().map(|(l, _)| *l).collect();
+    let patched: Vec<u32> = mine.iter().filter(|(l, crc)| theirs.get(l) != Some(crc)).map(|(l, _)| *l).collect();
+    let (e, wanted) = (engine.clone(), patched.clone());
+    let (images, requests) = blocking(move || Ok((e.read_block_images(chunk, &wanted)?, e.requests(chunk)?))).await?;
+    let images = Bytes::from(images);
+    let sent = images.len() as u64;
+    let requests = requests.into_iter().map(|q| RequestRef { client: q.client, seq: q.seq }).collect();
+    let req = SyncPatchReq { chunk: Some(c), version: info.version, len: info.len, present, patched, crc32c: crc32c::crc32c(&images), requests };
+    client.call(&req, images).await?;
+    Ok(sent)
 }
 
 type RemoteChunks = BTreeMap<ChunkId, (u64, u32, u64)>;

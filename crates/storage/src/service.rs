@@ -1,6 +1,6 @@
 //! RPC front of a storage node: checks routing and checksums, then calls the target's engine.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use ember_types::{ChunkId, InodeId, LocalState, Status, StatusCode, TargetId, Ta
 
 use crate::access::{self, ChunkLocks, Need};
 use crate::replication::{Change, Term};
-use crate::ChunkEngine;
+use crate::{ChunkEngine, RequestId};
 
 /// A replica that does not answer in this time is reported to mgmtd and dropped.
 pub(crate) const REPLICA_RPC_TIMEOUT: Duration = Duration::from_secs(2);
@@ -53,6 +53,9 @@ pub struct StorageService {
     /// Until when this node may act as a primary of a replicated chain, and the lease length
     /// mgmtd grants (for a new primary's wait).
     pub(crate) lease: Mutex<(Option<Instant>, Duration)>,
+    /// Chunks whose last change failed part-way: the primary's copy may differ from its
+    /// members'. Nothing reads or changes them until a sync of the chunk makes them agree.
+    pub(crate) diverged: Mutex<HashSet<ChunkId>>,
 }
 
 impl StorageService {
@@ -70,6 +73,7 @@ impl StorageService {
             locks: ChunkLocks::new(),
             terms: Mutex::default(),
             lease: Mutex::new((None, Duration::ZERO)),
+            diverged: Mutex::default(),
         }
     }
 
@@ -106,12 +110,18 @@ impl StorageService {
         *lease = (Some(sent + length), length);
     }
 
-    async fn dispatch(&self, req: Request) -> Result<Response, Status> {
+    async fn dispatch(self: &Arc<Self>, req: Request) -> Result<Response, Status> {
         let body = &req.body;
         match Method::from_u16(req.method) {
-            Some(Method::StorageWrite) => self.write(decode_body(body)?, req.payload).await,
+            Some(Method::StorageWrite) => {
+                let (me, r) = (self.clone(), decode_body(body)?);
+                to_the_end(async move { me.write(r, req.payload).await }).await
+            }
             Some(Method::StorageBatchRead) => self.batch_read(decode_body(body)?).await,
-            Some(Method::StorageTruncate) => self.truncate(decode_body(body)?).await,
+            Some(Method::StorageTruncate) => {
+                let (me, r) = (self.clone(), decode_body(body)?);
+                to_the_end(async move { me.truncate(r).await }).await
+            }
             Some(Method::StorageRemoveChunks) => self.remove_chunks(decode_body(body)?).await,
             Some(Method::StorageSpaceInfo) => Ok(Response::msg(&SpaceInfoResp { targets: self.reports() })),
             Some(Method::StorageReplicate) => self.replicate(decode_body(body)?, req.payload).await,
@@ -152,23 +162,28 @@ impl StorageService {
             return Err(Status::new(StatusCode::ChecksumMismatch, "write payload does not match its CRC32C"));
         }
         let chunk = ChunkId::new(InodeId(c.inode), c.index);
+        let request = r.request.map(|q| RequestId { client: q.client, seq: q.seq });
         let _guard = self.locks.lock(chunk).await;
+        self.settle(&c, &engine, chunk).await?;
+        // Still the primary, and synced, after waiting for the chunk.
+        self.resolve(&c, Need::Primary).await?;
+        self.check_ready(c.chain_id)?;
+        if let Some(req) = request {
+            // A retry of a write that was applied (every member has it: the chunk is settled).
+            let e = engine.clone();
+            if let Some(info) = blocking(move || e.applied(chunk, req)).await? {
+                tracing::debug!(%chunk, client = req.client, seq = req.seq, version = info.version, "retry of an applied write");
+                return Ok(Response::msg(&WriteResp { version: info.version, chunk_len: info.len }));
+            }
+        }
         let base = current_version(&engine, chunk).await?;
         let local = {
             let (engine, payload) = (engine.clone(), payload.clone());
-            blocking(move || engine.write_at(chunk, base, r.offset, &payload))
+            blocking(move || engine.write_at(chunk, base, r.offset, &payload, request))
         };
-        let change = Change { base, offset: r.offset, crc32c: r.crc32c, truncate_to: None };
-        let info = if self.chain_mode(c.chain_id) {
-            // Store and forward: the local copy is durable before any member gets it.
-            let info = local.await?;
-            self.fan_out(&c, chunk, change, payload).await?;
-            info
-        } else {
-            let (local, replicas) = tokio::join!(local, self.fan_out(&c, chunk, change, payload));
-            replicas?;
-            local?
-        };
+        let change = Change { base, offset: r.offset, crc32c: r.crc32c, truncate_to: None, request };
+        let info = self.commit_change(&c, chunk, local, change, payload).await?;
+        tracing::debug!(%chunk, version = info.version, request = ?request, "write committed");
         Ok(Response::msg(&WriteResp { version: info.version, chunk_len: info.len }))
     }
 
@@ -196,13 +211,20 @@ impl StorageService {
     async fn read_one(&self, io: ReadIo) -> Result<Vec<u8>, Status> {
         let c = io.chunk.ok_or_else(|| Status::invalid("read without a chunk"))?;
         let engine = self.resolve(&c, Need::Primary).await?;
-        self.check_read_lease(c.chain_id)?;
+        let chunk = ChunkId::new(InodeId(c.inode), c.index);
+        let _guard = self.locks.lock(chunk).await;
+        self.settle(&c, &engine, chunk).await?;
+        // The write we waited for may have taken long: we must still be the primary, with a
+        // lease, at the moment we read (the simulation found a read served seconds after
+        // mgmtd had replaced this primary).
+        self.resolve(&c, Need::Primary).await?;
         // A new primary may hold a change its predecessor never committed; until its sync has
         // put that change on every member (or removed it), reading it could be undone.
         self.check_ready(c.chain_id)?;
-        let chunk = ChunkId::new(InodeId(c.inode), c.index);
-        let _guard = self.locks.lock(chunk).await;
-        blocking(move || engine.read(chunk, io.offset, io.len)).await
+        self.check_read_lease(c.chain_id)?;
+        let data = blocking(move || engine.read(chunk, io.offset, io.len)).await?;
+        tracing::debug!(%chunk, target = c.target_id, head = ?data.get(..8), "read");
+        Ok(data)
     }
 
     async fn truncate(&self, r: TruncateReq) -> Result<Response, Status> {
@@ -219,6 +241,7 @@ impl StorageService {
         let inode = InodeId(c.inode);
         let chunk = ChunkId::new(inode, boundary);
         let _guard = self.locks.lock(chunk).await;
+        self.settle(&c, &engine, chunk).await?;
         let removed = {
             let engine = engine.clone();
             blocking(move || engine.remove_chunks(inode, boundary.saturating_add(1))).await?
@@ -231,10 +254,8 @@ impl StorageService {
         if let (true, Some(info)) = (boundary % r.stripe == r.stripe_position, existing) {
             let in_chunk = (r.length % cs) as u32;
             let local = blocking(move || engine.truncate_at(chunk, info.version, in_chunk));
-            let change = Change { base: info.version, offset: 0, crc32c: 0, truncate_to: Some(in_chunk) };
-            let (local, replicas) = tokio::join!(local, self.fan_out(&c, chunk, change, Bytes::new()));
-            local?;
-            replicas?;
+            let change = Change { base: info.version, offset: 0, crc32c: 0, truncate_to: Some(in_chunk), request: None };
+            self.commit_change(&c, chunk, local, change, Bytes::new()).await?;
         }
         Ok(Response::msg(&TruncateResp { removed_chunks: removed }))
     }
@@ -265,6 +286,14 @@ fn report(id: TargetId, t: &LocalTarget) -> TargetReport {
         local_state: t.state().to_u8().into(),
         synced_chain_version: t.synced_chain_version.load(Ordering::Acquire),
     }
+}
+
+/// Runs a change in a task of its own: once the local copy has changed, the change must run
+/// to its end (commit, or mark the chunk diverged) even if the client stops waiting and its
+/// request is dropped (the simulation found a write cut off by its deadline between the
+/// local copy and the replicas, later acknowledged as a retry without being replicated).
+async fn to_the_end(change: impl std::future::Future<Output = Result<Response, Status>> + Send + 'static) -> Result<Response, Status> {
+    tokio::spawn(change).await.map_err(|e| Status::internal(format!("storage task failed: {e}")))?
 }
 
 /// Runs engine work on the blocking pool: every engine call may wait for an fsync.

@@ -76,6 +76,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 pub use error::EngineError;
 use locks::LockTable;
+pub use record::{RequestId, MAX_REQUESTS};
 use record::{blocks_for, BlockRef, ChunkMeta};
 use space::{run_len, BlockFile, BS};
 use sync::GroupSync;
@@ -209,17 +210,45 @@ impl ChunkEngine {
     /// Writes `data` at `offset` inside the chunk; durable (data and metadata fsynced) before it
     /// returns. An empty write changes nothing and returns the current state.
     pub fn write(&self, chunk: ChunkId, offset: u32, data: &[u8]) -> Result<ChunkInfo, EngineError> {
-        self.write_inner(chunk, None, offset, data)
+        self.write_inner(chunk, None, offset, data, None)
     }
 
     /// Like [`write`](Self::write), but only if the chunk is at `base_version` (0 = missing), so
     /// that every replica applies a chunk's writes in the same order and reaches the same
-    /// version; otherwise `VersionMismatch` and nothing changes.
-    pub fn write_at(&self, chunk: ChunkId, base_version: u64, offset: u32, data: &[u8]) -> Result<ChunkInfo, EngineError> {
-        self.write_inner(chunk, Some(base_version), offset, data)
+    /// version; otherwise `VersionMismatch` and nothing changes. `request` is remembered with
+    /// the chunk (see [`applied`](Self::applied)).
+    pub fn write_at(
+        &self,
+        chunk: ChunkId,
+        base_version: u64,
+        offset: u32,
+        data: &[u8],
+        request: Option<RequestId>,
+    ) -> Result<ChunkInfo, EngineError> {
+        self.write_inner(chunk, Some(base_version), offset, data, request)
     }
 
-    fn write_inner(&self, chunk: ChunkId, base: Option<u64>, offset: u32, data: &[u8]) -> Result<ChunkInfo, EngineError> {
+    /// The chunk's state if it has applied `request` (or a later write of the same client):
+    /// a retry of a write whose answer was lost, or a late duplicate.
+    pub fn applied(&self, chunk: ChunkId, request: RequestId) -> Result<Option<ChunkInfo>, EngineError> {
+        let _guard = self.locks.read(chunk);
+        Ok(self.load(chunk)?.filter(|m| m.has_applied(request)).map(|m| m.info()))
+    }
+
+    /// The request ids the chunk remembers, oldest first (what a sync copies with its blocks).
+    pub fn requests(&self, chunk: ChunkId) -> Result<Vec<RequestId>, EngineError> {
+        let _guard = self.locks.read(chunk);
+        Ok(self.load(chunk)?.map(|m| m.requests).unwrap_or_default())
+    }
+
+    fn write_inner(
+        &self,
+        chunk: ChunkId,
+        base: Option<u64>,
+        offset: u32,
+        data: &[u8],
+        request: Option<RequestId>,
+    ) -> Result<ChunkInfo, EngineError> {
         let end = self.check_end(u64::from(offset) + data.len() as u64, "write")?;
         let _guard = self.locks.write(chunk);
         let old = self.load(chunk)?;
@@ -233,6 +262,9 @@ impl ChunkEngine {
         let replaced = install_blocks(&mut meta, first, &phys, &images);
         meta.version += 1;
         meta.len = meta.len.max(end);
+        if let Some(r) = request {
+            meta.note_request(r);
+        }
         self.commit_and_release(chunk, &meta, old.is_none(), &replaced)?;
         Ok(meta.info())
     }
@@ -371,8 +403,22 @@ impl ChunkEngine {
 
     /// Makes the chunk hold exactly the blocks `present` at `version` and `len`: the blocks in
     /// `patched` (a subset of `present`) get `images`, the other present blocks are kept, every
-    /// other block is dropped. How a replica takes over another's state block by block.
-    pub fn patch(&self, chunk: ChunkId, version: u64, len: u32, present: &[u32], patched: &[u32], images: &[u8]) -> Result<ChunkInfo, EngineError> {
+    /// other block is dropped, and the remembered request ids become `requests`. How a replica
+    /// takes over another's state block by block.
+    #[allow(clippy::too_many_arguments)]
+    pub fn patch(
+        &self,
+        chunk: ChunkId,
+        version: u64,
+        len: u32,
+        present: &[u32],
+        patched: &[u32],
+        images: &[u8],
+        requests: &[RequestId],
+    ) -> Result<ChunkInfo, EngineError> {
+        if requests.len() > MAX_REQUESTS {
+            return Err(EngineError::InvalidArgument(format!("{} request ids, at most {MAX_REQUESTS}", requests.len())));
+        }
         self.check_end(u64::from(len), "patch")?;
         if images.len() != patched.len() * BS as usize {
             return Err(EngineError::InvalidArgument(format!("{} images for {} blocks", images.len() / BS as usize, patched.len())));
@@ -383,7 +429,7 @@ impl ChunkEngine {
         }
         let _guard = self.locks.write(chunk);
         let old = self.load(chunk)?;
-        let mut meta = ChunkMeta { version, len, ..ChunkMeta::default() };
+        let mut meta = ChunkMeta { version, len, requests: requests.to_vec(), ..ChunkMeta::default() };
         let keep: std::collections::BTreeSet<u32> = present.iter().copied().collect();
         let new: std::collections::BTreeSet<u32> = patched.iter().copied().collect();
         if !new.is_subset(&keep) {

@@ -12,6 +12,9 @@
 //!   u32  count                  >= 1
 //!   u64  phys_start             first physical block in blocks.dat
 //!   count times: u32 crc32c     of each 4 KiB block image
+//! then, in records written since request ids exist (absent = none):
+//! u32  request_count            <= MAX_REQUESTS
+//! request_count times: u64 client, u64 seq    the latest writes' request ids, oldest first
 //! ```
 //!
 //! An extent is a maximal run of blocks that is contiguous both logically and physically, so a
@@ -33,6 +36,19 @@ pub(crate) struct BlockRef {
     pub crc: u32,
 }
 
+/// Who asked for a write: the client and its sequence number for the request, the same on
+/// every retry. A client sends its writes to one chunk one at a time, in sequence order, so
+/// a chunk that has applied `seq` from a client has applied every earlier one of its writes
+/// to the chunk that was ever going to apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestId {
+    pub client: u64,
+    pub seq: u64,
+}
+
+/// How many clients' latest writes a chunk remembers for retries.
+pub const MAX_REQUESTS: usize = 32;
+
 /// Decoded metadata of one chunk.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ChunkMeta {
@@ -40,6 +56,10 @@ pub(crate) struct ChunkMeta {
     pub len: u32,
     /// Logical block index -> physical block. Absent indexes are holes.
     pub blocks: BTreeMap<u32, BlockRef>,
+    /// The latest applied request of each of the last clients that wrote, least recent
+    /// first; they travel with the chunk's state (to replicas and in syncs), so whichever
+    /// member is primary knows what was applied.
+    pub requests: Vec<RequestId>,
 }
 
 /// Number of blocks needed to hold `len` bytes.
@@ -65,7 +85,29 @@ impl ChunkMeta {
                 out.extend_from_slice(&r.crc.to_le_bytes());
             }
         }
+        if !self.requests.is_empty() {
+            out.extend_from_slice(&(self.requests.len() as u32).to_le_bytes());
+            for r in &self.requests {
+                out.extend_from_slice(&r.client.to_le_bytes());
+                out.extend_from_slice(&r.seq.to_le_bytes());
+            }
+        }
         out
+    }
+
+    /// Remembers a write's request id, forgetting the least recent client beyond
+    /// [`MAX_REQUESTS`].
+    pub fn note_request(&mut self, request: RequestId) {
+        let seq = self.requests.iter().filter(|r| r.client == request.client).map(|r| r.seq).fold(request.seq, u64::max);
+        self.requests.retain(|r| r.client != request.client);
+        self.requests.push(RequestId { client: request.client, seq });
+        let excess = self.requests.len().saturating_sub(MAX_REQUESTS);
+        self.requests.drain(..excess);
+    }
+
+    /// Whether the request (or a later one of the same client) was applied.
+    pub fn has_applied(&self, request: RequestId) -> bool {
+        self.requests.iter().any(|r| r.client == request.client && r.seq >= request.seq)
     }
 
     /// Groups the block map into maximal runs that are contiguous logically and physically.
@@ -116,14 +158,20 @@ impl ChunkMeta {
             }
             next_free_l = start + count;
         }
+        let mut requests = Vec::new();
+        if !r.buf.is_empty() {
+            let count = r.u32()? as usize;
+            if count > MAX_REQUESTS {
+                return Err(format!("{count} request ids, at most {MAX_REQUESTS} allowed"));
+            }
+            for _ in 0..count {
+                requests.push(RequestId { client: r.u64()?, seq: r.u64()? });
+            }
+        }
         if !r.buf.is_empty() {
             return Err(format!("{} trailing bytes", r.buf.len()));
         }
-        Ok(ChunkMeta {
-            version,
-            len,
-            blocks,
-        })
+        Ok(ChunkMeta { version, len, blocks, requests })
     }
 }
 
@@ -221,6 +269,29 @@ mod tests {
             version: 42,
             len: 4 * BLOCK_SIZE + 17,
             blocks,
+            requests: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn request_ids_round_trip_and_keep_the_latest_clients() {
+        let mut m = sample();
+        let plain = m.encode().len();
+        m.note_request(RequestId { client: 1, seq: 5 });
+        m.note_request(RequestId { client: 1, seq: 3 });
+        assert!(m.has_applied(RequestId { client: 1, seq: 5 }) && m.has_applied(RequestId { client: 1, seq: 2 }));
+        assert!(!m.has_applied(RequestId { client: 1, seq: 6 }) && !m.has_applied(RequestId { client: 2, seq: 1 }));
+        for client in 2..=MAX_REQUESTS as u64 + 5 {
+            m.note_request(RequestId { client, seq: 1 });
+        }
+        m.note_request(RequestId { client: 10, seq: 2 });
+        assert_eq!(m.requests.len(), MAX_REQUESTS);
+        assert!(!m.has_applied(RequestId { client: 1, seq: 1 }), "the least recent client is forgotten");
+        assert_eq!(m.requests.last(), Some(&RequestId { client: 10, seq: 2 }));
+        let bytes = m.encode();
+        assert_eq!(ChunkMeta::decode(&bytes).unwrap(), m);
+        for cut in plain + 1..bytes.len() {
+            assert!(ChunkMeta::decode(&bytes[..cut]).is_err(), "truncated at {cut} accepted");
         }
     }
 
@@ -231,11 +302,7 @@ mod tests {
         // 3 extents: [0,1]@10, [3]@12, [4]@7.
         assert_eq!(bytes.len(), HEADER_LEN + 3 * EXTENT_HEADER_LEN + 4 * 4);
         assert_eq!(ChunkMeta::decode(&bytes).unwrap(), m);
-        let empty = ChunkMeta {
-            version: 1,
-            len: 0,
-            blocks: BTreeMap::new(),
-        };
+        let empty = ChunkMeta { version: 1, len: 0, ..ChunkMeta::default() };
         assert_eq!(ChunkMeta::decode(&empty.encode()).unwrap(), empty);
     }
 
@@ -250,7 +317,15 @@ mod tests {
         }
         let mut extra = bytes.clone();
         extra.push(0);
+        assert!(ChunkMeta::decode(&extra).is_err());
+        let mut with_requests = sample();
+        with_requests.note_request(RequestId { client: 1, seq: 1 });
+        let mut extra = with_requests.encode();
+        extra.push(0);
         assert!(ChunkMeta::decode(&extra).unwrap_err().contains("trailing"));
+        let mut too_many = bytes.clone();
+        too_many.extend_from_slice(&(MAX_REQUESTS as u32 + 1).to_le_bytes());
+        assert!(ChunkMeta::decode(&too_many).unwrap_err().contains("request ids"));
         let mut bad_format = bytes.clone();
         bad_format[0] = 9;
         assert!(ChunkMeta::decode(&bad_format)

@@ -590,17 +590,36 @@ fn versioned_changes_apply_only_on_their_base_version() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path());
     let c = cid(40, 0);
-    assert_eq!(e.write_at(c, 0, 0, b"first").unwrap().version, 1);
-    let err = e.write_at(c, 0, 0, b"stale").unwrap_err();
+    assert_eq!(e.write_at(c, 0, 0, b"first", None).unwrap().version, 1);
+    let err = e.write_at(c, 0, 0, b"stale", None).unwrap_err();
     assert!(matches!(err, EngineError::VersionMismatch { current: 1, expected: 0 }), "{err}");
     assert_eq!(err.status().code, StatusCode::VersionMismatch);
-    assert!(e.write_at(c, 5, 0, b"ahead").is_err());
+    assert!(e.write_at(c, 5, 0, b"ahead", None).is_err());
     assert_eq!(e.read(c, 0, 16).unwrap(), b"first");
-    assert_eq!(e.write_at(c, 1, 5, b"+second").unwrap().version, 2);
+    assert_eq!(e.write_at(c, 1, 5, b"+second", None).unwrap().version, 2);
     assert!(e.truncate_at(c, 1, 3).is_err());
     let info = e.truncate_at(c, 2, 3).unwrap();
     assert_eq!((info.version, info.len), (3, 3));
     assert_eq!(e.read(c, 0, 16).unwrap(), b"fir");
+}
+
+#[test]
+fn applied_requests_are_remembered_durably_and_travel_with_a_sync() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = cid(42, 0);
+    let req = RequestId { client: 7, seq: 1 };
+    {
+        let a = open(d1.path());
+        assert_eq!(a.applied(c, req).unwrap(), None);
+        let info = a.write_at(c, 0, 0, b"once", Some(req)).unwrap();
+        assert_eq!(a.applied(c, req).unwrap(), Some(info));
+        assert_eq!(a.applied(c, RequestId { client: 8, seq: 1 }).unwrap(), None);
+    }
+    let a = open(d1.path());
+    assert!(a.applied(c, req).unwrap().is_some(), "forgotten across a restart");
+    let b = open(d2.path());
+    sync_chunk(&a, &b, c);
+    assert!(b.applied(c, req).unwrap().is_some(), "a synced replica must know it too");
 }
 
 #[test]
@@ -610,10 +629,10 @@ fn replicas_applying_the_same_versioned_sequence_end_identical() {
     let c = cid(41, 3);
     let ops: [(u32, &[u8]); 4] = [(0, b"aaaa"), (4094, b"bbbbbbbb"), (100, b"cc"), (9000, b"d")];
     for (v, (off, data)) in ops.iter().enumerate() {
-        a.write_at(c, v as u64, *off, data).unwrap();
-        b.write_at(c, v as u64, *off, data).unwrap();
+        a.write_at(c, v as u64, *off, data, None).unwrap();
+        b.write_at(c, v as u64, *off, data, None).unwrap();
         // A duplicate delivery is refused, not applied twice.
-        assert!(b.write_at(c, v as u64, *off, data).is_err());
+        assert!(b.write_at(c, v as u64, *off, data, None).is_err());
     }
     assert_eq!(a.chunk_info(c).unwrap(), b.chunk_info(c).unwrap());
     assert_eq!(a.read(c, 0, 10_000).unwrap(), b.read(c, 0, 10_000).unwrap());
@@ -627,7 +646,8 @@ fn sync_chunk(from: &ChunkEngine, to: &ChunkEngine, c: ChunkId) -> usize {
     let present: Vec<u32> = mine.iter().map(|(l, _)| *l).collect();
     let patched: Vec<u32> = mine.iter().filter(|(l, crc)| theirs.get(l) != Some(crc)).map(|(l, _)| *l).collect();
     let images = from.read_block_images(c, &patched).unwrap();
-    assert_eq!(to.patch(c, info.version, info.len, &present, &patched, &images).unwrap(), info);
+    let requests = from.requests(c).unwrap();
+    assert_eq!(to.patch(c, info.version, info.len, &present, &patched, &images, &requests).unwrap(), info);
     patched.len()
 }
 
@@ -665,7 +685,7 @@ fn block_maps_and_patches_sync_a_replica_block_by_block() {
     assert_eq!(a.read(c, 0, 1 << 20).unwrap(), b.read(c, 0, 1 << 20).unwrap());
     assert!(b.stats().used_blocks <= used);
     // A patch that keeps a block the replica lacks is refused.
-    assert!(b.patch(cid(51, 0), 1, 8192, &[0, 1], &[], &[]).is_err());
+    assert!(b.patch(cid(51, 0), 1, 8192, &[0, 1], &[], &[], &[]).is_err());
 }
 
 fn vl(i: ChunkInfo) -> (u64, u32) {
