@@ -107,6 +107,7 @@ impl EmberClient {
     /// primary applies the cut and replicates it.
     pub async fn truncate_chunks(&self, inode: InodeId, layout: &Layout, length: u64) -> Result<(), Status> {
         let stripe = layout.chains.len() as u32;
+        let request = Some(self.new_request());
         for (position, chain) in layout.chains.iter().enumerate() {
             self.with_route(*chain, Retry::Idempotent, |table| primary_ref(table, inode, *chain), |addr, c| async move {
                 let req = TruncateReq {
@@ -115,6 +116,7 @@ impl EmberClient {
                     chunk_size: layout.chunk_size,
                     stripe,
                     stripe_position: position as u32,
+                    request,
                 };
                 self.peer(&addr).unary(&req).await.map(|_| ())
             })

@@ -135,7 +135,12 @@ impl EmberClient {
     pub(crate) async fn chunk_turn(&self, chunk: ember_types::ChunkId) -> (tokio::sync::MutexGuard<'_, ()>, RequestRef) {
         let h = chunk.inode.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(chunk.index);
         let turn = self.chunk_turns[(h % CHUNK_TURN_SHARDS) as usize].lock().await;
-        (turn, RequestRef { client: self.client_id, seq: self.next_seq.fetch_add(1, Ordering::Relaxed) })
+        (turn, self.new_request())
+    }
+
+    /// A request id for a truncate (the mount never truncates a file while writing it).
+    pub(crate) fn new_request(&self) -> RequestRef {
+        RequestRef { client: self.client_id, seq: self.next_seq.fetch_add(1, Ordering::Relaxed) }
     }
 
     pub(crate) fn peer(&self, addr: &str) -> Arc<RpcClient> {

@@ -86,6 +86,12 @@ impl RpcClient {
         Ok(self.call(req, Bytes::new()).await?.0)
     }
 
+    /// [`unary`](Self::unary) with its own deadline instead of the client's.
+    pub async fn unary_within<R: Rpc>(&self, req: &R, timeout: Duration) -> Result<R::Response, Status> {
+        let rbody = self.call_raw(R::METHOD as u16, Bytes::from(req.encode_to_vec()), Bytes::new(), timeout).await?.0;
+        crate::decode_body::<R::Response>(&rbody)
+    }
+
     pub async fn call_raw(&self, method: u16, body: Bytes, payload: Bytes, timeout: Duration) -> Reply {
         let mut used: Option<(Arc<Connection>, u64)> = None;
         let work = async {

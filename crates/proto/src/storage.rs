@@ -109,6 +109,9 @@ pub struct TruncateReq {
     pub stripe: u32,
     #[prost(uint32, tag = "5")]
     pub stripe_position: u32,
+    /// The same on every retry; remembered by the chain's last kept chunk of the file.
+    #[prost(message, optional, tag = "6")]
+    pub request: Option<RequestRef>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -1,6 +1,8 @@
 //! The invariants every run must hold (numbering from the replication design, §1.5):
 //!
-//! - **Availability**: with at most one faulty node at a time, no read or write fails.
+//! - **Availability**: with at most one faulty node at a time, no read, write or truncate
+//!   fails, and the file of the single writer reads back as its model (checked by the
+//!   workload, which reports a difference as a failed operation).
 //! - **I1, I7**: once the faults are over and every member is SERVING again, all replicas
 //!   list the same chunks with the same version, length and block digest, and read the
 //!   same bytes.

@@ -1,6 +1,7 @@
 //! The simulated client: the real `EmberClient` builds a chain of every storage target, then
-//! workers read and write one 4 KiB block (the register whose history is checked for
-//! linearizability) while another writes and truncates a second file across several chunks.
+//! workers read, write and truncate one 4 KiB block (the register whose history is checked
+//! for linearizability) while another writes and truncates a second file across several
+//! chunks, which must end as a model of its operations says.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,8 @@ pub struct Outcome {
     pub errors: Vec<String>,
     /// (routing version, chain version) at every routing change the client saw.
     pub versions: Vec<(u64, u64)>,
+    /// Acknowledged writes of the register (truncates excluded: one of a missing chunk is no
+    /// new version).
     pub acked_register_writes: u64,
     pub chain: u32,
 }
@@ -63,7 +66,7 @@ impl Workload {
             tasks.push(tokio::spawn(w));
         }
         let c = connect(ClientConfig { client_id: Some(self.workers + 1), ..config }).await;
-        tasks.push(tokio::spawn(bulk_writer(c, layout.clone(), Rng::new(!self.seed), stop.clone(), out.clone())));
+        let bulk = tokio::spawn(bulk_writer(c, layout.clone(), Rng::new(!self.seed), stop.clone(), out.clone()));
         tasks.push(tokio::spawn(watch_versions(client.clone(), chain, stop.clone(), out.clone())));
         tokio::time::sleep(self.run_for).await;
         lock(&faults).phase = Phase::Settling;
@@ -71,9 +74,11 @@ impl Workload {
         for t in tasks {
             t.await?;
         }
+        let model = bulk.await?;
         wait_all_serving(&client, chain, self.nodes).await;
-        // The final read: every acknowledged write must be visible through it.
+        // The final reads: every acknowledged write must be visible through them.
         register_op(&client, &layout, None, &out).await;
+        check_bulk(&client, &layout, &model, &out).await;
         Ok(())
     }
 
@@ -146,6 +151,8 @@ fn value_of(block: &[u8]) -> Result<u64, String> {
 async fn register_op(client: &Arc<EmberClient>, layout: &Layout, write: Option<u64>, out: &Arc<Mutex<Outcome>>) {
     let invoked = Instant::now();
     let result = match write {
+        // Truncating the register to nothing writes 0: it reads as zeros.
+        Some(0) => client.truncate_chunks(REGISTER, layout, 0).await.map(|()| OpKind::Write(0)).map_err(|e| e.to_string()),
         Some(v) => client.write(REGISTER, layout, 0, block_of(v)).await.map(|()| OpKind::Write(v)).map_err(|e| e.to_string()),
         None => match client.read(REGISTER, layout, 0, BLOCK).await {
             Ok(data) => value_of(&data).map(OpKind::Read),
@@ -155,7 +162,7 @@ async fn register_op(client: &Arc<EmberClient>, layout: &Layout, write: Option<u
     let mut out = lock(out);
     match result {
         Ok(kind) => {
-            if matches!(kind, OpKind::Write(_)) {
+            if matches!(kind, OpKind::Write(v) if v != 0) {
                 out.acked_register_writes += 1;
             }
             out.history.push(Op { invoked, returned: Instant::now(), kind });
@@ -173,29 +180,52 @@ async fn register_worker(client: Arc<EmberClient>, layout: Layout, id: u64, mut 
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        let write = rng.chance(0.5).then_some(id * 1_000_000 + n);
+        let write = match rng.below(20) {
+            0 => Some(0),
+            1..10 => Some(id * 1_000_000 + n),
+            _ => None,
+        };
         register_op(&client, &layout, write, &out).await;
         tokio::time::sleep(rng.millis(0, 20)).await;
     }
 }
 
 /// Writes of 1 B to 64 KiB anywhere in four chunks, and now and then a truncate: the data
-/// the final comparison of the replicas looks at.
-async fn bulk_writer(client: Arc<EmberClient>, layout: Layout, mut rng: Rng, stop: Arc<AtomicBool>, out: Arc<Mutex<Outcome>>) {
+/// the final comparison of the replicas looks at. One writer, one operation at a time, so
+/// the file must end as the model says; returns the model.
+async fn bulk_writer(client: Arc<EmberClient>, layout: Layout, mut rng: Rng, stop: Arc<AtomicBool>, out: Arc<Mutex<Outcome>>) -> Vec<u8> {
+    let mut model = vec![0u8; BULK_SPAN as usize];
     while !stop.load(Ordering::Relaxed) {
         let result = if rng.chance(0.05) {
             let len = rng.below(BULK_SPAN);
-            client.truncate_chunks(BULK, &layout, len).await.map_err(|e| format!("bulk truncate to {len}: {e}"))
+            let done = client.truncate_chunks(BULK, &layout, len).await;
+            done.map(|()| model[len as usize..].fill(0)).map_err(|e| format!("bulk truncate to {len}: {e}"))
         } else {
             let len = 1 + rng.below(64 * 1024) as usize;
-            let offset = rng.below(BULK_SPAN - len as u64);
-            let data = Bytes::from(vec![(rng.below(255) + 1) as u8; len]);
-            client.write(BULK, &layout, offset, data).await.map_err(|e| format!("bulk write of {len} at {offset}: {e}"))
+            let offset = rng.below(BULK_SPAN - len as u64) as usize;
+            let data = vec![(rng.below(255) + 1) as u8; len];
+            let done = client.write(BULK, &layout, offset as u64, Bytes::from(data.clone())).await;
+            done.map(|()| model[offset..offset + len].copy_from_slice(&data)).map_err(|e| format!("bulk write of {len} at {offset}: {e}"))
         };
         if let Err(e) = result {
+            // The outcome is unknown: the model can no longer say what the file holds.
             lock(&out).errors.push(e);
+            break;
         }
         tokio::time::sleep(rng.millis(0, 30)).await;
+    }
+    model
+}
+
+/// The bulk file read back after the faults must be what its one writer made of it.
+async fn check_bulk(client: &Arc<EmberClient>, layout: &Layout, model: &[u8], out: &Arc<Mutex<Outcome>>) {
+    match client.read(BULK, layout, 0, model.len()).await {
+        Ok(data) => {
+            if let Some(at) = data.iter().zip(model).position(|(a, b)| a != b) {
+                lock(out).errors.push(format!("bulk file differs from its model at byte {at}: {} instead of {}", data[at], model[at]));
+            }
+        }
+        Err(e) => lock(out).errors.push(format!("final read of the bulk file: {e}")),
     }
 }
 

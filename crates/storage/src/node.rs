@@ -185,7 +185,9 @@ async fn heartbeat_loop(
         seq += 1;
         let req = HeartbeatReq { node_id, address: address.clone(), targets: service.reports(), seq };
         let sent = tokio::time::Instant::now();
-        match routing.mgmtd().unary(&req).await {
+        // A heartbeat that is not answered soon is lost (the lease it would renew runs out
+        // anyway); waiting longer would only delay the next one after the network heals.
+        match routing.mgmtd().unary_within(&req, every * 3).await {
             Ok(resp) => {
                 if routing.get().version() < resp.routing_version {
                     let _ = routing.refresh().await;

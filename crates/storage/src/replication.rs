@@ -334,13 +334,13 @@ impl StorageService {
         }
         let chunk = ChunkId::new(InodeId(c.inode), c.index);
         let base = r.base_version;
+        let request = r.request.map(|q| RequestId { client: q.client, seq: q.seq });
         let info = match r.truncate_to {
-            Some(len) => blocking(move || engine.truncate_at(chunk, base, len)).await?,
+            Some(len) => blocking(move || engine.truncate_at(chunk, base, len, request)).await?,
             None => {
                 if crc32c::crc32c(&payload) != r.crc32c {
                     return Err(Status::new(StatusCode::ChecksumMismatch, "replicated payload does not match its CRC32C"));
                 }
-                let request = r.request.map(|q| RequestId { client: q.client, seq: q.seq });
                 blocking(move || engine.write_at(chunk, base, r.offset, &payload, request)).await?
             }
         };

@@ -227,36 +227,51 @@ impl StorageService {
         Ok(data)
     }
 
+    /// Cuts the file on this chain at `r.length`: removes its chunks past the boundary chunk
+    /// and truncates that one. The chain's last kept chunk of the file (created empty if
+    /// missing) remembers the request, so a retry that arrives after later writes is
+    /// recognised instead of cutting them.
     async fn truncate(&self, r: TruncateReq) -> Result<Response, Status> {
         let c = r.chain.ok_or_else(|| Status::invalid("truncate without a chain"))?;
         if r.chunk_size == 0 || r.stripe == 0 || r.stripe_position >= r.stripe {
             return Err(Status::invalid("truncate needs a chunk size and a stripe position inside the stripe"));
         }
-        let engine = self.resolve(&c, Need::Primary).await?;
-        self.check_ready(c.chain_id)?;
         let cs = u64::from(r.chunk_size);
         let Ok(boundary) = u32::try_from(r.length / cs) else {
             return Err(Status::invalid(format!("length {} is beyond the largest file", r.length)));
         };
+        let engine = self.resolve(&c, Need::Primary).await?;
         let inode = InodeId(c.inode);
-        let chunk = ChunkId::new(inode, boundary);
-        let _guard = self.locks.lock(chunk).await;
-        self.settle(&c, &engine, chunk).await?;
+        let keep = ChunkId::new(inode, last_kept_chunk(boundary, r.stripe, r.stripe_position));
+        let request = r.request.map(|q| RequestId { client: q.client, seq: q.seq });
+        let _guard = self.locks.lock(keep).await;
+        self.settle(&c, &engine, keep).await?;
+        self.resolve(&c, Need::Primary).await?;
+        self.check_ready(c.chain_id)?;
+        if let Some(req) = request {
+            let e = engine.clone();
+            if blocking(move || e.applied(keep, req)).await?.is_some() {
+                return Ok(Response::msg(&TruncateResp { removed_chunks: 0 }));
+            }
+        }
         let removed = {
             let engine = engine.clone();
             blocking(move || engine.remove_chunks(inode, boundary.saturating_add(1))).await?
         };
         self.fan_out_remove(&c, boundary.saturating_add(1)).await?;
-        let existing = {
+        let info = {
             let engine = engine.clone();
-            blocking(move || engine.chunk_info(chunk)).await?
+            blocking(move || engine.chunk_info(keep)).await?
         };
-        if let (true, Some(info)) = (boundary % r.stripe == r.stripe_position, existing) {
-            let in_chunk = (r.length % cs) as u32;
-            let local = blocking(move || engine.truncate_at(chunk, info.version, in_chunk));
-            let change = Change { base: info.version, offset: 0, crc32c: 0, truncate_to: Some(in_chunk), request: None };
-            self.commit_change(&c, chunk, local, change, Bytes::new()).await?;
-        }
+        let len = match keep.index.cmp(&boundary) {
+            std::cmp::Ordering::Equal => (r.length % cs) as u32,
+            std::cmp::Ordering::Less => info.map_or(0, |i| i.len),
+            std::cmp::Ordering::Greater => 0,
+        };
+        let base = info.map_or(0, |i| i.version);
+        let local = blocking(move || engine.truncate_at(keep, base, len, request));
+        let change = Change { base, offset: 0, crc32c: 0, truncate_to: Some(len), request };
+        self.commit_change(&c, keep, local, change, Bytes::new()).await?;
         Ok(Response::msg(&TruncateResp { removed_chunks: removed }))
     }
 
@@ -267,6 +282,17 @@ impl StorageService {
         let inode = InodeId(c.inode);
         let removed = blocking(move || engine.remove_chunks(inode, r.from_index)).await?;
         Ok(Response::msg(&RemoveChunksResp { removed }))
+    }
+}
+
+/// The chunk of the file this chain keeps last after a cut at chunk `boundary`: the highest
+/// index up to the boundary that lives on this stripe position, or, when none does, the
+/// position's first chunk (kept as an empty chunk past the end).
+fn last_kept_chunk(boundary: u32, stripe: u32, position: u32) -> u32 {
+    if boundary >= position {
+        boundary - (boundary - position) % stripe
+    } else {
+        position
     }
 }
 
@@ -309,5 +335,22 @@ pub(crate) async fn blocking<T: Send + 'static>(
 impl Service for StorageService {
     fn call(self: Arc<Self>, req: Request) -> ServiceFuture {
         Box::pin(async move { self.dispatch(req).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_kept_chunk;
+
+    #[test]
+    fn the_last_kept_chunk_is_the_highest_one_of_the_chain_up_to_the_cut() {
+        // One chain holds every chunk.
+        assert_eq!(last_kept_chunk(5, 1, 0), 5);
+        // Three chains: position 1 holds chunks 1, 4, 7, ...
+        assert_eq!(last_kept_chunk(7, 3, 1), 7);
+        assert_eq!(last_kept_chunk(6, 3, 1), 4);
+        assert_eq!(last_kept_chunk(5, 3, 1), 4);
+        // The cut lies before the chain's first chunk: that one is kept, empty.
+        assert_eq!(last_kept_chunk(0, 3, 2), 2);
     }
 }

@@ -318,15 +318,16 @@ impl ChunkEngine {
     /// end and zeroes the tail of the last partial block (copy-on-write); growing just raises the
     /// length. Durable on return.
     pub fn truncate(&self, chunk: ChunkId, len: u32) -> Result<ChunkInfo, EngineError> {
-        self.truncate_inner(chunk, None, len)
+        self.truncate_inner(chunk, None, len, None)
     }
 
-    /// Like [`truncate`](Self::truncate), but only if the chunk is at `base_version`.
-    pub fn truncate_at(&self, chunk: ChunkId, base_version: u64, len: u32) -> Result<ChunkInfo, EngineError> {
-        self.truncate_inner(chunk, Some(base_version), len)
+    /// Like [`truncate`](Self::truncate), but only if the chunk is at `base_version`;
+    /// `request` is remembered with the chunk.
+    pub fn truncate_at(&self, chunk: ChunkId, base_version: u64, len: u32, request: Option<RequestId>) -> Result<ChunkInfo, EngineError> {
+        self.truncate_inner(chunk, Some(base_version), len, request)
     }
 
-    fn truncate_inner(&self, chunk: ChunkId, base: Option<u64>, len: u32) -> Result<ChunkInfo, EngineError> {
+    fn truncate_inner(&self, chunk: ChunkId, base: Option<u64>, len: u32, request: Option<RequestId>) -> Result<ChunkInfo, EngineError> {
         self.check_end(u64::from(len), "truncate")?;
         let _guard = self.locks.write(chunk);
         let old = self.load(chunk)?;
@@ -344,6 +345,9 @@ impl ChunkEngine {
         }
         meta.len = len;
         meta.version += 1;
+        if let Some(r) = request {
+            meta.note_request(r);
+        }
         self.commit_and_release(chunk, &meta, old.is_none(), &freed)?;
         Ok(meta.info())
     }

@@ -597,8 +597,9 @@ fn versioned_changes_apply_only_on_their_base_version() {
     assert!(e.write_at(c, 5, 0, b"ahead", None).is_err());
     assert_eq!(e.read(c, 0, 16).unwrap(), b"first");
     assert_eq!(e.write_at(c, 1, 5, b"+second", None).unwrap().version, 2);
-    assert!(e.truncate_at(c, 1, 3).is_err());
-    let info = e.truncate_at(c, 2, 3).unwrap();
+    assert!(e.truncate_at(c, 1, 3, None).is_err());
+    let info = e.truncate_at(c, 2, 3, Some(RequestId { client: 7, seq: 9 })).unwrap();
+    assert!(e.applied(c, RequestId { client: 7, seq: 9 }).unwrap().is_some());
     assert_eq!((info.version, info.len), (3, 3));
     assert_eq!(e.read(c, 0, 16).unwrap(), b"fir");
 }
