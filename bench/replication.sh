@@ -6,6 +6,10 @@
 # ratios fan-out / chain.
 #
 #   usage: sudo bench/replication.sh [ROUNDS] [SECONDS]      (defaults 2 and 5)
+#
+# SEPARATE_FS=1 gives every storage node a file system of its own (a 2 GiB ext4 image on a
+# loop device), as on separate machines: otherwise the three replicas share one file system
+# and its journal, and fan-out's simultaneous fsyncs queue behind each other there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-2}
@@ -20,6 +24,14 @@ run_mode() { # mode round
 	local mode=$1 r=$2 dir="$base/$1-$2"
 	rm -rf "$dir"
 	mkdir -p "$dir"
+	if [[ ${SEPARATE_FS:-0} == 1 ]]; then
+		for node in storage storage1 storage2; do
+			truncate -s 2G "$dir/$node.img"
+			mkfs.ext4 -q -F "$dir/$node.img"
+			mkdir -p "$dir/data/$node"
+			mount -o loop "$dir/$node.img" "$dir/data/$node"
+		done
+	fi
 	$ember up --any-port --storage-nodes 3 --replicas 3 --targets 1 --replication-mode "$mode" \
 		--data "$dir/data" --mount "$dir/mnt" >"$dir/up.log" 2>&1 &
 	local up=$!
@@ -34,10 +46,13 @@ run_mode() { # mode round
 	done
 	kill -TERM "$up"
 	wait "$up" || true
+	if [[ ${SEPARATE_FS:-0} == 1 ]]; then
+		for node in storage storage1 storage2; do umount "$dir/data/$node"; done
+	fi
 	rm -rf "$dir"
 }
 
-echo "uptime before: $(uptime)" | tee "$out/uptime.txt" >&2
+echo "uptime before: $(uptime)  SEPARATE_FS=${SEPARATE_FS:-0}" | tee "$out/uptime.txt" >&2
 for r in $(seq 1 "$rounds"); do
 	if ((r % 2)); then modes="fan-out chain"; else modes="chain fan-out"; fi
 	for m in $modes; do

@@ -1,7 +1,7 @@
 //! The fault schedule: what goes wrong, when, decided by one seeded generator so that a seed
-//! replays exactly. At most one storage node is faulty at a time (crashed, isolated, cut off
-//! from mgmtd or from one peer, or its links held), so a chain of three always keeps a
-//! majority of healthy members and every acknowledged write must survive.
+//! replays exactly. One fault at a time: a storage node crashed, isolated, cut off from mgmtd
+//! or from one peer, or its links held; or mgmtd crashed. A chain of three therefore always
+//! keeps a majority of healthy members and every acknowledged write must survive.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,6 +53,7 @@ pub enum Phase {
 #[derive(Clone, Debug)]
 enum Fault {
     Down { node: usize, until: Duration },
+    MgmtdDown { until: Duration },
     Cut { a: String, b: Vec<String>, until: Duration, held: bool },
 }
 
@@ -120,7 +121,9 @@ impl Faults {
             }
         }
         let over = match &self.current {
-            Some(Fault::Down { until, .. } | Fault::Cut { until, .. }) => now >= *until || self.phase == Phase::Settling,
+            Some(Fault::Down { until, .. } | Fault::MgmtdDown { until } | Fault::Cut { until, .. }) => {
+                now >= *until || self.phase == Phase::Settling
+            }
             None => false,
         };
         if over {
@@ -145,8 +148,15 @@ impl Faults {
         let host = storage_host(node);
         let until = now + self.rng.millis(200, 3000);
         let others: Vec<String> = (0..self.nodes).filter(|n| *n != node).map(storage_host).collect();
-        let (b, held) = match self.rng.below(5) {
+        let (b, held) = match self.rng.below(6) {
             0 => return self.crash(sim, engines, node, now, "by the schedule"),
+            // mgmtd restarts from its KV and rebuilds liveness from heartbeats.
+            5 => {
+                sim.crash(MGMTD);
+                self.log.push(format!("{now:?}: crash mgmtd, restart at {until:?}"));
+                self.current = Some(Fault::MgmtdDown { until });
+                return;
+            }
             // Isolated from everyone (mgmtd, peers, the client).
             1 => (others.into_iter().chain([MGMTD.to_owned(), "client".to_owned()]).collect(), false),
             // Cut off from mgmtd only: its lease runs out while clients and peers still reach it.
@@ -175,6 +185,10 @@ impl Faults {
                 self.doomed[node] = false;
                 sim.bounce(storage_host(node));
                 self.log.push(format!("{now:?}: restart {}", storage_host(node)));
+            }
+            Some(Fault::MgmtdDown { .. }) => {
+                sim.bounce(MGMTD);
+                self.log.push(format!("{now:?}: restart mgmtd"));
             }
             Some(Fault::Cut { a, b, held, .. }) => {
                 for peer in &b {
