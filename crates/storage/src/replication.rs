@@ -10,7 +10,7 @@
 //! members: a change its predecessor left half-replicated is thereby completed or undone
 //! everywhere before anything else happens to the chunk.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -462,23 +462,24 @@ impl StorageService {
             .ok_or_else(|| Status::new(StatusCode::RoutingStale, format!("member {member} has no node")))?;
         let client = self.peers.get(addr);
         let target = ChunkRef { inode: 0, index: 0, chain_id, chain_version: version, target_id: member };
-        let mut theirs = list_remote(&client, &target).await?;
         let engine = self.local(me)?.engine.clone();
-        let (mut after, mut copied) = (None, 0u64);
+        // Both listings are walked in key order a page at a time, so a target with millions
+        // of chunks costs two pages of memory.
+        let (mut mine, mut theirs) = (Listing::default(), Listing::default());
+        let mut copied = 0u64;
         loop {
-            let e = engine.clone();
-            let page = blocking(move || e.list(after, SYNC_PAGE)).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.0);
-            for (chunk, info) in page {
-                let same = theirs.remove(&chunk).is_some_and(|t| t == (info.version, info.len, info.digest));
-                if !same {
-                    copied += self.copy_chunk(&engine, &client, &target, chunk).await?;
-                }
+            if mine.needs_page() {
+                let (e, after) = (engine.clone(), mine.after);
+                let page = blocking(move || e.list(after, SYNC_PAGE)).await?;
+                mine.refill(page.into_iter().map(|(c, i)| (c, (i.version, i.len, i.digest))).collect());
             }
-        }
-        for chunk in theirs.into_keys() {
-            copied += self.copy_chunk(&engine, &client, &target, chunk).await?;
+            if theirs.needs_page() {
+                theirs.refill(remote_page(&client, &target, theirs.after).await?);
+            }
+            let Some((chunk, differs)) = next_chunk(&mut mine, &mut theirs) else { break };
+            if differs {
+                copied += self.copy_chunk(&engine, &client, &target, chunk).await?;
+            }
         }
         client.unary(&SyncDoneReq { target: Some(target) }).await?;
         ember_telemetry::global().inc("ember_storage_sync_bytes_total", "", copied);
@@ -553,19 +554,79 @@ async fn copy_chunk_locked(engine: &Arc<ChunkEngine>, client: &RpcClient, target
     Ok(sent)
 }
 
-type RemoteChunks = BTreeMap<ChunkId, (u64, u32, u64)>;
+/// (version, length, digest) of a chunk: what a sync compares.
+type ChunkSummary = (u64, u32, u64);
 
-/// Every chunk the member holds, with (version, len, digest).
-async fn list_remote(client: &RpcClient, target: &ChunkRef) -> Result<RemoteChunks, Status> {
-    let mut out = BTreeMap::new();
-    let mut after = None;
-    loop {
-        let req = SyncListReq { target: Some(target.clone()), after: after.clone(), limit: SYNC_PAGE as u32 };
-        let page = client.unary(&req).await?.chunks;
-        let Some(last) = page.last() else { return Ok(out) };
-        after = Some(last.clone());
-        for s in page {
-            out.insert(ChunkId::new(InodeId(s.inode), s.index), (s.version, s.len, s.digest));
+/// One side of a sync's comparison: a chunk listing read a page at a time in key order.
+#[derive(Default)]
+struct Listing {
+    page: VecDeque<(ChunkId, ChunkSummary)>,
+    after: Option<ChunkId>,
+    exhausted: bool,
+}
+
+impl Listing {
+    fn needs_page(&self) -> bool {
+        self.page.is_empty() && !self.exhausted
+    }
+
+    fn refill(&mut self, page: Vec<(ChunkId, ChunkSummary)>) {
+        match page.last() {
+            Some(last) => self.after = Some(last.0),
+            None => self.exhausted = true,
         }
+        self.page.extend(page);
+    }
+
+    /// The head's summary if the head is `chunk` (and moves past it).
+    fn take(&mut self, chunk: ChunkId) -> Option<ChunkSummary> {
+        let head = self.page.front().filter(|(c, _)| *c == chunk)?.1;
+        self.page.pop_front();
+        Some(head)
+    }
+}
+
+/// The next chunk in key order on either side, and whether the two sides differ on it;
+/// `None` when both listings are done.
+fn next_chunk(mine: &mut Listing, theirs: &mut Listing) -> Option<(ChunkId, bool)> {
+    let chunk = match (mine.page.front(), theirs.page.front()) {
+        (Some(m), Some(t)) => m.0.min(t.0),
+        (Some(m), None) => m.0,
+        (None, Some(t)) => t.0,
+        (None, None) => return None,
+    };
+    Some((chunk, mine.take(chunk) != theirs.take(chunk)))
+}
+
+/// The member's chunks after `after`, one page.
+async fn remote_page(client: &RpcClient, target: &ChunkRef, after: Option<ChunkId>) -> Result<Vec<(ChunkId, ChunkSummary)>, Status> {
+    let after = after.map(|c| ChunkState { inode: c.inode.0, index: c.index, ..ChunkState::default() });
+    let req = SyncListReq { target: Some(target.clone()), after, limit: SYNC_PAGE as u32 };
+    let page = client.unary(&req).await?.chunks;
+    Ok(page.into_iter().map(|s| (ChunkId::new(InodeId(s.inode), s.index), (s.version, s.len, s.digest))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(inode: u64, index: u32) -> ChunkId {
+        ChunkId::new(InodeId(inode), index)
+    }
+
+    #[test]
+    fn a_paged_diff_walks_both_listings_in_key_order() {
+        let (mut mine, mut theirs) = (Listing::default(), Listing::default());
+        mine.refill(vec![(id(1, 0), (3, 10, 7)), (id(1, 2), (1, 5, 1)), (id(2, 0), (4, 4, 4))]);
+        theirs.refill(vec![(id(1, 0), (3, 10, 7)), (id(1, 1), (1, 1, 1)), (id(2, 0), (3, 4, 4))]);
+        mine.refill(Vec::new());
+        theirs.refill(Vec::new());
+        let mut walked = Vec::new();
+        while let Some(step) = next_chunk(&mut mine, &mut theirs) {
+            walked.push(step);
+        }
+        // Equal, only theirs (remove), only mine (copy), different (copy).
+        assert_eq!(walked, vec![(id(1, 0), false), (id(1, 1), true), (id(1, 2), true), (id(2, 0), true)]);
+        assert!(!mine.needs_page() && !theirs.needs_page());
     }
 }
