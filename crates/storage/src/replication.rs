@@ -241,7 +241,7 @@ impl StorageService {
                 crc32c: change.crc32c,
                 truncate_to: change.truncate_to,
                 from_target: c.target_id,
-                request: change.request.map(|q| RequestRef { client: q.client, seq: q.seq }),
+                request: change.request.map(RequestRef::from),
             };
             let (client, payload) = (self.peers.get(addr), payload.clone());
             let call = async move { (m, syncing, client.call(&req, payload).await.map(|_| ())) };
@@ -334,7 +334,7 @@ impl StorageService {
         }
         let chunk = ChunkId::new(InodeId(c.inode), c.index);
         let base = r.base_version;
-        let request = r.request.map(|q| RequestId { client: q.client, seq: q.seq });
+        let request = r.request.map(RequestId::from);
         let info = match r.truncate_to {
             Some(len) => blocking(move || engine.truncate_at(chunk, base, len, request)).await?,
             None => {
@@ -382,7 +382,7 @@ impl StorageService {
             return Err(Status::new(StatusCode::ChecksumMismatch, "synced blocks do not match their CRC32C"));
         }
         let chunk = ChunkId::new(InodeId(c.inode), c.index);
-        let requests: Vec<RequestId> = r.requests.iter().map(|q| RequestId { client: q.client, seq: q.seq }).collect();
+        let requests: Vec<RequestId> = r.requests.iter().copied().map(RequestId::from).collect();
         blocking(move || engine.patch(chunk, r.version, r.len, &r.present, &r.patched, &payload, &requests)).await?;
         tracing::debug!(%chunk, target = c.target_id, version = r.version, "patched by a sync");
         Ok(Response::msg(&SyncPatchResp {}))
@@ -548,7 +548,7 @@ async fn copy_chunk_locked(engine: &Arc<ChunkEngine>, client: &RpcClient, target
     let (images, requests) = blocking(move || Ok((e.read_block_images(chunk, &wanted)?, e.requests(chunk)?))).await?;
     let images = Bytes::from(images);
     let sent = images.len() as u64;
-    let requests = requests.into_iter().map(|q| RequestRef { client: q.client, seq: q.seq }).collect();
+    let requests = requests.into_iter().map(RequestRef::from).collect();
     let req = SyncPatchReq { chunk: Some(c), version: info.version, len: info.len, present, patched, crc32c: crc32c::crc32c(&images), requests };
     client.call(&req, images).await?;
     Ok(sent)

@@ -18,7 +18,7 @@ use ember_types::{ChunkId, InodeId, LocalState, Status, StatusCode, TargetId, Ta
 
 use crate::access::{self, ChunkLocks, Need};
 use crate::replication::{Change, Term};
-use crate::{ChunkEngine, RequestId};
+use crate::{ChunkEngine, ChunkInfo, RequestId};
 
 /// A replica that does not answer in this time is reported to mgmtd and dropped.
 pub(crate) const REPLICA_RPC_TIMEOUT: Duration = Duration::from_secs(2);
@@ -162,19 +162,11 @@ impl StorageService {
             return Err(Status::new(StatusCode::ChecksumMismatch, "write payload does not match its CRC32C"));
         }
         let chunk = ChunkId::new(InodeId(c.inode), c.index);
-        let request = r.request.map(|q| RequestId { client: q.client, seq: q.seq });
-        let _guard = self.locks.lock(chunk).await;
-        self.settle(&c, &engine, chunk).await?;
-        // Still the primary, and synced, after waiting for the chunk.
-        self.resolve(&c, Need::Primary).await?;
-        self.check_ready(c.chain_id)?;
-        if let Some(req) = request {
-            // A retry of a write that was applied (every member has it: the chunk is settled).
-            let e = engine.clone();
-            if let Some(info) = blocking(move || e.applied(chunk, req)).await? {
-                tracing::debug!(%chunk, client = req.client, seq = req.seq, version = info.version, "retry of an applied write");
-                return Ok(Response::msg(&WriteResp { version: info.version, chunk_len: info.len }));
-            }
+        let request = r.request.map(RequestId::from);
+        let (_guard, applied) = self.begin_change(&c, &engine, chunk, request).await?;
+        if let Some(info) = applied {
+            tracing::debug!(%chunk, ?request, version = info.version, "retry of an applied write");
+            return Ok(Response::msg(&WriteResp { version: info.version, chunk_len: info.len }));
         }
         let base = current_version(&engine, chunk).await?;
         let local = {
@@ -185,6 +177,26 @@ impl StorageService {
         let info = self.commit_change(&c, chunk, local, change, payload).await?;
         tracing::debug!(%chunk, version = info.version, request = ?request, "write committed");
         Ok(Response::msg(&WriteResp { version: info.version, chunk_len: info.len }))
+    }
+
+    /// Takes the chunk's lock for a change and checks again after the wait: the chunk is
+    /// settled and this target is still the synced primary. Returns the chunk's state too if
+    /// it already applied `request` (a retry, not to be applied again).
+    async fn begin_change(
+        &self,
+        c: &ChunkRef,
+        engine: &Arc<ChunkEngine>,
+        chunk: ChunkId,
+        request: Option<RequestId>,
+    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, Option<ChunkInfo>), Status> {
+        let guard = self.locks.lock(chunk).await;
+        self.settle(c, engine, chunk).await?;
+        self.resolve(c, Need::Primary).await?;
+        self.check_ready(c.chain_id)?;
+        let Some(req) = request else { return Ok((guard, None)) };
+        let e = engine.clone();
+        let applied = blocking(move || e.applied(chunk, req)).await?;
+        Ok((guard, applied))
     }
 
     async fn batch_read(&self, r: BatchReadReq) -> Result<Response, Status> {
@@ -243,16 +255,10 @@ impl StorageService {
         let engine = self.resolve(&c, Need::Primary).await?;
         let inode = InodeId(c.inode);
         let keep = ChunkId::new(inode, last_kept_chunk(boundary, r.stripe, r.stripe_position));
-        let request = r.request.map(|q| RequestId { client: q.client, seq: q.seq });
-        let _guard = self.locks.lock(keep).await;
-        self.settle(&c, &engine, keep).await?;
-        self.resolve(&c, Need::Primary).await?;
-        self.check_ready(c.chain_id)?;
-        if let Some(req) = request {
-            let e = engine.clone();
-            if blocking(move || e.applied(keep, req)).await?.is_some() {
-                return Ok(Response::msg(&TruncateResp { removed_chunks: 0 }));
-            }
+        let request = r.request.map(RequestId::from);
+        let (_guard, applied) = self.begin_change(&c, &engine, keep, request).await?;
+        if applied.is_some() {
+            return Ok(Response::msg(&TruncateResp { removed_chunks: 0 }));
         }
         let removed = {
             let engine = engine.clone();

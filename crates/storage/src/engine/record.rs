@@ -46,6 +46,18 @@ pub struct RequestId {
     pub seq: u64,
 }
 
+impl From<ember_proto::storage::RequestRef> for RequestId {
+    fn from(r: ember_proto::storage::RequestRef) -> Self {
+        RequestId { client: r.client, seq: r.seq }
+    }
+}
+
+impl From<RequestId> for ember_proto::storage::RequestRef {
+    fn from(r: RequestId) -> Self {
+        ember_proto::storage::RequestRef { client: r.client, seq: r.seq }
+    }
+}
+
 /// How many clients' latest writes a chunk remembers for retries.
 pub const MAX_REQUESTS: usize = 32;
 
