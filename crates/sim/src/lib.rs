@@ -83,7 +83,7 @@ impl std::fmt::Display for Failure {
 
 /// Runs the cluster for one seed and checks the invariants.
 pub fn run_seed(seed: u64, config: &SimConfig) -> Result<Report, Failure> {
-    let dir = scratch_dir();
+    let dir = scratch_dir().map_err(|e| Failure { seed, mode: config.mode, what: format!("no scratch directory: {e}"), faults: Vec::new() })?;
     ember_net::run_blocking_inline_on_this_thread();
     let faults = Arc::new(Mutex::new(Faults::new(seed, config.storage_nodes, config.crash_point_chance)));
     let engines: Engines = Arc::new(Mutex::new(vec![None; config.storage_nodes]));
@@ -128,8 +128,8 @@ pub fn run_seed(seed: u64, config: &SimConfig) -> Result<Report, Failure> {
 }
 
 /// Engines fsync on every write; on tmpfs that costs nothing, which thousands of seeds need.
-fn scratch_dir() -> tempfile::TempDir {
+fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
     let shm = Path::new("/dev/shm");
     let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
-    tempfile::Builder::new().prefix("ember-sim-").tempdir_in(base).unwrap_or_else(|_| tempfile::tempdir().expect("a scratch directory"))
+    tempfile::Builder::new().prefix("ember-sim-").tempdir_in(base).or_else(|_| tempfile::tempdir())
 }

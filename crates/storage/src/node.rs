@@ -85,7 +85,6 @@ pub async fn run_storage(config: StorageConfig, shutdown: impl Future<Output = (
 /// runs behind a TCP listener or a simulated one.
 pub struct StorageNode {
     pub service: Arc<StorageService>,
-    pub node_id: u32,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -110,7 +109,7 @@ impl StorageNode {
             tokio::spawn(keep_chains_loop(service.clone())),
         ];
         tracing::info!(%address, node_id, targets = ?ids, "storage serving");
-        Ok(StorageNode { service, node_id, tasks })
+        Ok(StorageNode { service, tasks })
     }
 }
 
