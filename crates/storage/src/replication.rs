@@ -494,6 +494,7 @@ impl StorageService {
     }
 
     pub(crate) fn mark_diverged(&self, chunk: ChunkId) {
+        ember_telemetry::global().inc("ember_storage_diverged_chunks_total", "", 1);
         tracing::info!(%chunk, "a change failed part-way; the chunk waits for its members to agree");
         lock(&self.diverged).insert(chunk);
     }

@@ -62,6 +62,7 @@ impl StorageService {
     /// Every target starts ONLINE: after a start it may have missed writes, and only mgmtd
     /// can say whether it may serve.
     pub fn new(targets: HashMap<TargetId, Arc<ChunkEngine>>, routing: Arc<RoutingWatcher>, peers: PeerPool) -> Self {
+        describe_metrics();
         let targets = targets
             .into_iter()
             .map(|(id, engine)| (id, LocalTarget { engine, state: AtomicU8::new(LocalState::Online.to_u8()), synced_chain_version: AtomicU64::new(0) }))
@@ -165,6 +166,7 @@ impl StorageService {
         let request = r.request.map(RequestId::from);
         let (_guard, applied) = self.begin_change(&c, &engine, chunk, request).await?;
         if let Some(info) = applied {
+            ember_telemetry::global().inc("ember_storage_retries_recognised_total", "", 1);
             tracing::debug!(%chunk, ?request, version = info.version, "retry of an applied write");
             return Ok(Response::msg(&WriteResp { version: info.version, chunk_len: info.len }));
         }
@@ -258,6 +260,7 @@ impl StorageService {
         let request = r.request.map(RequestId::from);
         let (_guard, applied) = self.begin_change(&c, &engine, keep, request).await?;
         if applied.is_some() {
+            ember_telemetry::global().inc("ember_storage_retries_recognised_total", "", 1);
             return Ok(Response::msg(&TruncateResp { removed_chunks: 0 }));
         }
         let removed = {
@@ -318,6 +321,13 @@ fn report(id: TargetId, t: &LocalTarget) -> TargetReport {
         local_state: t.state().to_u8().into(),
         synced_chain_version: t.synced_chain_version.load(Ordering::Acquire),
     }
+}
+
+fn describe_metrics() {
+    let r = ember_telemetry::global();
+    r.describe("ember_storage_sync_bytes_total", "Bytes of block images sent to members by syncs.");
+    r.describe("ember_storage_retries_recognised_total", "Retried writes and truncates answered without applying them again.");
+    r.describe("ember_storage_diverged_chunks_total", "Changes that failed part-way, leaving a chunk to be copied to its members.");
 }
 
 /// Runs a change in a task of its own: once the local copy has changed, the change must run
