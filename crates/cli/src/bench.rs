@@ -30,6 +30,11 @@ pub struct BenchArgs {
     /// Write the file front to back instead of at random offsets.
     #[arg(long)]
     pub sequential: bool,
+    /// Offer this many writes per second in total (open loop, at most `depth` in flight) instead
+    /// of writing as fast as the cluster answers. A write that could not start when it was due
+    /// (every slot busy) counts its latency from then, so queueing behind slow writes shows.
+    #[arg(long)]
+    pub rate: Option<f64>,
 }
 
 #[derive(serde::Serialize)]
@@ -37,6 +42,7 @@ struct BenchReport {
     size: usize,
     depth: usize,
     sequential: bool,
+    rate: Option<f64>,
     writes: usize,
     seconds: f64,
     iops: f64,
@@ -47,8 +53,8 @@ struct BenchReport {
 }
 
 pub async fn run(mgmtd: &str, args: BenchArgs, json: bool) -> Result<(), Failure> {
-    if args.size == 0 || args.depth == 0 || args.seconds <= 0.0 {
-        return Err(Failure { code: crate::EXIT_USAGE, error: anyhow::anyhow!("size, depth and seconds must be positive") });
+    if args.size == 0 || args.depth == 0 || args.seconds <= 0.0 || args.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        return Err(Failure { code: crate::EXIT_USAGE, error: anyhow::anyhow!("size, depth, seconds and rate must be positive") });
     }
     let client = EmberClient::connect(ClientConfig::new(mgmtd)).await?;
     let name = format!(".ember-bench-{}-{}", std::process::id(), now_nanos());
@@ -87,18 +93,34 @@ async fn drive(client: &Arc<EmberClient>, inode: InodeId, layout: &Layout, args:
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.seconds);
     let next = Arc::new(AtomicU64::new(0));
+    let ticket = Arc::new(AtomicU64::new(0));
     let data = Bytes::from(vec![0x5a; args.size]);
     let slots = ((args.region_mib << 20) / args.size as u64).max(1);
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..args.depth {
-        let (client, layout, next, data) = (client.clone(), layout.clone(), next.clone(), data.clone());
-        let (size, sequential) = (args.size as u64, args.sequential);
+        let (client, layout, next, ticket, data) = (client.clone(), layout.clone(), next.clone(), ticket.clone(), data.clone());
+        let (size, sequential, rate) = (args.size as u64, args.sequential, args.rate);
         let mut rng = now_nanos() ^ (worker as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         tasks.spawn(async move {
             let mut lat = Vec::new();
             while Instant::now() < deadline {
                 let slot = if sequential { next.fetch_add(1, Ordering::Relaxed) } else { xorshift(&mut rng) % slots };
-                let t0 = Instant::now();
+                let t0 = match rate {
+                    Some(rate) => {
+                        let due = started + Duration::from_secs_f64(ticket.fetch_add(1, Ordering::Relaxed) as f64 / rate);
+                        if due >= deadline {
+                            break;
+                        }
+                        if Instant::now() < due {
+                            // The timer wakes up to a millisecond late: that is not the cluster's time.
+                            tokio::time::sleep_until(due.into()).await;
+                            Instant::now()
+                        } else {
+                            due
+                        }
+                    }
+                    None => Instant::now(),
+                };
                 client.write(inode, &layout, slot * size, data.clone()).await?;
                 lat.push(t0.elapsed());
             }
@@ -126,6 +148,7 @@ fn summarize(args: &BenchArgs, mut lat: Vec<Duration>, elapsed: Duration) -> Ben
         size: args.size,
         depth: args.depth,
         sequential: args.sequential,
+        rate: args.rate,
         writes: lat.len(),
         seconds: secs,
         iops: lat.len() as f64 / secs,

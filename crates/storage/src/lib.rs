@@ -13,7 +13,7 @@ mod node;
 mod replication;
 mod service;
 
-pub use engine::{ChunkEngine, ChunkInfo, CrashPoints, EngineError, EngineOptions, EngineStats, RequestId};
+pub use engine::{ChangeBase, ChunkEngine, ChunkInfo, CrashPoints, EngineError, EngineOptions, EngineStats, RequestId};
 pub use node::{run_storage, StorageConfig, StorageNode};
 pub use service::StorageService;
 

@@ -114,6 +114,21 @@ impl Default for EngineOptions {
 /// (block index, CRC32C) of every stored block of a chunk, in block order.
 pub type BlockMap = Vec<(u32, u32)>;
 
+/// A chunk as a change to it starts: its current state, and whether it already applied the
+/// change's request (a retry, then, not to be applied again).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChangeBase {
+    pub current: Option<ChunkInfo>,
+    pub applied: bool,
+}
+
+impl ChangeBase {
+    /// The version the change builds on (0 for a chunk that does not exist).
+    pub fn version(&self) -> u64 {
+        self.current.map_or(0, |i| i.version)
+    }
+}
+
 /// Committed state of one chunk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChunkInfo {
@@ -228,11 +243,14 @@ impl ChunkEngine {
         self.write_inner(chunk, Some(base_version), offset, data, request)
     }
 
-    /// The chunk's state if it has applied `request` (or a later write of the same client):
-    /// a retry of a write whose answer was lost, or a late duplicate.
-    pub fn applied(&self, chunk: ChunkId, request: RequestId) -> Result<Option<ChunkInfo>, EngineError> {
+    /// The chunk's state as a change starts, and whether it has applied `request` (or a later
+    /// write of the same client): a retry of a write whose answer was lost, or a late duplicate.
+    /// One lookup, because it sits on every write's path.
+    pub fn change_base(&self, chunk: ChunkId, request: Option<RequestId>) -> Result<ChangeBase, EngineError> {
         let _guard = self.locks.read(chunk);
-        Ok(self.load(chunk)?.filter(|m| m.has_applied(request)).map(|m| m.info()))
+        let meta = self.load(chunk)?;
+        let applied = request.is_some_and(|r| meta.as_ref().is_some_and(|m| m.has_applied(r)));
+        Ok(ChangeBase { current: meta.map(|m| m.info()), applied })
     }
 
     /// The request ids the chunk remembers, oldest first (what a sync copies with its blocks).

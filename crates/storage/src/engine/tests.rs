@@ -599,7 +599,7 @@ fn versioned_changes_apply_only_on_their_base_version() {
     assert_eq!(e.write_at(c, 1, 5, b"+second", None).unwrap().version, 2);
     assert!(e.truncate_at(c, 1, 3, None).is_err());
     let info = e.truncate_at(c, 2, 3, Some(RequestId { client: 7, seq: 9 })).unwrap();
-    assert!(e.applied(c, RequestId { client: 7, seq: 9 }).unwrap().is_some());
+    assert!(e.change_base(c, Some(RequestId { client: 7, seq: 9 })).unwrap().applied);
     assert_eq!((info.version, info.len), (3, 3));
     assert_eq!(e.read(c, 0, 16).unwrap(), b"fir");
 }
@@ -611,16 +611,16 @@ fn applied_requests_are_remembered_durably_and_travel_with_a_sync() {
     let req = RequestId { client: 7, seq: 1 };
     {
         let a = open(d1.path());
-        assert_eq!(a.applied(c, req).unwrap(), None);
+        assert_eq!(a.change_base(c, Some(req)).unwrap(), ChangeBase::default());
         let info = a.write_at(c, 0, 0, b"once", Some(req)).unwrap();
-        assert_eq!(a.applied(c, req).unwrap(), Some(info));
-        assert_eq!(a.applied(c, RequestId { client: 8, seq: 1 }).unwrap(), None);
+        assert_eq!(a.change_base(c, Some(req)).unwrap(), ChangeBase { current: Some(info), applied: true });
+        assert!(!a.change_base(c, Some(RequestId { client: 8, seq: 1 })).unwrap().applied);
     }
     let a = open(d1.path());
-    assert!(a.applied(c, req).unwrap().is_some(), "forgotten across a restart");
+    assert!(a.change_base(c, Some(req)).unwrap().applied, "forgotten across a restart");
     let b = open(d2.path());
     sync_chunk(&a, &b, c);
-    assert!(b.applied(c, req).unwrap().is_some(), "a synced replica must know it too");
+    assert!(b.change_base(c, Some(req)).unwrap().applied, "a synced replica must know it too");
 }
 
 #[test]
