@@ -45,19 +45,20 @@ fn primary_node(cluster: &Cluster) -> usize {
 
 /// Bytes all storage nodes copied to members they synced, from their /metrics.
 fn synced_bytes(cluster: &Cluster) -> u64 {
-    (0..NODES)
-        .map(|n| {
-            let addr = fs::read_to_string(cluster.dir.path().join(storage_role(n)).join("metrics.addr")).unwrap();
-            let Ok(mut s) = std::net::TcpStream::connect(addr.trim()) else { return 0 };
-            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-            let mut text = String::new();
-            s.read_to_string(&mut text).unwrap();
-            text.lines()
-                .find_map(|l| l.strip_prefix("ember_storage_sync_bytes_total "))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        })
-        .sum()
+    (0..NODES).map(|n| metric(cluster, n, "ember_storage_sync_bytes_total")).sum()
+}
+
+/// One sample (name with its labels) from a storage node's /metrics; 0 when absent.
+fn metric(cluster: &Cluster, node: usize, sample: &str) -> u64 {
+    let addr = fs::read_to_string(cluster.dir.path().join(storage_role(node)).join("metrics.addr")).unwrap();
+    let Ok(mut s) = std::net::TcpStream::connect(addr.trim()) else { return 0 };
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0)
 }
 
 /// Files whose write returned, with their contents.
@@ -252,4 +253,38 @@ fn a_returning_replica_copies_only_the_blocks_it_missed() {
     eprintln!("catch-up copied {copied} bytes for {pieces} changed blocks of a {} byte file", expect.len());
     assert!(copied <= pieces * 4096, "copied {copied} bytes for {pieces} changed 4 KiB blocks");
     assert!(fs::read(mount.join("base")).unwrap() == expect);
+}
+
+#[test]
+fn reads_spread_over_every_serving_replica_and_see_every_acknowledged_write() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = start();
+    let mount = cluster.mount();
+    wait_all_serving(&cluster);
+    let mut expect = random_bytes(91, 16 << 20);
+    fs::write(mount.join("spread"), &expect).unwrap();
+    // Overwrite pieces and read each back at once through a fresh descriptor: a replica must
+    // never answer with the state before the acknowledged write.
+    for i in 0..40u64 {
+        let offset = (i * 397 % 4096) * 4096;
+        let piece = random_bytes(1000 + i, 4096);
+        let f = fs::OpenOptions::new().write(true).open(mount.join("spread")).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &piece, offset).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        expect[offset as usize..offset as usize + 4096].copy_from_slice(&piece);
+        let mut back = vec![0u8; 4096];
+        let f = fs::File::open(mount.join("spread")).unwrap();
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut back, offset).unwrap();
+        assert!(back == piece, "read after an acknowledged write at {offset} returned older data");
+    }
+    assert!(fs::read(mount.join("spread")).unwrap() == expect);
+    let primary = primary_node(&cluster);
+    for n in (0..NODES).filter(|n| *n != primary) {
+        let served = metric(&cluster, n, "ember_storage_reads_total{role=\"replica\"}");
+        assert!(served > 0, "replica on node {n} served no reads\n{}", cluster.logs());
+    }
 }

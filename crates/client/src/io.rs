@@ -62,13 +62,20 @@ impl EmberClient {
         let deadline = Instant::now() + self.config.retry_for;
         let mut backoff = Backoff::new();
         let mut pending = spans;
+        // The first round spreads the spans over every serving member; what a replica could
+        // not serve (its copy not yet confirmed committed, or it just left) goes to the
+        // primary at once.
+        let mut spread = self.config.read_from_replicas.then_some(self.client_id);
         while !pending.is_empty() {
             // A chain with no serving member (all of them failed or syncing) is waited for.
-            pending = match plan_reads(&self.routing.get(), &pending) {
+            pending = match plan_reads(&self.routing.get(), &pending, spread) {
                 Ok(plan) => self.run_plan(plan, &mut out).await?,
                 Err(st) if should_retry(&st, Retry::Idempotent) => pending,
                 Err(st) => return Err(st),
             };
+            if spread.take().is_some() {
+                continue;
+            }
             if !pending.is_empty() {
                 if Instant::now() >= deadline {
                     return Err(Status::new(StatusCode::Unavailable, "storage did not serve the read in time"));
@@ -152,12 +159,23 @@ impl EmberClient {
 
 /// The chain's primary (first serving target) for one span, with its node address.
 fn route(table: &RoutingTable, span: &ChunkSpan) -> Result<(ChunkRef, String), Status> {
+    route_to(table, span, None)
+}
+
+/// Like [`route`], or, with a `spread` seed, to one of the chain's serving members chosen by
+/// the seed and the chunk: one client's reads of a chunk keep going to the same member, and
+/// many clients and chunks spread over all of them.
+fn route_to(table: &RoutingTable, span: &ChunkSpan, spread: Option<u64>) -> Result<(ChunkRef, String), Status> {
     let chain = table
         .chain(span.chain)
         .ok_or_else(|| Status::new(StatusCode::RoutingStale, format!("chain {} unknown", span.chain)))?;
-    let target = *table
-        .serving_targets(span.chain)
-        .first()
+    let serving = table.serving_targets(span.chain);
+    let pick = spread.map_or(0, |seed| {
+        let h = (seed ^ span.chunk.inode.0.rotate_left(32) ^ u64::from(span.chunk.index)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (h >> 32) as usize % serving.len().max(1)
+    });
+    let target = *serving
+        .get(pick)
         .ok_or_else(|| Status::new(StatusCode::Unavailable, format!("chain {} has no serving target", span.chain)))?;
     let addr = table
         .target_address(target)
@@ -179,10 +197,10 @@ fn primary_ref(table: &RoutingTable, inode: InodeId, chain: ChainId) -> Result<(
     Ok((addr, c))
 }
 
-fn plan_reads(table: &RoutingTable, spans: &[ChunkSpan]) -> Result<ReadPlan, Status> {
+fn plan_reads(table: &RoutingTable, spans: &[ChunkSpan], spread: Option<u64>) -> Result<ReadPlan, Status> {
     let mut by_node: BTreeMap<String, Vec<(ChunkSpan, ReadIo)>> = BTreeMap::new();
     for span in spans {
-        let (chunk, addr) = route(table, span)?;
+        let (chunk, addr) = route_to(table, span, spread)?;
         let io = ReadIo { chunk: Some(chunk), offset: span.offset, len: span.len };
         by_node.entry(addr).or_default().push((*span, io));
     }

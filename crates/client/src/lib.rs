@@ -31,6 +31,8 @@ pub struct ClientConfig {
     pub dialer: Dialer,
     /// This client's id; random unless set (a simulation sets it so that runs repeat).
     pub client_id: Option<u64>,
+    /// Read from any serving member of a chain, not only from its primary.
+    pub read_from_replicas: bool,
 }
 
 impl ClientConfig {
@@ -42,6 +44,7 @@ impl ClientConfig {
             description: String::new(),
             dialer: Dialer::tcp(),
             client_id: None,
+            read_from_replicas: true,
         }
     }
 }
@@ -152,6 +155,7 @@ impl EmberClient {
 pub(crate) fn should_retry(st: &Status, retry: Retry) -> bool {
     match st.code {
         StatusCode::Unavailable | StatusCode::TxnConflict | StatusCode::Busy | StatusCode::RoutingStale => true,
+        StatusCode::NotCommitted => true,
         StatusCode::NoSuchTarget | StatusCode::NotRegistered => true,
         StatusCode::ConnectionClosed | StatusCode::Timeout => retry == Retry::Idempotent,
         _ => false,

@@ -29,6 +29,9 @@ pub struct MountConfig {
     pub allow_other: bool,
     /// Prometheus `/metrics` address; empty disables it.
     pub metrics_listen: String,
+    /// Read from any serving replica of a chain (spreads reads over the replicas), not only
+    /// from its primary.
+    pub read_from_replicas: bool,
 }
 
 impl Default for MountConfig {
@@ -41,6 +44,7 @@ impl Default for MountConfig {
             write_buffer_bytes: 4 << 20,
             allow_other: true,
             metrics_listen: "127.0.0.1:9301".into(),
+            read_from_replicas: true,
         }
     }
 }
@@ -109,6 +113,7 @@ pub async fn run_mount(config: MountConfig, shutdown: impl Future<Output = ()>) 
 async fn connect(config: &MountConfig) -> Result<Arc<EmberClient>, Status> {
     let mut client_config = ClientConfig::new(&config.mgmtd);
     client_config.description = format!("mount {}", config.mountpoint.display());
+    client_config.read_from_replicas = config.read_from_replicas;
     let mut delay = Duration::from_millis(100);
     for _ in 0..50 {
         match EmberClient::connect(client_config.clone()).await {

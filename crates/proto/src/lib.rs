@@ -54,10 +54,11 @@ pub enum Method {
     StorageSyncRemove = 0x0309,
     StorageSyncDone = 0x030a,
     StorageSyncBlocks = 0x030b,
+    StorageCommittedVersion = 0x030c,
 }
 
 impl Method {
-    const ALL: [Method; 34] = [
+    const ALL: [Method; 35] = [
         Method::MgmtdRegisterNode,
         Method::MgmtdHeartbeat,
         Method::MgmtdGetRouting,
@@ -92,6 +93,7 @@ impl Method {
         Method::StorageSyncRemove,
         Method::StorageSyncDone,
         Method::StorageSyncBlocks,
+        Method::StorageCommittedVersion,
     ];
 
     pub fn from_u16(v: u16) -> Option<Method> {
@@ -135,6 +137,7 @@ impl Method {
             Method::StorageSyncRemove => "storage.sync_remove",
             Method::StorageSyncDone => "storage.sync_done",
             Method::StorageSyncBlocks => "storage.sync_blocks",
+            Method::StorageCommittedVersion => "storage.committed_version",
         }
     }
 }

@@ -319,3 +319,28 @@ impl Rpc for SyncDoneReq {
     const METHOD: Method = Method::StorageSyncDone;
     type Response = SyncDoneResp;
 }
+
+/// A replica asks the primary which state of a chunk is committed before it serves a read of a
+/// version it has not seen confirmed (a write may still be on its way to the other members).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CommittedVersionReq {
+    /// The chunk, addressed to the primary at the replica's chain version.
+    #[prost(message, optional, tag = "1")]
+    pub chunk: Option<ChunkRef>,
+}
+
+/// The chunk's committed state on the primary; all zero when the chunk does not exist.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CommittedVersionResp {
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    #[prost(uint32, tag = "2")]
+    pub len: u32,
+    #[prost(uint64, tag = "3")]
+    pub digest: u64,
+}
+
+impl Rpc for CommittedVersionReq {
+    const METHOD: Method = Method::StorageCommittedVersion;
+    type Response = CommittedVersionResp;
+}

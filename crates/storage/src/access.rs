@@ -11,6 +11,9 @@ pub enum Need {
     /// Client I/O: the chain's primary (first serving member), up to date, at the client's
     /// chain version.
     Primary,
+    /// Client reads away from the primary: a serving member, up to date, at the client's chain
+    /// version.
+    Replica,
     /// From the primary (replication, sync): a serving or syncing member at the same chain
     /// version; a syncing member is still ONLINE locally.
     Member,
@@ -45,6 +48,10 @@ pub fn check(table: &RoutingTable, c: &ChunkRef, local: LocalState, need: Need) 
             }
             Ok(())
         }
+        Need::Replica => match (public, local) {
+            (Some(TargetState::Serving), LocalState::UpToDate) => Ok(()),
+            (state, local) => Err(format!("target {target} is {state:?} and {} here: it serves no reads", local.name())),
+        },
         Need::Member => match (public, local) {
             (_, LocalState::Offline) => Err(format!("target {target} is offline here")),
             (Some(TargetState::Serving | TargetState::Syncing), _) => Ok(()),

@@ -10,6 +10,7 @@
 mod access;
 pub mod engine;
 mod node;
+mod replica_reads;
 mod replication;
 mod service;
 

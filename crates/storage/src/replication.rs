@@ -53,6 +53,9 @@ pub struct Term {
     /// No writes before this: a deposed primary that is still alive may serve reads until its
     /// lease runs out, and must not miss a write committed in the meantime.
     writable_after: Instant,
+    /// Members out of the write set whose node lives, and since when we know: they may serve
+    /// reads until their lease runs out, so nothing commits without them before that.
+    left: HashMap<u32, Instant>,
 }
 
 impl Term {
@@ -73,21 +76,27 @@ static TERM_IDS: AtomicU64 = AtomicU64::new(1);
 /// have been the primary a moment ago (taken out by hand) and still hold a lease. A crashed
 /// primary's node is dead, and its lease ran out before mgmtd declared it so.
 fn new_term(table: &RoutingTable, chain: ChainId, lease: Duration) -> Term {
-    let live_non_serving = table.chain(chain).is_some_and(|c| {
-        c.targets.iter().any(|t| {
-            let info = table.target(TargetId(*t));
-            let serving = info.is_some_and(|i| TargetState::from_u8(i.state as u8) == Some(TargetState::Serving));
-            let alive = info.and_then(|i| table.node(ember_types::NodeId(i.node_id))).is_some_and(|n| n.alive);
-            !serving && alive
-        })
-    });
+    let members = table.chain(chain).map(|c| c.targets.clone()).unwrap_or_default();
+    let live_non_serving = members.iter().any(|t| state_of(table, *t) != Some(TargetState::Serving) && node_alive(table, *t));
     let wait = if live_non_serving { lease } else { Duration::ZERO };
+    let now = Instant::now();
     Term {
         id: TERM_IDS.fetch_add(1, Ordering::Relaxed),
         peered: HashMap::new(),
         busy: HashSet::new(),
-        writable_after: Instant::now() + wait,
+        writable_after: now + wait,
+        // The wait above covers them.
+        left: members.into_iter().filter(|t| !in_write_set(state_of(table, *t)) && node_alive(table, *t)).map(|t| (t, now)).collect(),
     }
+}
+
+/// Whether mgmtd counts the node of `target` alive. A node it declared dead has not had a
+/// heartbeat acknowledged for longer than a lease.
+fn node_alive(table: &RoutingTable, target: u32) -> bool {
+    table
+        .target(TargetId(target))
+        .and_then(|i| table.node(ember_types::NodeId(i.node_id)))
+        .is_some_and(|n| n.alive)
 }
 
 fn state_of(table: &RoutingTable, target: u32) -> Option<TargetState> {
@@ -204,6 +213,7 @@ impl StorageService {
                 self.drop_members(&failed, chain.version).await?;
             }
             if stale.is_empty() {
+                self.wait_out_leases(c.chain_id).await;
                 return Ok(());
             }
             // A member knew a newer chain version: refresh and resend to those members only.
@@ -290,10 +300,38 @@ impl StorageService {
                 failed.push(m);
             }
         }
-        if failed.is_empty() {
-            return Ok(());
+        if !failed.is_empty() {
+            self.drop_members(&failed, chain.version).await?;
         }
-        self.drop_members(&failed, chain.version).await
+        self.wait_out_leases(c.chain_id).await;
+        Ok(())
+    }
+
+    /// Returns once every live member that left the chain's write set has been out for a
+    /// lease: until then it may still serve reads (from its own routing, within its lease),
+    /// and a change committed without it could be missed by such a read.
+    async fn wait_out_leases(&self, chain_id: u32) {
+        let table = self.routing.get();
+        let Some(chain) = table.chain(ChainId(chain_id)) else { return };
+        let lease = self.lease_length();
+        let until = {
+            let mut terms = lock(&self.terms);
+            let term = terms.entry(chain_id).or_insert_with(|| new_term(&table, ChainId(chain_id), lease));
+            let now = Instant::now();
+            let mut until = now;
+            for &t in &chain.targets {
+                if in_write_set(state_of(&table, t)) || !node_alive(&table, t) {
+                    term.left.remove(&t);
+                } else {
+                    until = until.max(*term.left.entry(t).or_insert(now) + lease);
+                }
+            }
+            until
+        };
+        if until > Instant::now() {
+            tracing::debug!(chain = chain_id, wait = ?(until - Instant::now()), "waiting out a departed member's lease");
+            tokio::time::sleep_until(until).await;
+        }
     }
 
     /// Asks mgmtd to take failed members out of their chain and waits until routing says so.

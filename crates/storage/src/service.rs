@@ -17,6 +17,7 @@ use ember_proto::routing::RoutingTable;
 use ember_types::{ChunkId, InodeId, LocalState, Status, StatusCode, TargetId, TargetState};
 
 use crate::access::{self, ChunkLocks, Need};
+use crate::replica_reads::Confirmed;
 use crate::replication::{Change, Term};
 use crate::{ChangeBase, ChunkEngine, RequestId};
 
@@ -56,6 +57,8 @@ pub struct StorageService {
     /// Chunks whose last change failed part-way: the primary's copy may differ from its
     /// members'. Nothing reads or changes them until a sync of the chunk makes them agree.
     pub(crate) diverged: Mutex<HashSet<ChunkId>>,
+    /// Chunk states the primaries confirmed as committed, for reads served here as a replica.
+    pub(crate) confirmed: Confirmed,
 }
 
 impl StorageService {
@@ -75,6 +78,7 @@ impl StorageService {
             terms: Mutex::default(),
             lease: Mutex::new((None, Duration::ZERO)),
             diverged: Mutex::default(),
+            confirmed: Confirmed::default(),
         }
     }
 
@@ -131,6 +135,7 @@ impl StorageService {
             Some(Method::StorageSyncPatch) => self.sync_patch(decode_body(body)?, req.payload).await,
             Some(Method::StorageSyncRemove) => self.sync_remove(decode_body(body)?).await,
             Some(Method::StorageSyncDone) => self.sync_done(decode_body(body)?).await,
+            Some(Method::StorageCommittedVersion) => self.committed_version(decode_body(body)?).await,
             _ => Err(Status::new(StatusCode::UnknownMethod, format!("storage has no method {:#06x}", req.method))),
         }
     }
@@ -220,25 +225,45 @@ impl StorageService {
         Ok(Response::with_payload(&BatchReadResp { results }, payload.freeze()))
     }
 
+    async fn read_one(&self, mut io: ReadIo) -> Result<Vec<u8>, Status> {
+        let c = io.chunk.take().ok_or_else(|| Status::invalid("read without a chunk"))?;
+        let (role, result) = if self.names_primary(&c) {
+            ("primary", self.read_on_primary(c, io).await)
+        } else {
+            ("replica", self.read_on_replica(c, io).await)
+        };
+        if result.is_ok() {
+            ember_telemetry::global().inc("ember_storage_reads_total", &format!("role=\"{role}\""), 1);
+        }
+        result
+    }
+
     /// Reads on the primary, after any write in flight on the chunk: that write is not
     /// committed until every replica has it, and must not be seen before.
-    async fn read_one(&self, io: ReadIo) -> Result<Vec<u8>, Status> {
-        let c = io.chunk.ok_or_else(|| Status::invalid("read without a chunk"))?;
-        let engine = self.resolve(&c, Need::Primary).await?;
+    async fn read_on_primary(&self, c: ChunkRef, io: ReadIo) -> Result<Vec<u8>, Status> {
+        let (_guard, engine, chunk) = self.lock_committed(&c).await?;
+        let data = blocking(move || engine.read(chunk, io.offset, io.len)).await?;
+        tracing::debug!(%chunk, target = c.target_id, head = ?data.get(..8), "read");
+        Ok(data)
+    }
+
+    /// Takes the chunk's lock on the primary, which waits for the change in flight on it, so
+    /// that what the chunk then holds is committed; returns it once this target is checked to
+    /// still be the synced primary with a lease.
+    pub(crate) async fn lock_committed(&self, c: &ChunkRef) -> Result<(tokio::sync::MutexGuard<'_, ()>, Arc<ChunkEngine>, ChunkId), Status> {
+        let engine = self.resolve(c, Need::Primary).await?;
         let chunk = ChunkId::new(InodeId(c.inode), c.index);
-        let _guard = self.locks.lock(chunk).await;
-        self.settle(&c, &engine, chunk).await?;
+        let guard = self.locks.lock(chunk).await;
+        self.settle(c, &engine, chunk).await?;
         // The write we waited for may have taken long: we must still be the primary, with a
         // lease, at the moment we read (the simulation found a read served seconds after
         // mgmtd had replaced this primary).
-        self.resolve(&c, Need::Primary).await?;
+        self.resolve(c, Need::Primary).await?;
         // A new primary may hold a change its predecessor never committed; until its sync has
         // put that change on every member (or removed it), reading it could be undone.
         self.check_ready(c.chain_id)?;
         self.check_read_lease(c.chain_id)?;
-        let data = blocking(move || engine.read(chunk, io.offset, io.len)).await?;
-        tracing::debug!(%chunk, target = c.target_id, head = ?data.get(..8), "read");
-        Ok(data)
+        Ok((guard, engine, chunk))
     }
 
     /// Cuts the file on this chain at `r.length`: removes its chunks past the boundary chunk
@@ -319,6 +344,9 @@ fn describe_metrics() {
     r.describe("ember_storage_sync_bytes_total", "Bytes of block images sent to members by syncs.");
     r.describe("ember_storage_retries_recognised_total", "Retried writes and truncates answered without applying them again.");
     r.describe("ember_storage_diverged_chunks_total", "Changes that failed part-way, leaving a chunk to be copied to its members.");
+    r.describe("ember_storage_reads_total", "Chunk reads served, by this target's role in its chain (primary or replica).");
+    r.describe("ember_storage_replica_read_checks_total", "Reads on a replica that asked the primary whether the chunk's state is committed.");
+    r.describe("ember_storage_replica_reads_refused_total", "Reads on a replica refused because the primary had another state committed.");
 }
 
 /// Runs a change in a task of its own: once the local copy has changed, the change must run

@@ -41,13 +41,15 @@ pub enum StatusCode {
     ChunkTooLarge = 503,
     NoSuchTarget = 504,
     VersionMismatch = 505,
+    /// A replica cannot confirm that its copy of a chunk is committed: read from the primary.
+    NotCommitted = 506,
     // Cluster (6xx)
     RoutingStale = 600,
     NotRegistered = 601,
 }
 
 impl StatusCode {
-    const ALL: [StatusCode; 34] = [
+    const ALL: [StatusCode; 35] = [
         StatusCode::Ok,
         StatusCode::Internal,
         StatusCode::InvalidArgument,
@@ -80,6 +82,7 @@ impl StatusCode {
         StatusCode::ChunkTooLarge,
         StatusCode::NoSuchTarget,
         StatusCode::VersionMismatch,
+        StatusCode::NotCommitted,
         StatusCode::RoutingStale,
         StatusCode::NotRegistered,
     ];

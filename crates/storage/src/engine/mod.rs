@@ -290,6 +290,12 @@ impl ChunkEngine {
     /// Reads up to `len` bytes at `offset`, clipped to the chunk length. Holes read as zeros;
     /// every block read is CRC32C-verified. A missing chunk reads as empty.
     pub fn read(&self, chunk: ChunkId, offset: u32, len: u32) -> Result<Vec<u8>, EngineError> {
+        self.read_with_info(chunk, offset, len).map(|(_, data)| data)
+    }
+
+    /// Like [`read`](Self::read), and the state of the chunk the bytes come from (all zero for
+    /// a missing chunk), taken under the same lock.
+    pub fn read_with_info(&self, chunk: ChunkId, offset: u32, len: u32) -> Result<(ChunkInfo, Vec<u8>), EngineError> {
         if offset > self.opts.max_chunk_size {
             return Err(EngineError::InvalidArgument(format!(
                 "read offset {offset} is past the maximum chunk size {}",
@@ -298,14 +304,15 @@ impl ChunkEngine {
         }
         let _guard = self.locks.read(chunk);
         let Some(meta) = self.load(chunk)? else {
-            return Ok(Vec::new());
+            return Ok((ChunkInfo::default(), Vec::new()));
         };
+        let info = meta.info();
         let (start, end) = (
             u64::from(offset),
             (u64::from(offset) + u64::from(len)).min(u64::from(meta.len)),
         );
         if end <= start {
-            return Ok(Vec::new());
+            return Ok((info, Vec::new()));
         }
         let mut out = vec![0u8; (end - start) as usize];
         let mapped: Vec<(u32, BlockRef)> = meta
@@ -329,7 +336,7 @@ impl ChunkEngine {
             }
             i += run.len();
         }
-        Ok(out)
+        Ok((info, out))
     }
 
     /// Sets the chunk length (creating the chunk if needed). Shrinking frees whole blocks past the
