@@ -1,7 +1,9 @@
 //! The simulated client: the real `EmberClient` builds a chain of every storage target, then
 //! workers read, write and truncate one 4 KiB block (the register whose history is checked
 //! for linearizability) while another writes and truncates a second file across several
-//! chunks, which must end as a model of its operations says.
+//! chunks, which must end as a model of its operations says. Two more race on a third file,
+//! one writing and one truncating it: no model says what it holds, but its replicas must end
+//! identical like every other chunk's.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +22,7 @@ use crate::hosts::{mgmtd_addr, sim_dialer};
 
 pub const REGISTER: InodeId = InodeId(1000);
 pub const BULK: InodeId = InodeId(1001);
+pub const RACE: InodeId = InodeId(1002);
 pub const CHUNK_SIZE: u32 = 64 * 1024;
 const BLOCK: usize = 4096;
 const BULK_SPAN: u64 = 4 * CHUNK_SIZE as u64;
@@ -65,8 +68,13 @@ impl Workload {
             let w = register_worker(c, layout.clone(), id, Rng::new(self.seed ^ id), stop.clone(), out.clone());
             tasks.push(tokio::spawn(w));
         }
-        let c = connect(ClientConfig { client_id: Some(self.workers + 1), ..config }).await;
+        let c = connect(ClientConfig { client_id: Some(self.workers + 1), ..config.clone() }).await;
         let bulk = tokio::spawn(bulk_writer(c, layout.clone(), Rng::new(!self.seed), stop.clone(), out.clone()));
+        for (k, truncates) in [(2, false), (3, true)] {
+            let c = connect(ClientConfig { client_id: Some(self.workers + k), ..config.clone() }).await;
+            let w = racer(c, layout.clone(), truncates, Rng::new(self.seed.rotate_left(k as u32)), stop.clone(), out.clone());
+            tasks.push(tokio::spawn(w));
+        }
         tasks.push(tokio::spawn(watch_versions(client.clone(), chain, stop.clone(), out.clone())));
         tokio::time::sleep(self.run_for).await;
         lock(&faults).phase = Phase::Settling;
@@ -215,6 +223,26 @@ async fn bulk_writer(client: Arc<EmberClient>, layout: Layout, mut rng: Rng, sto
         tokio::time::sleep(rng.millis(0, 30)).await;
     }
     model
+}
+
+/// Writes to, or truncates, the raced file (several chunks) until stopped.
+async fn racer(client: Arc<EmberClient>, layout: Layout, truncates: bool, mut rng: Rng, stop: Arc<AtomicBool>, out: Arc<Mutex<Outcome>>) {
+    while !stop.load(Ordering::Relaxed) {
+        let result = if truncates {
+            let len = rng.below(BULK_SPAN);
+            client.truncate_chunks(RACE, &layout, len).await.map_err(|e| format!("raced truncate to {len}: {e}"))
+        } else {
+            let len = 1 + rng.below(16 * 1024) as usize;
+            let offset = rng.below(BULK_SPAN - len as u64);
+            let data = Bytes::from(vec![(rng.below(255) + 1) as u8; len]);
+            client.write(RACE, &layout, offset, data).await.map_err(|e| format!("raced write of {len} at {offset}: {e}"))
+        };
+        if let Err(e) = result {
+            lock(&out).errors.push(e);
+            break;
+        }
+        tokio::time::sleep(rng.millis(0, 30)).await;
+    }
 }
 
 /// The bulk file read back after the faults must be what its one writer made of it.

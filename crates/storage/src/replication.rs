@@ -284,29 +284,6 @@ impl StorageService {
         (stale, failed)
     }
 
-    /// Sends a chunk removal to every other member of the write set (idempotent, unversioned).
-    pub(crate) async fn fan_out_remove(&self, c: &ChunkRef, from_index: u32) -> Result<(), Status> {
-        let table = self.routing.get();
-        let Some(chain) = table.chain(ChainId(c.chain_id)) else { return Ok(()) };
-        let mut failed = Vec::new();
-        for &m in chain.targets.iter().filter(|t| **t != c.target_id && in_write_set(state_of(&table, **t))) {
-            let req = RemoveChunksReq { chain: Some(ChunkRef { target_id: m, ..c.clone() }), from_index };
-            let result = match table.target_address(TargetId(m)) {
-                Some(addr) => self.peers.get(addr).unary(&req).await.map(|_| ()),
-                None => Err(Status::new(StatusCode::RoutingStale, "member has no node")),
-            };
-            if let Err(st) = result {
-                tracing::warn!(target = m, error = %st, "replica failed a removal; dropping it from the chain");
-                failed.push(m);
-            }
-        }
-        if !failed.is_empty() {
-            self.drop_members(&failed, chain.version).await?;
-        }
-        self.wait_out_leases(c.chain_id).await;
-        Ok(())
-    }
-
     /// Returns once every live member that left the chain's write set has been out for a
     /// lease: until then it may still serve reads (from its own routing, within its lease),
     /// and a change committed without it could be missed by such a read.

@@ -266,11 +266,11 @@ impl StorageService {
         Ok((guard, engine, chunk))
     }
 
-    /// Cuts the file on this chain at `r.length`: removes its chunks past the boundary chunk
+    /// Cuts the file on this chain at `r.length`: empties its chunks past the boundary chunk
     /// and truncates that one. The chain's last kept chunk of the file (created empty if
     /// missing) remembers the request, so a retry that arrives after later writes is
     /// recognised instead of cutting them.
-    async fn truncate(&self, r: TruncateReq) -> Result<Response, Status> {
+    async fn truncate(self: Arc<Self>, r: TruncateReq) -> Result<Response, Status> {
         let c = r.chain.ok_or_else(|| Status::invalid("truncate without a chain"))?;
         if r.chunk_size == 0 || r.stripe == 0 || r.stripe_position >= r.stripe {
             return Err(Status::invalid("truncate needs a chunk size and a stripe position inside the stripe"));
@@ -280,29 +280,70 @@ impl StorageService {
             return Err(Status::invalid(format!("length {} is beyond the largest file", r.length)));
         };
         let engine = self.resolve(&c, Need::Primary).await?;
-        let inode = InodeId(c.inode);
-        let keep = ChunkId::new(inode, last_kept_chunk(boundary, r.stripe, r.stripe_position));
+        let keep = ChunkId::new(InodeId(c.inode), last_kept_chunk(boundary, r.stripe, r.stripe_position));
         let request = r.request.map(RequestId::from);
-        let (_guard, start) = self.begin_change(&c, &engine, keep, request).await?;
-        if start.applied {
+        if self.begin_change(&c, &engine, keep, request).await?.1.applied {
             ember_telemetry::global().inc("ember_storage_retries_recognised_total", "", 1);
             return Ok(Response::msg(&TruncateResp { removed_chunks: 0 }));
         }
-        let removed = {
-            let engine = engine.clone();
-            blocking(move || engine.remove_chunks(inode, boundary.saturating_add(1))).await?
+        let emptied = self.clone().empty_chunks(&c, &engine, boundary.saturating_add(1), keep).await?;
+        let (_guard, start) = self.begin_change(&c, &engine, keep, request).await?;
+        let len = match keep.index.cmp(&boundary) {
+            std::cmp::Ordering::Equal => (r.length % cs) as u32,
+            std::cmp::Ordering::Less => start.current.map_or(0, |i| i.len),
+            std::cmp::Ordering::Greater => 0,
         };
-        self.fan_out_remove(&c, boundary.saturating_add(1)).await?;
-        // A kept chunk past the boundary was just removed with the others and starts afresh.
-        let (base, len) = match keep.index.cmp(&boundary) {
-            std::cmp::Ordering::Equal => (start.version(), (r.length % cs) as u32),
-            std::cmp::Ordering::Less => (start.version(), start.current.map_or(0, |i| i.len)),
-            std::cmp::Ordering::Greater => (0, 0),
-        };
+        let base = start.version();
         let local = blocking(move || engine.truncate_at(keep, base, len, request));
         let change = Change { base, offset: 0, crc32c: 0, truncate_to: Some(len), request };
         self.commit_change(&c, keep, local, change, Bytes::new()).await?;
-        Ok(Response::msg(&TruncateResp { removed_chunks: removed }))
+        Ok(Response::msg(&TruncateResp { removed_chunks: emptied }))
+    }
+
+    /// Truncates the file's chunks on this chain from index `from` on (but `keep`) to length
+    /// zero, each as a versioned change under its own lock, like any write: a write in flight
+    /// on one of them lands before or after the cut on every member alike. The emptied
+    /// records stay, with the request ids they remember, so a write retried after the cut is
+    /// still recognised; deleting the file removes them. Returns how many were emptied.
+    async fn empty_chunks(self: Arc<Self>, c: &ChunkRef, engine: &Arc<ChunkEngine>, from: u32, keep: ChunkId) -> Result<u32, Status> {
+        let inode = InodeId(c.inode);
+        let ids = {
+            let engine = engine.clone();
+            blocking(move || engine.chunk_ids(inode, from)).await?
+        };
+        // Every started change runs to its end (an aborted one could stop between the local
+        // copy and the members); the first failure is reported after all have finished.
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut outcome = Ok(0);
+        for chunk in ids.into_iter().filter(|id| *id != keep) {
+            if tasks.len() >= EMPTY_PARALLELISM {
+                add_count(&mut outcome, tasks.join_next().await);
+            }
+            if outcome.is_err() {
+                break;
+            }
+            let (me, c, engine) = (self.clone(), c.clone(), engine.clone());
+            tasks.spawn(async move { me.empty_chunk(&c, &engine, chunk).await });
+        }
+        while let Some(result) = tasks.join_next().await {
+            add_count(&mut outcome, Some(result));
+        }
+        outcome
+    }
+
+    async fn empty_chunk(&self, c: &ChunkRef, engine: &Arc<ChunkEngine>, chunk: ChunkId) -> Result<u32, Status> {
+        let (_guard, start) = self.begin_change(c, engine, chunk, None).await?;
+        if start.current.is_none_or(|i| i.len == 0) {
+            return Ok(0);
+        }
+        let base = start.version();
+        let local = {
+            let engine = engine.clone();
+            blocking(move || engine.truncate_at(chunk, base, 0, None))
+        };
+        let change = Change { base, offset: 0, crc32c: 0, truncate_to: Some(0), request: None };
+        self.commit_change(c, chunk, local, change, Bytes::new()).await?;
+        Ok(1)
     }
 
     /// Removes a deleted file's chunks from this target only: meta sends it to every target.
@@ -347,6 +388,23 @@ fn describe_metrics() {
     r.describe("ember_storage_reads_total", "Chunk reads served, by this target's role in its chain (primary or replica).");
     r.describe("ember_storage_replica_read_checks_total", "Reads on a replica that asked the primary whether the chunk's state is committed.");
     r.describe("ember_storage_replica_reads_refused_total", "Reads on a replica refused because the primary had another state committed.");
+}
+
+/// Chunks a truncate empties at once.
+const EMPTY_PARALLELISM: usize = 32;
+
+/// Adds a joined task's count to `total`, or keeps its error if it is the first.
+fn add_count(total: &mut Result<u32, Status>, joined: Option<Result<Result<u32, Status>, tokio::task::JoinError>>) {
+    let result = match joined {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => Err(Status::internal(format!("storage task failed: {e}"))),
+        None => Ok(0),
+    };
+    match (total.as_mut(), result) {
+        (Ok(sum), Ok(n)) => *sum += n,
+        (Ok(_), Err(e)) => *total = Err(e),
+        (Err(_), _) => {}
+    }
 }
 
 /// Runs a change in a task of its own: once the local copy has changed, the change must run

@@ -380,7 +380,7 @@ impl ChunkEngine {
     /// Removes every chunk of `inode` with index >= `from_index`; returns how many were removed.
     /// Durable on return. Chunks created concurrently with the call may survive it.
     pub fn remove_chunks(&self, inode: InodeId, from_index: u32) -> Result<u32, EngineError> {
-        let ids = self.list_chunks(inode, from_index)?;
+        let ids = self.chunk_ids(inode, from_index)?;
         let mut removed = 0;
         for group in ids.chunks(REMOVE_BATCH) {
             removed += self.remove_group(group)?;
@@ -673,7 +673,8 @@ impl ChunkEngine {
         })
     }
 
-    fn list_chunks(&self, inode: InodeId, from_index: u32) -> Result<Vec<ChunkId>, EngineError> {
+    /// The inode's chunks from `from_index` on, in index order.
+    pub fn chunk_ids(&self, inode: InodeId, from_index: u32) -> Result<Vec<ChunkId>, EngineError> {
         let lo = ChunkId::new(inode, from_index).to_bytes();
         let hi = ChunkId::new(inode, u32::MAX).to_bytes();
         let mut ids = Vec::new();
