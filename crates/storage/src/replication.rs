@@ -10,7 +10,7 @@
 //! members: a change its predecessor left half-replicated is thereby completed or undone
 //! everywhere before anything else happens to the chunk.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +56,65 @@ pub struct Term {
     /// Members out of the write set whose node lives, and since when we know: they may serve
     /// reads until their lease runs out, so nothing commits without them before that.
     left: HashMap<u32, Instant>,
+    /// Per member, the chunks this term changed without it: its next sync looks at those only.
+    missed: HashMap<u32, Missed>,
+}
+
+/// The chunks a term changed without one member (a change it failed or was not sent).
+#[derive(Debug, Default)]
+struct Missed {
+    /// Each chunk with the number of the latest note of it.
+    chunks: BTreeMap<ChunkId, u64>,
+    notes: u64,
+    /// Whether `chunks` is all the member lacks: true from its first sync in this term on,
+    /// false again if the set overflowed.
+    complete: bool,
+    /// Bumped on every overflow, so that a sync running across one does not mark the set
+    /// complete.
+    overflows: u64,
+}
+
+/// Beyond this many missed chunks a member's next sync compares full listings instead.
+const MAX_MISSED: usize = 1 << 18;
+
+/// What a member's sync looks at, taken when it starts.
+struct SyncPlan {
+    /// The chunks to compare (the log path), or `None` to compare full listings.
+    log: Option<Vec<ChunkId>>,
+    /// Notes up to this one are covered by a successful sync: each was made under its chunk's
+    /// lock, before or during the change it notes, and the sync copies the chunk under that
+    /// lock later. A later note (the chunk changed again) stays.
+    notes: u64,
+    overflows: u64,
+}
+
+impl Missed {
+    fn note(&mut self, chunk: ChunkId) {
+        if self.chunks.len() >= MAX_MISSED {
+            self.chunks.clear();
+            self.complete = false;
+            self.overflows += 1;
+        }
+        self.notes += 1;
+        self.chunks.insert(chunk, self.notes);
+    }
+
+    fn plan(&self) -> SyncPlan {
+        SyncPlan {
+            log: self.complete.then(|| self.chunks.keys().copied().collect()),
+            notes: self.notes,
+            overflows: self.overflows,
+        }
+    }
+
+    /// After a successful sync: what was noted before it started is covered.
+    fn synced(&mut self, plan: &SyncPlan) {
+        if plan.overflows != self.overflows {
+            return;
+        }
+        self.chunks.retain(|_, note| *note > plan.notes);
+        self.complete = true;
+    }
 }
 
 impl Term {
@@ -87,6 +146,7 @@ fn new_term(table: &RoutingTable, chain: ChainId, lease: Duration) -> Term {
         writable_after: now + wait,
         // The wait above covers them.
         left: members.into_iter().filter(|t| !in_write_set(state_of(table, *t)) && node_alive(table, *t)).map(|t| (t, now)).collect(),
+        missed: HashMap::new(),
     }
 }
 
@@ -105,6 +165,12 @@ fn state_of(table: &RoutingTable, target: u32) -> Option<TargetState> {
 
 fn in_write_set(state: Option<TargetState>) -> bool {
     matches!(state, Some(TargetState::Serving | TargetState::Syncing))
+}
+
+/// The members of `c`'s chain, other than `c`'s target, that are out of the write set.
+pub(crate) fn outside_write_set(table: &RoutingTable, c: &ChunkRef) -> Vec<u32> {
+    let Some(chain) = table.chain(ChainId(c.chain_id)) else { return Vec::new() };
+    chain.targets.iter().copied().filter(|t| *t != c.target_id && !in_write_set(state_of(table, *t))).collect()
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -208,6 +274,9 @@ impl StorageService {
                 .filter(|t| *t != c.target_id && in_write_set(state_of(&table, *t)))
                 .filter(|t| pending.as_ref().is_none_or(|p| p.contains(t)))
                 .collect();
+            // Noted before the change is sent: a sync of such a member that starts meanwhile
+            // must see the chunk (it copies it under the lock this change holds, so after it).
+            self.note_missed(c.chain_id, outside_write_set(&table, c), &[chunk]);
             let (stale, failed) = self.send_change(&table, chain.version, c, chunk, change, &payload, &members).await;
             if !failed.is_empty() {
                 self.drop_members(&failed, chain.version).await?;
@@ -267,11 +336,11 @@ impl StorageService {
                 results.push(r);
             }
         }
-        let mut stale = Vec::new();
+        let (mut stale, mut lacking) = (Vec::new(), failed.clone());
         for (m, syncing, result) in results {
             tracing::debug!(%chunk, base = change.base, member = m, chain_version, result = ?result.as_ref().err(), "replicated");
             match result {
-                Ok(()) => {}
+                Ok(()) => continue,
                 // A syncing member misses chunks until its sync reaches them.
                 Err(st) if syncing && st.code == StatusCode::VersionMismatch => {}
                 Err(st) if st.code == StatusCode::RoutingStale => stale.push(m),
@@ -280,8 +349,22 @@ impl StorageService {
                     failed.push(m);
                 }
             }
+            lacking.push(m);
         }
+        self.note_missed(c.chain_id, lacking, &[chunk]);
         (stale, failed)
+    }
+
+    /// Remembers that `members` may lack this term's latest change to `chunks`.
+    pub(crate) fn note_missed(&self, chain_id: u32, members: Vec<u32>, chunks: &[ChunkId]) {
+        let mut terms = lock(&self.terms);
+        let Some(term) = terms.get_mut(&chain_id) else { return };
+        for m in members {
+            let missed = term.missed.entry(m).or_default();
+            for &chunk in chunks {
+                missed.note(chunk);
+            }
+        }
     }
 
     /// Returns once every live member that left the chain's write set has been out for a
@@ -454,7 +537,12 @@ impl StorageService {
 
     async fn run_sync(self: Arc<Self>, chain_id: u32, term_id: u64, me: TargetId, member: u32) {
         let version = self.routing.get().chain(ChainId(chain_id)).map_or(0, |c| c.version);
-        let result = self.sync_member(chain_id, version, me, member).await;
+        let plan = lock(&self.terms)
+            .get(&chain_id)
+            .filter(|t| t.id == term_id)
+            .and_then(|t| t.missed.get(&member))
+            .map_or_else(|| Missed::default().plan(), Missed::plan);
+        let result = self.sync_member(chain_id, version, me, member, plan.log.as_deref()).await;
         if let Err(e) = &result {
             tracing::warn!(chain = chain_id, member, error = %e, "sync failed; will retry");
         }
@@ -463,14 +551,16 @@ impl StorageService {
             term.busy.remove(&member);
             if result.is_ok() {
                 term.peered.insert(member, version);
+                term.missed.entry(member).or_default().synced(&plan);
             }
         }
     }
 
-    /// Brings `member` to this primary's state, chunk by chunk, under each chunk's lock. Every
-    /// request carries `version`: if the chain changes meanwhile the member refuses, and the
-    /// sync is retried.
-    async fn sync_member(&self, chain_id: u32, version: u64, me: TargetId, member: u32) -> Result<(), Status> {
+    /// Brings `member` to this primary's state, chunk by chunk, under each chunk's lock:
+    /// the chunks in `log` only, when this term knows every chunk the member missed, or
+    /// else every chunk either side lists. Every request carries `version`: if the chain
+    /// changes meanwhile the member refuses, and the sync is retried.
+    async fn sync_member(&self, chain_id: u32, version: u64, me: TargetId, member: u32, log: Option<&[ChunkId]>) -> Result<(), Status> {
         let table = self.routing.get();
         let addr = table
             .target_address(TargetId(member))
@@ -478,8 +568,27 @@ impl StorageService {
         let client = self.peers.get(addr);
         let target = ChunkRef { inode: 0, index: 0, chain_id, chain_version: version, target_id: member };
         let engine = self.local(me)?.engine.clone();
-        // Both listings are walked in key order a page at a time, so a target with millions
-        // of chunks costs two pages of memory.
+        let (path, copied) = match log {
+            Some(chunks) => {
+                let mut copied = 0u64;
+                for &chunk in chunks {
+                    copied += self.copy_chunk(&engine, &client, &target, chunk).await?;
+                }
+                ("log", copied)
+            }
+            None => ("full", self.sync_listings(&engine, &client, &target).await?),
+        };
+        client.unary(&SyncDoneReq { target: Some(target) }).await?;
+        let reg = ember_telemetry::global();
+        reg.inc("ember_storage_sync_bytes_total", "", copied);
+        reg.inc("ember_storage_syncs_total", &format!("path=\"{path}\""), 1);
+        tracing::info!(chain = chain_id, member, bytes = copied, path, "member synced");
+        Ok(())
+    }
+
+    /// The full comparison: both listings are walked in key order a page at a time, so a
+    /// target with millions of chunks costs two pages of memory. Returns the bytes copied.
+    async fn sync_listings(&self, engine: &Arc<ChunkEngine>, client: &RpcClient, target: &ChunkRef) -> Result<u64, Status> {
         let (mut mine, mut theirs) = (Listing::default(), Listing::default());
         let mut copied = 0u64;
         loop {
@@ -489,17 +598,14 @@ impl StorageService {
                 mine.refill(page.into_iter().map(|(c, i)| (c, (i.version, i.len, i.digest))).collect());
             }
             if theirs.needs_page() {
-                theirs.refill(remote_page(&client, &target, theirs.after).await?);
+                theirs.refill(remote_page(client, target, theirs.after).await?);
             }
             let Some((chunk, differs)) = next_chunk(&mut mine, &mut theirs) else { break };
             if differs {
-                copied += self.copy_chunk(&engine, &client, &target, chunk).await?;
+                copied += self.copy_chunk(engine, client, target, chunk).await?;
             }
         }
-        client.unary(&SyncDoneReq { target: Some(target) }).await?;
-        ember_telemetry::global().inc("ember_storage_sync_bytes_total", "", copied);
-        tracing::info!(chain = chain_id, member, bytes = copied, "member synced");
-        Ok(())
+        Ok(copied)
     }
 
     /// [`copy_chunk_locked`] under the chunk's lock.
@@ -535,6 +641,7 @@ impl StorageService {
             };
             if let Err(st) = copied {
                 tracing::warn!(target = m, %chunk, error = %st, "member cannot take a diverged chunk; dropping it");
+                self.note_missed(c.chain_id, vec![m], &[chunk]);
                 self.drop_members(&[m], chain.version)
                     .await
                     .map_err(|e| Status::new(StatusCode::Busy, format!("chunk {chunk} is waiting to be re-replicated: {e}")))?;

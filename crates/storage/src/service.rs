@@ -18,7 +18,7 @@ use ember_types::{ChunkId, InodeId, LocalState, Status, StatusCode, TargetId, Ta
 
 use crate::access::{self, ChunkLocks, Need};
 use crate::replica_reads::Confirmed;
-use crate::replication::{Change, Term};
+use crate::replication::{outside_write_set, Change, Term};
 use crate::{ChangeBase, ChunkEngine, RequestId};
 
 /// A replica that does not answer in this time is reported to mgmtd and dropped.
@@ -347,11 +347,21 @@ impl StorageService {
     }
 
     /// Removes a deleted file's chunks from this target only: meta sends it to every target.
+    /// On the chain's primary, the removed chunks count as missed by the members out of the
+    /// write set (meta skips offline targets): their next sync must remove them too.
     async fn remove_chunks(&self, r: RemoveChunksReq) -> Result<Response, Status> {
         let c = r.chain.ok_or_else(|| Status::invalid("remove without a chain"))?;
         let engine = self.resolve(&c, Need::Any).await?;
         let inode = InodeId(c.inode);
-        let removed = blocking(move || engine.remove_chunks(inode, r.from_index)).await?;
+        let primary = self.names_primary(&c);
+        let (removed, ids) = blocking(move || {
+            let ids = if primary { engine.chunk_ids(inode, r.from_index)? } else { Vec::new() };
+            Ok((engine.remove_chunks(inode, r.from_index)?, ids))
+        })
+        .await?;
+        if !ids.is_empty() {
+            self.note_missed(c.chain_id, outside_write_set(&self.routing.get(), &c), &ids);
+        }
         Ok(Response::msg(&RemoveChunksResp { removed }))
     }
 }
@@ -385,6 +395,7 @@ fn describe_metrics() {
     r.describe("ember_storage_sync_bytes_total", "Bytes of block images sent to members by syncs.");
     r.describe("ember_storage_retries_recognised_total", "Retried writes and truncates answered without applying them again.");
     r.describe("ember_storage_diverged_chunks_total", "Changes that failed part-way, leaving a chunk to be copied to its members.");
+    r.describe("ember_storage_syncs_total", "Member syncs completed, by path: log (the chunks the member missed) or full (both chunk listings compared).");
     r.describe("ember_storage_reads_total", "Chunk reads served, by this target's role in its chain (primary or replica).");
     r.describe("ember_storage_replica_read_checks_total", "Reads on a replica that asked the primary whether the chunk's state is committed.");
     r.describe("ember_storage_replica_reads_refused_total", "Reads on a replica refused because the primary had another state committed.");
