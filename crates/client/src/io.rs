@@ -80,8 +80,9 @@ impl EmberClient {
                 if Instant::now() >= deadline {
                     return Err(Status::new(StatusCode::Unavailable, "storage did not serve the read in time"));
                 }
-                let _ = self.routing.refresh().await;
+                // Refreshed after the wait: the retry goes by routing as it is then.
                 backoff.wait().await;
+                let _ = self.routing.refresh().await;
             }
         }
         Ok(out)
@@ -91,10 +92,13 @@ impl EmberClient {
     async fn run_plan(self: &Arc<Self>, plan: ReadPlan, out: &mut [u8]) -> Result<Vec<ChunkSpan>, Status> {
         let mut tasks = JoinSet::new();
         for (addr, ios) in plan.by_node {
-            let peer = self.peer(&addr);
+            let (me, peer) = (self.clone(), self.peer(&addr));
             tasks.spawn(async move {
                 let (spans, ios): (Vec<ChunkSpan>, Vec<ReadIo>) = ios.into_iter().unzip();
-                let result = peer.call(&BatchReadReq { ios }, Bytes::new()).await;
+                // Any change of a chain's members (a primary or replica gone) bumps its version.
+                let chains: Vec<(ChainId, u64)> = ios.iter().filter_map(|io| io.chunk.as_ref()).map(|c| (ChainId(c.chain_id), c.chain_version)).collect();
+                let moved = |table: &RoutingTable| chains.iter().any(|(c, v)| table.chain(*c).map(|c| c.version) != Some(*v));
+                let result = me.unless_moved(moved, peer.call(&BatchReadReq { ios }, Bytes::new())).await;
                 (spans, result)
             });
         }
@@ -135,6 +139,7 @@ impl EmberClient {
     /// Resolves a route with `plan`, runs `call`, and retries both while routing changes.
     async fn with_route<A, R, F, Fut>(&self, chain: ChainId, retry: Retry, plan: F, call: impl Fn(A, R) -> Fut) -> Result<(), Status>
     where
+        A: Clone + PartialEq,
         F: Fn(&RoutingTable) -> Result<(A, R), Status>,
         Fut: std::future::Future<Output = Result<(), Status>>,
     {
@@ -142,20 +147,55 @@ impl EmberClient {
         let mut backoff = Backoff::new();
         loop {
             let result = match plan(&self.routing.get()) {
-                Ok((a, r)) => call(a, r).await,
+                Ok((a, r)) => {
+                    let first = a.clone();
+                    let moved = |table: &RoutingTable| plan(table).map(|(a, _)| a).ok().as_ref() != Some(&first);
+                    self.unless_moved(moved, call(a, r)).await
+                }
                 Err(e) => Err(e),
             };
             match result {
                 Err(st) if should_retry(&st, retry) && Instant::now() < deadline => {
                     tracing::debug!(chain = chain.0, error = %st, "retrying storage request");
-                    let _ = self.routing.refresh().await;
                     backoff.wait().await;
+                    let _ = self.routing.refresh().await;
                 }
                 other => return other,
             }
         }
     }
 }
+
+impl EmberClient {
+    /// Runs `call`, but gives it up once routing says its route `moved`: a storage process that
+    /// hangs without closing its connections is declared dead by mgmtd and replaced, and the
+    /// caller then retries on the new route (writes carry request ids, so a write the hung
+    /// process still applies later is not applied twice). Routing is looked at only after
+    /// the call has taken `STALLED`.
+    async fn unless_moved<T>(
+        &self,
+        moved: impl Fn(&RoutingTable) -> bool,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let mut call = std::pin::pin!(call);
+        let mut wait = STALLED;
+        loop {
+            tokio::select! {
+                result = &mut call => return result,
+                () = tokio::time::sleep(wait) => {}
+            }
+            let table = self.routing.refresh().await.unwrap_or_else(|_| self.routing.get());
+            if moved(&table) {
+                return Err(Status::new(StatusCode::RoutingStale, "storage did not answer and routing moved the request elsewhere"));
+            }
+            wait = STALLED / 2;
+        }
+    }
+}
+
+/// How long a storage request may go unanswered before the client checks whether routing has
+/// moved it: about the time mgmtd takes to declare a silent node dead.
+const STALLED: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The chain's primary (first serving target) for one span, with its node address.
 fn route(table: &RoutingTable, span: &ChunkSpan) -> Result<(ChunkRef, String), Status> {

@@ -125,8 +125,8 @@ impl EmberClient {
             match result {
                 Err(st) if should_retry(&st, retry) && Instant::now() < deadline => {
                     tracing::debug!(method = R::METHOD.name(), error = %st, "retrying metadata request");
-                    let _ = self.routing.refresh().await;
                     backoff.wait().await;
+                    let _ = self.routing.refresh().await;
                 }
                 other => return other,
             }
@@ -162,7 +162,9 @@ pub(crate) fn should_retry(st: &Status, retry: Retry) -> bool {
     }
 }
 
-/// Exponential backoff from 20 ms to 1 s.
+/// Exponential backoff from 20 ms to 250 ms. The cap bounds how late a client notices that
+/// a failover finished (a new primary serves about a second after the old one died); a
+/// longer one made writers wait up to a further 640 ms after it.
 pub(crate) struct Backoff {
     next: Duration,
 }
@@ -174,6 +176,6 @@ impl Backoff {
 
     pub(crate) async fn wait(&mut self) {
         tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(Duration::from_secs(1));
+        self.next = (self.next * 2).min(Duration::from_millis(250));
     }
 }

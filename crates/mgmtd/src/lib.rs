@@ -112,11 +112,10 @@ pub async fn run_mgmtd(config: MgmtdConfig, shutdown: impl Future<Output = ()>) 
     Ok(())
 }
 
-/// Re-evaluates node liveness often enough that a dead node is noticed within ~a tenth of the
-/// heartbeat timeout after it expires.
+/// Re-evaluates node liveness every [`ClusterState::liveness_tick`].
 pub async fn liveness_loop(state: Arc<ClusterState>) {
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(state.liveness_tick()).await;
         let st = state.clone();
         match ember_net::blocking(move || st.check_liveness()).await {
             Ok(Err(e)) => tracing::warn!(error = %e, "liveness check failed"),

@@ -343,6 +343,12 @@ impl ClusterState {
         self.options.heartbeat_timeout * 3 / 4
     }
 
+    /// How often liveness is re-evaluated: a dead node is declared within a twentieth of the
+    /// heartbeat timeout after its deadline, since a new primary waits for that.
+    pub fn liveness_tick(&self) -> Duration {
+        self.options.heartbeat_timeout / 20
+    }
+
     pub fn session_timeout(&self) -> Duration {
         self.options.client_session_timeout
     }

@@ -188,10 +188,15 @@ async fn heartbeat_loop(
         // anyway); waiting longer would only delay the next one after the network heals.
         match routing.mgmtd().unary_within(&req, every * 3).await {
             Ok(resp) => {
-                if routing.get().version() < resp.routing_version {
+                let news = routing.get().version() < resp.routing_version;
+                if news {
                     let _ = routing.refresh().await;
                 }
                 service.reconcile(&routing.get(), resp.routing_version);
+                if news {
+                    // A new primary starts syncing its members now, not at the next tick.
+                    service.keep_chains();
+                }
                 // Counted from the send: mgmtd saw the heartbeat after that. Only with routing
                 // as new as the reply: a lease must not outlive news that we were deposed.
                 if routing.get().version() >= resp.routing_version {
