@@ -164,9 +164,7 @@ impl EmberClient {
             }
         }
     }
-}
 
-impl EmberClient {
     /// Runs `call`, but gives it up once routing says its route `moved`: a storage process that
     /// hangs without closing its connections is declared dead by mgmtd and replaced, and the
     /// caller then retries on the new route (writes carry request ids, so a write the hung
