@@ -178,7 +178,9 @@ impl EmberClient {
         let mut call = std::pin::pin!(call);
         let mut wait = STALLED;
         loop {
+            // `biased`: polled in order, not at random, so that a simulation replays exactly.
             tokio::select! {
+                biased;
                 result = &mut call => return result,
                 () = tokio::time::sleep(wait) => {}
             }
