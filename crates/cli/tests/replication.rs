@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ember_testkit::{fuse_available, random_bytes, storage_role, Cluster, Slots, Spec};
 
 static SLOTS: Slots = Slots::new(1);
-/// The longest a write may wait through one failure. Measured here: about 0.4 s for a lost
+/// The longest a write may wait through one failure. Measured here: about 0.8 s for a lost
 /// replica and 1.1 s for a lost or hung primary; the bound leaves room for a loaded machine.
 const STALL_BOUND: Duration = Duration::from_secs(5);
 const NODES: usize = 3;

@@ -11,9 +11,9 @@
 //! Why that is linearizable: the member read state v while it was in the write set, so v+1 was
 //! not committed then (it needs this member's copy); the primary's answer says v is committed.
 //! So v was the newest committed state at some instant between the read's start and its
-//! answer. A member taken out of the write set stops serving when its replica lease (the first
-//! half of its node's lease from mgmtd) runs out, and a primary commits without a member only
-//! once that lease has run out (`wait_out_leases`).
+//! answer. A member taken out of the write set stops serving when its lease runs out, and a
+//! primary commits without a member only once the member's lease has run out
+//! (`wait_out_leases`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -63,13 +63,13 @@ impl StorageService {
     /// Serves a read on a member that is not the primary, from a committed state only.
     pub(crate) async fn read_on_replica(&self, c: ChunkRef, io: ReadIo) -> Result<Vec<u8>, Status> {
         let engine = self.resolve(&c, Need::Replica).await?;
-        self.check_replica_lease(c.chain_id)?;
+        self.check_read_lease(c.chain_id)?;
         let chunk = ChunkId::new(InodeId(c.inode), c.index);
         let target = TargetId(c.target_id);
         let (info, data) = blocking(move || engine.read_with_info(chunk, io.offset, io.len)).await?;
         // Still a serving member with a lease after the read: it was one while reading.
         self.resolve(&c, Need::Replica).await?;
-        self.check_replica_lease(c.chain_id)?;
+        self.check_read_lease(c.chain_id)?;
         if self.confirmed.holds(target, chunk, info) {
             tracing::debug!(%chunk, %target, version = info.version, "read on a replica");
             return Ok(data);

@@ -213,26 +213,15 @@ impl StorageService {
     /// Reads on a replicated chain need a valid primary lease: once it has run out, mgmtd may
     /// have made another member primary, which may commit writes this node never sees.
     pub(crate) fn check_read_lease(&self, chain_id: u32) -> Result<(), Status> {
-        self.check_lease(chain_id, Duration::ZERO, "this primary's lease from mgmtd has run out")
-    }
-
-    /// Reads on a replica need the shorter replica lease: the first half of the node's lease.
-    /// A primary commits without a departed member once half a lease has passed since it saw
-    /// it leave (`wait_out_leases`), so a lost replica stalls writers half as long.
-    pub(crate) fn check_replica_lease(&self, chain_id: u32) -> Result<(), Status> {
-        self.check_lease(chain_id, self.lease_length() / 2, "this replica's read lease has run out")
-    }
-
-    fn check_lease(&self, chain_id: u32, cut: Duration, expired: &str) -> Result<(), Status> {
         let table = self.routing.get();
         if table.chain(ChainId(chain_id)).is_none_or(|c| c.targets.len() < 2) {
             return Ok(());
         }
         let (until, _) = *self.lease.lock().unwrap_or_else(|p| p.into_inner());
-        if until.is_some_and(|u| Instant::now() + cut < u) {
+        if until.is_some_and(|u| Instant::now() < u) {
             return Ok(());
         }
-        Err(Status::new(StatusCode::RoutingStale, expired))
+        Err(Status::new(StatusCode::RoutingStale, "this primary's lease from mgmtd has run out"))
     }
 
     /// Whether the chain replicates member after member (the 3FS baseline) rather than in parallel.
@@ -381,13 +370,12 @@ impl StorageService {
     }
 
     /// Returns once every live member that left the chain's write set has been out for a
-    /// replica lease: until then it may still serve reads (from its own routing, within its
-    /// lease), and a change committed without it could be missed by such a read.
+    /// lease: until then it may still serve reads (from its own routing, within its lease),
+    /// and a change committed without it could be missed by such a read.
     async fn wait_out_leases(&self, chain_id: u32) {
         let table = self.routing.get();
         let Some(chain) = table.chain(ChainId(chain_id)) else { return };
         let lease = self.lease_length();
-        let replica_lease = lease / 2;
         let until = {
             let mut terms = lock(&self.terms);
             let term = terms.entry(chain_id).or_insert_with(|| new_term(&table, ChainId(chain_id), lease));
@@ -397,7 +385,7 @@ impl StorageService {
                 if in_write_set(state_of(&table, t)) || !node_alive(&table, t) {
                     term.left.remove(&t);
                 } else {
-                    until = until.max(*term.left.entry(t).or_insert(now) + replica_lease);
+                    until = until.max(*term.left.entry(t).or_insert(now) + lease);
                 }
             }
             until
