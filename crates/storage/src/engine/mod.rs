@@ -7,7 +7,9 @@
 //! <dir>/meta/        fjall database
 //!     keyspace "chunks":  key = ChunkId::to_bytes() (12 B big-endian: inode, index)
 //!                         value = chunk record, see `record.rs` (version, length, extents, CRCs)
-//!     keyspace "engine":  key "format" = [1u8, BLOCK_SIZE as u32 LE]
+//!     keyspace "staged":  key = physical block (u64 big-endian), value = its 4 KiB image:
+//!                         blocks of small writes not yet synced in blocks.dat, see `staging.rs`
+//!     keyspace "engine":  key "format" = [2u8, BLOCK_SIZE as u32 LE]
 //! ```
 //!
 //! Big-endian keys make the chunks of one inode a contiguous, index-ordered key range, so
@@ -29,13 +31,15 @@
 //! 2. Split the range into logical blocks; for a partially covered edge block, start from the
 //!    existing block image (CRC-verified) or zeros for a hole.
 //! 3. Allocate a new physical block for every touched logical block and pwrite the images (one
-//!    pwrite per physically contiguous run); fdatasync `blocks.dat` (group commit).
+//!    pwrite per physically contiguous run). A large write then fdatasyncs `blocks.dat` (group
+//!    commit); a small one (at most `journal_blocks` blocks) instead puts its images into the
+//!    batch of step 4 and syncs `blocks.dat` later (`staging.rs`).
 //! 4. Commit the new record (version + 1, length = max(old, end of write), new block refs and
 //!    CRCs) to fjall and persist the journal with fdatasync (group commit).
 //! 5. Only now free the replaced blocks: the durable metadata no longer references them.
 //!
 //! A crash before step 4 completes leaves the old record in place (the new blocks are orphans);
-//! after it, the new record is durable. In-memory state is never ahead of the disk in a way a
+//! after it, the new record is durable, and so are the images (in `blocks.dat` or staged). In-memory state is never ahead of the disk in a way a
 //! crash could expose: allocations are only in memory (lost on crash = freed), and frees happen
 //! after the commit is durable. A failed fsync poisons the engine (all later mutations fail),
 //! because after one the kernel may have dropped the dirty pages.
@@ -63,10 +67,12 @@ mod error;
 mod locks;
 mod record;
 mod space;
+mod staging;
 mod sync;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -79,12 +85,14 @@ use locks::LockTable;
 pub use record::{RequestId, MAX_REQUESTS};
 use record::{blocks_for, BlockRef, ChunkMeta};
 use space::{run_len, BlockFile, BS};
+use staging::{Staging, SETTLE_BLOCKS};
 use sync::GroupSync;
 
 const DATA_FILE: &str = "blocks.dat";
 const META_DIR: &str = "meta";
 const FORMAT_KEY: &str = "format";
-const FORMAT_VERSION: u8 = 1;
+/// Format 2 added the `staged` keyspace; a format-1 target has none and is upgraded at open.
+const FORMAT_VERSION: u8 = 2;
 /// Longest run of blocks read with one pread (bounds the temporary buffer to 1 MiB).
 const MAX_READ_RUN: usize = 256;
 /// Chunks removed per metadata batch by `remove_chunks` (bounds memory and lock hold times).
@@ -99,6 +107,9 @@ pub struct EngineOptions {
     pub grow_bytes: u64,
     /// Optional cap on the size of `blocks.dat`; growing past it fails with `NoSpace`.
     pub capacity_bytes: Option<u64>,
+    /// Changes writing at most this many new blocks journal the images with their record: one
+    /// fdatasync instead of two (0 turns it off).
+    pub journal_blocks: u32,
 }
 
 impl Default for EngineOptions {
@@ -107,6 +118,7 @@ impl Default for EngineOptions {
             max_chunk_size: MAX_CHUNK_SIZE,
             grow_bytes: 64 << 20,
             capacity_bytes: None,
+            journal_blocks: 16,
         }
     }
 }
@@ -164,6 +176,7 @@ pub struct ChunkEngine {
     db: Database,
     chunks: Keyspace,
     meta_sync: GroupSync,
+    staging: Staging,
     locks: LockTable,
     chunk_count: AtomicU64,
     crash_points: OnceLock<CrashPoints>,
@@ -192,9 +205,14 @@ impl ChunkEngine {
         let chunks = db
             .keyspace("chunks", KeyspaceCreateOptions::default)
             .map_err(EngineError::from_fjall)?;
+        let staged = db
+            .keyspace("staged", KeyspaceCreateOptions::default)
+            .map_err(EngineError::from_fjall)?;
         check_format(&db)?;
         let blocks = BlockFile::open(&dir.join(DATA_FILE), opts.grow_bytes, opts.capacity_bytes)?;
-        let chunk_count = claim_committed_blocks(&chunks, &blocks)?;
+        let images = staging::load(&staged)?;
+        let (chunk_count, crcs) = claim_committed_blocks(&chunks, &blocks, &images)?;
+        staging::replay(&db, &staged, &blocks, &images, &crcs)?;
         let (total, used) = blocks.counts();
         tracing::info!(dir = %dir.display(), chunks = chunk_count, total_blocks = total, used_blocks = used, "chunk engine open");
         Ok(ChunkEngine {
@@ -204,6 +222,7 @@ impl ChunkEngine {
             db,
             chunks,
             meta_sync: GroupSync::new("chunk metadata"),
+            staging: Staging::new(staged),
             locks: LockTable::new(),
             chunk_count: AtomicU64::new(chunk_count),
             crash_points: OnceLock::new(),
@@ -275,15 +294,15 @@ impl ChunkEngine {
             return Ok(old.map(|m| m.info()).unwrap_or_default());
         }
         let (first, images) = self.build_images(chunk, old.as_ref(), u64::from(offset), data)?;
-        let phys = self.write_new_blocks(&images)?;
+        let new = self.write_new_blocks(images)?;
         let mut meta = old.clone().unwrap_or_default();
-        let replaced = install_blocks(&mut meta, first, &phys, &images);
+        let replaced = install_blocks(&mut meta, first, &new);
         meta.version += 1;
         meta.len = meta.len.max(end);
         if let Some(r) = request {
             meta.note_request(r);
         }
-        self.commit_and_release(chunk, &meta, old.is_none(), &replaced)?;
+        self.commit_and_release(chunk, &meta, old.is_none(), &replaced, Some(&new))?;
         Ok(meta.info())
     }
 
@@ -365,15 +384,19 @@ impl ChunkEngine {
             .into_values()
             .map(|r| r.phys)
             .collect();
+        let mut tail = None;
         if len < meta.len {
-            freed.extend(self.zero_tail(chunk, &mut meta, len)?);
+            if let Some((replaced, new)) = self.zero_tail(chunk, &mut meta, len)? {
+                freed.push(replaced);
+                tail = Some(new);
+            }
         }
         meta.len = len;
         meta.version += 1;
         if let Some(r) = request {
             meta.note_request(r);
         }
-        self.commit_and_release(chunk, &meta, old.is_none(), &freed)?;
+        self.commit_and_release(chunk, &meta, old.is_none(), &freed, tail.as_ref())?;
         Ok(meta.info())
     }
 
@@ -470,15 +493,15 @@ impl ChunkEngine {
             })?;
             meta.blocks.insert(*l, *r);
         }
-        let phys = if images.is_empty() { Vec::new() } else { self.write_new_blocks(images)? };
-        for ((l, p), img) in patched.iter().zip(&phys).zip(images.chunks_exact(BS as usize)) {
-            meta.blocks.insert(*l, BlockRef { phys: *p, crc: crc32c::crc32c(img) });
+        let new = if images.is_empty() { None } else { Some(self.write_new_blocks(images.to_vec())?) };
+        for (l, (p, img)) in patched.iter().zip(new.iter().flat_map(NewBlocks::iter)) {
+            meta.blocks.insert(*l, BlockRef { phys: p, crc: crc32c::crc32c(img) });
         }
         let freed: Vec<u64> = old
             .as_ref()
             .map(|m| m.blocks.iter().filter(|(l, r)| meta.blocks.get(l) != Some(r)).map(|(_, r)| r.phys).collect())
             .unwrap_or_default();
-        self.commit_and_release(chunk, &meta, old.is_none(), &freed)?;
+        self.commit_and_release(chunk, &meta, old.is_none(), &freed, new.as_ref())?;
         Ok(meta.info())
     }
 
@@ -594,33 +617,36 @@ impl ChunkEngine {
         Ok(buf)
     }
 
-    /// Allocates blocks for `images`, writes them and makes them durable. On failure nothing
-    /// references the new blocks, so they go straight back to the allocator.
-    fn write_new_blocks(&self, images: &[u8]) -> Result<Vec<u64>, EngineError> {
+    /// Allocates blocks for `images` and writes them. Large writes are made durable here; small
+    /// ones are staged, made durable by the commit that journals them with their record. On
+    /// failure nothing references the new blocks, so they go straight back to the allocator.
+    fn write_new_blocks(&self, images: Vec<u8>) -> Result<NewBlocks, EngineError> {
         if let Some(e) = self.blocks.poisoned() {
             return Err(e);
         }
         self.persistence_point("data.write")?;
-        let phys = self.blocks.allocate(images.len() / BS as usize)?;
-        let result = self
-            .blocks
-            .write_blocks(&phys, images)
-            .and_then(|()| self.blocks.sync_data());
+        let count = images.len() / BS as usize;
+        let staged = count <= self.opts.journal_blocks as usize;
+        let phys = self.blocks.allocate(count)?;
+        let mut result = self.blocks.write_blocks(&phys, &images);
+        if !staged {
+            result = result.and_then(|()| self.blocks.sync_data());
+        }
         if let Err(e) = result {
             self.blocks.release(&phys);
             return Err(e);
         }
-        Ok(phys)
+        Ok(NewBlocks { phys, images, staged })
     }
 
     /// Copy-on-write of the last partial block when shrinking: a new block with a zeroed tail.
-    /// Returns the replaced physical block, if one was replaced.
+    /// Returns the replaced physical block and the new one, if one was replaced.
     fn zero_tail(
         &self,
         chunk: ChunkId,
         meta: &mut ChunkMeta,
         len: u32,
-    ) -> Result<Option<u64>, EngineError> {
+    ) -> Result<Option<(u64, NewBlocks)>, EngineError> {
         let (l, cut) = (len / BLOCK_SIZE, (len % BLOCK_SIZE) as usize);
         let Some(old) = meta.blocks.get(&l).copied().filter(|_| cut != 0) else {
             return Ok(None);
@@ -630,37 +656,63 @@ impl ChunkEngine {
             return Ok(None);
         }
         img[cut..].fill(0);
-        let phys = self.write_new_blocks(&img)?;
-        meta.blocks.insert(
-            l,
-            BlockRef {
-                phys: phys[0],
-                crc: crc32c::crc32c(&img),
-            },
-        );
-        Ok(Some(old.phys))
+        let crc = crc32c::crc32c(&img);
+        let new = self.write_new_blocks(img)?;
+        meta.blocks.insert(l, BlockRef { phys: new.phys[0], crc });
+        Ok(Some((old.phys, new)))
     }
 
-    /// Commits `meta` durably, then frees `freed` (no durable record references them anymore).
-    /// If the commit fails, nothing is freed: the outcome on disk is unknown, and leaking blocks
-    /// until the next open is safe while reusing them might not be.
+    /// Commits `meta` durably, with the images of `new` if they are staged, then frees `freed`
+    /// (no durable record references them anymore). If the commit fails, nothing is freed: the
+    /// outcome on disk is unknown, and leaking blocks until the next open is safe while reusing
+    /// them might not be.
     fn commit_and_release(
         &self,
         chunk: ChunkId,
         meta: &ChunkMeta,
         created: bool,
         freed: &[u64],
+        new: Option<&NewBlocks>,
     ) -> Result<(), EngineError> {
         self.persistence_point("meta.commit")?;
+        let staged = new.filter(|n| n.staged);
         let mut batch = self.db.batch();
         batch.insert(&self.chunks, chunk.to_bytes(), meta.encode());
+        if let Some(n) = staged {
+            self.staging.stage(&mut batch, &n.phys, &n.images);
+        }
         batch.commit().map_err(EngineError::from_fjall)?;
+        if let Some(n) = staged {
+            self.staging.committed(&n.phys);
+        }
         self.persist_meta()?;
         self.persistence_point("meta.persisted")?;
         if created {
             self.chunk_count.fetch_add(1, Ordering::Relaxed);
         }
-        self.blocks.release(freed);
+        self.release(freed);
+        self.settle(SETTLE_BLOCKS)
+    }
+
+    /// Frees blocks no durable record references; staged ones wait for their settle.
+    fn release(&self, freed: &[u64]) {
+        self.blocks.release(&self.staging.releasable(freed));
+    }
+
+    /// Once at least `min_blocks` images are staged: syncs `blocks.dat`, deletes the staged
+    /// copies that sync covered and frees those of them that later changes replaced.
+    fn settle(&self, min_blocks: usize) -> Result<(), EngineError> {
+        let Some(settle) = self.staging.due(min_blocks) else {
+            return Ok(());
+        };
+        self.persistence_point("data.settle")?;
+        self.blocks.sync_data()?;
+        let mut batch = self.db.batch();
+        for block in &settle.blocks {
+            batch.remove(self.staging.keyspace(), block.to_be_bytes());
+        }
+        batch.commit().map_err(EngineError::from_fjall)?;
+        self.blocks.release(&self.staging.settled(&settle));
         Ok(())
     }
 
@@ -708,7 +760,7 @@ impl ChunkEngine {
         self.persistence_point("meta.persisted")?;
         self.chunk_count
             .fetch_sub(u64::from(removed), Ordering::Relaxed);
-        self.blocks.release(&freed);
+        self.release(&freed);
         Ok(removed)
     }
 }
@@ -731,14 +783,26 @@ impl ChunkMeta {
     }
 }
 
+/// Blocks a change wrote that no committed record references yet.
+struct NewBlocks {
+    phys: Vec<u64>,
+    /// Their images, back to back.
+    images: Vec<u8>,
+    /// Whether the images go into the journal with the record instead of being synced already.
+    staged: bool,
+}
+
+impl NewBlocks {
+    /// (physical block, image) pairs.
+    fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.phys.iter().copied().zip(self.images.chunks_exact(BS as usize))
+    }
+}
+
 /// Points logical blocks `first..` at the new physical blocks; returns the replaced ones.
-fn install_blocks(meta: &mut ChunkMeta, first: u32, phys: &[u64], images: &[u8]) -> Vec<u64> {
+fn install_blocks(meta: &mut ChunkMeta, first: u32, new: &NewBlocks) -> Vec<u64> {
     let mut replaced = Vec::new();
-    for (k, (&p, img)) in phys
-        .iter()
-        .zip(images.chunks_exact(BS as usize))
-        .enumerate()
-    {
+    for (k, (p, img)) in new.iter().enumerate() {
         let r = BlockRef {
             phys: p,
             crc: crc32c::crc32c(img),
@@ -759,19 +823,20 @@ fn copy_block_part(img: &[u8], l: u32, start: u64, end: u64, out: &mut [u8]) {
         .copy_from_slice(&img[(lo - block_start) as usize..(hi - block_start) as usize]);
 }
 
-/// Checks (or, on a new target, writes) the engine format marker.
+/// Checks (or, on a new target, writes) the engine format marker; upgrades format 1, which
+/// differs only by lacking the (then empty) `staged` keyspace.
 fn check_format(db: &Database) -> Result<(), EngineError> {
     let info = db
         .keyspace("engine", KeyspaceCreateOptions::default)
         .map_err(EngineError::from_fjall)?;
-    let mut expected = vec![FORMAT_VERSION];
-    expected.extend_from_slice(&BLOCK_SIZE.to_le_bytes());
+    let marker = |version: u8| [&[version][..], &BLOCK_SIZE.to_le_bytes()].concat();
+    let expected = marker(FORMAT_VERSION);
     match info.get(FORMAT_KEY).map_err(EngineError::from_fjall)? {
         Some(found) if *found == *expected => Ok(()),
-        Some(found) => Err(EngineError::Meta(format!(
+        Some(found) if *found != *marker(1) => Err(EngineError::Meta(format!(
             "unsupported engine format {found:?}, expected {expected:?}"
         ))),
-        None => {
+        _ => {
             info.insert(FORMAT_KEY, expected)
                 .map_err(EngineError::from_fjall)?;
             db.persist(PersistMode::SyncAll)
@@ -780,11 +845,16 @@ fn check_format(db: &Database) -> Result<(), EngineError> {
     }
 }
 
-/// Marks every block referenced by a committed chunk record as used; returns the chunk count.
+/// Marks every block referenced by a committed chunk record as used; returns the chunk count
+/// and the committed CRC32C of those blocks that have `staged` images.
 /// A corrupt record or a block claimed twice fails the open: serving with a wrong allocation
 /// map could hand out a block that still holds live data.
-fn claim_committed_blocks(chunks: &Keyspace, blocks: &BlockFile) -> Result<u64, EngineError> {
-    let mut count = 0;
+fn claim_committed_blocks<T>(
+    chunks: &Keyspace,
+    blocks: &BlockFile,
+    staged: &HashMap<u64, T>,
+) -> Result<(u64, HashMap<u64, u32>), EngineError> {
+    let (mut count, mut crcs) = (0, HashMap::new());
     for guard in chunks.iter() {
         let (key, value) = guard.into_inner().map_err(EngineError::from_fjall)?;
         let chunk = ChunkId::from_bytes(&key)
@@ -799,10 +869,13 @@ fn claim_committed_blocks(chunks: &Keyspace, blocks: &BlockFile) -> Result<u64, 
                     r.phys
                 )));
             }
+            if staged.contains_key(&r.phys) {
+                crcs.insert(r.phys, r.crc);
+            }
         }
         count += 1;
     }
-    Ok(count)
+    Ok((count, crcs))
 }
 
 /// (size, space available to unprivileged users) of the file system holding `dir`.

@@ -18,6 +18,11 @@ fn open(dir: &Path) -> ChunkEngine {
     ChunkEngine::open(dir, small_opts()).unwrap()
 }
 
+/// Every write synced in `blocks.dat`, none staged: blocks are free again as soon as replaced.
+fn open_unstaged(dir: &Path) -> ChunkEngine {
+    ChunkEngine::open(dir, EngineOptions { journal_blocks: 0, ..small_opts() }).unwrap()
+}
+
 fn cid(inode: u64, index: u32) -> ChunkId {
     ChunkId::new(InodeId(inode), index)
 }
@@ -97,6 +102,7 @@ fn round_trip_unaligned_with_holes_clipping_and_overwrite() {
     e.write(c, (2 * B - 20) as u32, &mid).unwrap();
     expect[2 * B - 20..2 * B + 20].copy_from_slice(&mid);
     assert_eq!(e.read(c, 0, u32::MAX).unwrap(), expect);
+    e.settle(0).unwrap();
     assert_eq!(e.stats().used_blocks, 7, "replaced blocks were freed");
 
     // Unaligned partial reads, and reads at or past the end.
@@ -129,6 +135,7 @@ fn reopen_keeps_data_versions_and_accounting() {
             e.write(*c, 100, &data[..50]).unwrap();
         }
         e.truncate(chunks[4].0, 6000).unwrap();
+        e.settle(0).unwrap();
         e.stats()
     };
     let e = open(dir.path());
@@ -157,7 +164,7 @@ fn reopen_keeps_data_versions_and_accounting() {
 #[test]
 fn space_is_reused_and_the_file_stays_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let e = open(dir.path());
+    let e = open_unstaged(dir.path());
     let c = cid(0x3000, 0);
     for i in 0..100 {
         e.write(c, 0, &pattern(i, 64 * 1024)).unwrap();
@@ -200,8 +207,8 @@ fn orphan_blocks_of_uncommitted_writes_are_reclaimed_at_open() {
         e.write(c, 0, &data).unwrap();
         // The first half of a write (allocate, pwrite, fdatasync) without its metadata commit:
         // exactly what a crash between the two leaves behind.
-        let orphans = e.write_new_blocks(&pattern(9, 5 * B)).unwrap();
-        assert_eq!(orphans, vec![3, 4, 5, 6, 7]);
+        let orphans = e.write_new_blocks(pattern(9, 5 * B)).unwrap();
+        assert_eq!(orphans.phys, vec![3, 4, 5, 6, 7]);
         assert_eq!(e.stats().used_blocks, 8);
     }
     let e = open(dir.path());
@@ -284,6 +291,7 @@ fn truncate_down_then_up_reads_zeros_past_the_cut() {
         (2, cut as u32)
     );
     assert_eq!(e.read(c, 0, u32::MAX).unwrap(), data[..cut]);
+    e.settle(0).unwrap();
     assert_eq!(e.stats().used_blocks, 2);
     assert_eq!(
         vl(e.truncate(c, (3 * B) as u32).unwrap()),
@@ -347,6 +355,7 @@ fn remove_chunks_removes_exactly_the_tail_of_one_inode() {
             );
         }
     }
+    e.settle(0).unwrap();
     let s = e.stats();
     assert_eq!((s.used_blocks, s.chunks), (4 + 6, 2 + 6));
     assert_eq!(e.remove_chunks(InodeId(a), 2).unwrap(), 0);
@@ -459,6 +468,7 @@ fn concurrent_writers_are_serializable() {
         .chain([shared])
         .map(|c| meta(&e, c).blocks.len() as u64)
         .sum();
+    e.settle(0).unwrap();
     assert_eq!(
         e.stats().used_blocks,
         used,
@@ -681,8 +691,10 @@ fn block_maps_and_patches_sync_a_replica_block_by_block() {
     let c = cid(50, 4);
     a.write(c, 4096 + 10, b"x").unwrap();
     a.truncate(c, 3 * 4096).unwrap();
+    b.settle(0).unwrap();
     let used = b.stats().used_blocks;
     assert_eq!(sync_chunk(&a, &b, c), 1);
+    b.settle(0).unwrap();
     assert_eq!(a.read(c, 0, 1 << 20).unwrap(), b.read(c, 0, 1 << 20).unwrap());
     assert!(b.stats().used_blocks <= used);
     // A patch that keeps a block the replica lacks is refused.
@@ -691,4 +703,99 @@ fn block_maps_and_patches_sync_a_replica_block_by_block() {
 
 fn vl(i: ChunkInfo) -> (u64, u32) {
     (i.version, i.len)
+}
+
+/// The staged images left in the journal, by physical block.
+fn staged_blocks(e: &ChunkEngine) -> Vec<u64> {
+    let mut blocks: Vec<u64> = staging::load(e.staging.keyspace()).unwrap().into_keys().collect();
+    blocks.sort_unstable();
+    blocks
+}
+
+/// Overwrites physical blocks in `blocks.dat` with garbage: what a power loss does to pages
+/// written but never synced.
+fn lose_unsynced(dir: &Path, blocks: &[u64]) {
+    let f = std::fs::OpenOptions::new().write(true).open(dir.join(DATA_FILE)).unwrap();
+    for b in blocks {
+        f.write_all_at(&[0xA5; B], b * BS).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn small_writes_are_journaled_with_their_record_and_written_back_after_a_power_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let (small, large, trunc) = (cid(0x9000, 0), cid(0x9000, 1), cid(0x9000, 2));
+    let staged = {
+        let e = open(dir.path());
+        e.write(small, 100, &pattern(1, 3 * B)).unwrap();
+        e.write(large, 0, &pattern(2, 17 * B)).unwrap();
+        e.write(trunc, 0, &pattern(3, 2 * B)).unwrap();
+        e.truncate(trunc, B as u32 + 10).unwrap();
+        let staged = staged_blocks(&e);
+        let large_blocks: Vec<u64> = meta(&e, large).blocks.values().map(|r| r.phys).collect();
+        assert_eq!(staged.len(), 4 + 2 + 1, "4 + 2 small-write blocks and the zeroed tail");
+        assert!(large_blocks.iter().all(|b| !staged.contains(b)), "a write past journal_blocks is synced in place");
+        staged
+    };
+    lose_unsynced(dir.path(), &staged);
+    let e = open(dir.path());
+    let mut expected = vec![0u8; 100];
+    expected.extend(pattern(1, 3 * B));
+    assert_eq!(e.read(small, 0, u32::MAX).unwrap(), expected);
+    assert_eq!(e.read(large, 0, u32::MAX).unwrap(), pattern(2, 17 * B));
+    assert_eq!(e.read(trunc, 0, u32::MAX).unwrap(), pattern(3, 2 * B)[..B + 10].to_vec());
+    assert!(staged_blocks(&e).is_empty(), "open writes the images back and clears them");
+}
+
+#[test]
+fn replaced_staged_blocks_wait_for_their_settle_and_stale_images_are_not_written_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cid(0x9100, 0);
+    let (first, second) = {
+        let e = open(dir.path());
+        e.write(c, 0, &pattern(1, B)).unwrap();
+        let first = meta(&e, c).blocks[&0].phys;
+        e.write(c, 0, &pattern(2, B)).unwrap();
+        let second = meta(&e, c).blocks[&0].phys;
+        e.write(cid(0x9101, 0), 0, &pattern(3, B)).unwrap();
+        assert!(meta(&e, cid(0x9101, 0)).blocks[&0].phys > second, "the replaced staged block is not reused yet");
+        assert_eq!(staged_blocks(&e), vec![first, second, second + 1]);
+        (first, second)
+    };
+    // Both images of block 0 survive in the journal; the data file lost both blocks.
+    lose_unsynced(dir.path(), &[first, second]);
+    let e = open(dir.path());
+    assert_eq!(e.read(c, 0, u32::MAX).unwrap(), pattern(2, B));
+    let mut raw = vec![0u8; B];
+    e.blocks.read_blocks(first, &mut raw).unwrap();
+    assert_eq!(raw, vec![0xA5; B], "the replaced write's image stays where it lost");
+
+    // Enough staged writes settle: every image leaves the journal and replaced blocks are free.
+    for i in 0..staging::SETTLE_BLOCKS as u64 {
+        e.write(c, 0, &pattern(10 + i, B)).unwrap();
+    }
+    assert!(staged_blocks(&e).len() < 2, "{} images still staged", staged_blocks(&e).len());
+    assert!(e.stats().used_blocks <= 3, "{} blocks in use", e.stats().used_blocks);
+}
+
+#[test]
+fn a_format_1_target_is_upgraded_and_an_unknown_format_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let info = |e: &ChunkEngine| e.db.keyspace("engine", KeyspaceCreateOptions::default).unwrap();
+    {
+        let e = open(dir.path());
+        e.write(cid(0x9200, 0), 0, b"kept").unwrap();
+        info(&e).insert(FORMAT_KEY, [&[1u8][..], &BLOCK_SIZE.to_le_bytes()].concat()).unwrap();
+        e.db.persist(PersistMode::SyncAll).unwrap();
+    }
+    {
+        let e = open(dir.path());
+        assert_eq!(e.read(cid(0x9200, 0), 0, 4).unwrap(), b"kept");
+        assert_eq!(info(&e).get(FORMAT_KEY).unwrap().unwrap()[0], FORMAT_VERSION);
+        info(&e).insert(FORMAT_KEY, [&[9u8][..], &BLOCK_SIZE.to_le_bytes()].concat()).unwrap();
+        e.db.persist(PersistMode::SyncAll).unwrap();
+    }
+    let err = ChunkEngine::open(dir.path(), small_opts()).err().unwrap();
+    assert!(err.to_string().contains("unsupported engine format"), "{err}");
 }
