@@ -96,6 +96,10 @@ pub struct MetaArgs {
     /// State directory (embedded KV).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// When a metadata change is acknowledged: sync (on disk) or periodic (in the OS, on disk
+    /// within a second).
+    #[arg(long, value_parser = ["sync", "periodic"])]
+    pub meta_durability: Option<String>,
 }
 
 impl MetaArgs {
@@ -105,6 +109,9 @@ impl MetaArgs {
         set(&mut c.metrics_listen, self.metrics_listen);
         set(&mut c.mgmtd, self.mgmtd);
         set(&mut c.data_dir, self.data);
+        if let Some(d) = self.meta_durability {
+            c.durability = if d == "periodic" { ember_meta::MetaDurability::Periodic } else { ember_meta::MetaDurability::Sync };
+        }
         Ok(Some(c))
     }
 }

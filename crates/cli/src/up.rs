@@ -39,6 +39,10 @@ pub struct UpArgs {
     /// How chains replicate: fan-out (parallel, the default) or chain (store and forward).
     #[arg(long, value_parser = ["fan-out", "chain"])]
     pub replication_mode: Option<String>,
+    /// When a metadata change is acknowledged: sync (on disk, the default) or periodic (in the
+    /// OS, on disk within a second).
+    #[arg(long, value_parser = ["sync", "periodic"])]
+    pub meta_durability: Option<String>,
     /// Let every service pick a free port instead of the configured ones.
     #[arg(long)]
     pub any_port: bool,
@@ -56,6 +60,8 @@ pub struct UpConfig {
     pub replicas: usize,
     /// "fan-out" or "chain".
     pub replication_mode: String,
+    /// "sync" or "periodic".
+    pub meta_durability: String,
     pub mgmtd_listen: String,
     pub meta_listen: String,
     pub storage_listen: String,
@@ -72,6 +78,7 @@ impl Default for UpConfig {
             storage_nodes: 1,
             replicas: 1,
             replication_mode: "fan-out".into(),
+            meta_durability: "sync".into(),
             mgmtd_listen: "127.0.0.1:9000".into(),
             meta_listen: "127.0.0.1:9100".into(),
             storage_listen: "127.0.0.1:9200".into(),
@@ -156,6 +163,9 @@ fn resolve(args: UpArgs) -> Result<Option<UpConfig>, Failure> {
     if let Some(m) = args.replication_mode {
         c.replication_mode = m;
     }
+    if let Some(d) = args.meta_durability {
+        c.meta_durability = d;
+    }
     if c.replicas > c.storage_nodes || !(c.targets * c.storage_nodes).is_multiple_of(c.replicas) {
         let error = anyhow!(
             "--replicas {} needs at least as many storage nodes and a target count ({} nodes x {} targets) it divides",
@@ -223,6 +233,7 @@ async fn start_all(c: &UpConfig, roles: &mut Vec<Role>) -> anyhow::Result<()> {
 
     let meta_dir = s(&dir("meta"));
     let args = ["meta", "--data", &meta_dir, "--listen", &c.meta_listen, "--mgmtd", &mgmtd, "--metrics-listen", &metrics_addr(c, 1, 0)];
+    let args = [&args[..], &["--meta-durability", &c.meta_durability]].concat();
     roles.push(spawn("meta", &args, &logs)?);
 
     for i in 0..c.storage_nodes {

@@ -4,7 +4,7 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use ember_testkit::{fuse_available, random_bytes, Cluster, Slots};
+use ember_testkit::{fuse_available, random_bytes, Cluster, Slots, Spec};
 
 static SLOTS: Slots = Slots::new(1);
 
@@ -61,6 +61,34 @@ fn acknowledged_writes_survive_kill9_of_storage_and_meta() {
     // The cluster keeps working after the crash.
     fs::write(fresh.join("d/after"), b"still writable").unwrap();
     assert_eq!(fs::read(fresh.join("d/after")).unwrap(), b"still writable");
+}
+
+/// `periodic` metadata durability acknowledges a change once the OS has it: a crash of the
+/// process (not of the machine) loses nothing either.
+#[test]
+fn periodic_metadata_loses_nothing_to_kill9_of_meta() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let spec = Spec { storage_nodes: 1, targets: 1, replicas: 1, chain_mode: false, periodic_meta: true };
+    let mut cluster = Cluster::start_spec(bin(), spec);
+    let mut mount = cluster.mount();
+    let (open, want) = write_and_acknowledge(&mount.path);
+    let names: Vec<String> = (0..200).map(|i| format!("d/small{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        fs::write(mount.join(n), random_bytes(100 + i as u64, i * 37)).unwrap();
+    }
+    cluster.meta.kill9();
+    cluster.restart_meta();
+
+    drop(open);
+    assert!(mount.unmount(), "the old mount did not stop cleanly:\n{}", mount.proc.log_tail());
+    let fresh = cluster.mount();
+    check(&fresh.path, &want, &cluster.logs());
+    for (i, n) in names.iter().enumerate() {
+        assert_eq!(fs::read(fresh.join(n)).unwrap(), random_bytes(100 + i as u64, i * 37), "{n}");
+    }
 }
 
 #[test]

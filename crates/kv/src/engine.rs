@@ -22,6 +22,10 @@ pub(crate) trait Engine: Send + Sync + 'static {
 
     /// Makes every batch applied so far durable.
     fn persist(&self) -> Result<(), KvError>;
+
+    /// Hands every batch applied so far to the operating system: it survives the process
+    /// dying, not a power loss.
+    fn hand_to_os(&self) -> Result<(), KvError>;
 }
 
 /// A point-in-time read view.

@@ -10,7 +10,7 @@ use crate::engine::{Engine, EngineSnapshot, Pair, Write};
 use crate::history::DEFAULT_CAP;
 use crate::occ::Store;
 use crate::txn::OccTxn;
-use crate::{KvError, Transaction, TxnKv};
+use crate::{Durability, KvError, Transaction, TxnKv};
 
 const DATA_KEYSPACE: &str = "kv";
 const META_KEYSPACE: &str = "meta";
@@ -73,6 +73,10 @@ impl Engine for FjallEngine {
     fn persist(&self) -> Result<(), KvError> {
         self.db.persist(PersistMode::SyncData).map_err(storage)
     }
+
+    fn hand_to_os(&self) -> Result<(), KvError> {
+        self.db.persist(PersistMode::Buffer).map_err(storage)
+    }
 }
 
 impl EngineSnapshot for FjallSnapshot {
@@ -99,13 +103,18 @@ pub struct FjallKv {
 }
 
 impl FjallKv {
-    /// Opens (creating if needed) the database in directory `path`. The commit counter continues
-    /// from the last durable commit.
+    /// Opens (creating if needed) the database in directory `path`, every commit durable on
+    /// return. The commit counter continues from the last durable commit.
     pub fn open(path: &Path) -> Result<FjallKv, KvError> {
+        FjallKv::open_with(path, Durability::Sync)
+    }
+
+    /// Like [`open`](Self::open), with commits as durable as `durability` says.
+    pub fn open_with(path: &Path, durability: Durability) -> Result<FjallKv, KvError> {
         let engine = FjallEngine::open(path)?;
         let version = engine.stored_version()?;
-        tracing::debug!(path = %path.display(), version, "opened fjall kv");
-        Ok(FjallKv { store: Store::new(engine, version, DEFAULT_CAP) })
+        tracing::debug!(path = %path.display(), version, ?durability, "opened fjall kv");
+        Ok(FjallKv { store: Store::new(engine, version, DEFAULT_CAP, durability) })
     }
 }
 

@@ -58,6 +58,17 @@ use std::time::{Duration, Instant};
 pub use fjall_engine::FjallKv;
 pub use mem::MemKv;
 
+/// When a commit counts as done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// On disk (group-committed fdatasync) before `commit` returns.
+    Sync,
+    /// Handed to the operating system before `commit` returns, so it survives the process
+    /// dying; on disk within the interval, so a power loss or kernel crash takes at most that
+    /// much of the latest commits.
+    Periodic(Duration),
+}
+
 /// A key. Keys sort bytewise.
 pub type Key = Vec<u8>;
 

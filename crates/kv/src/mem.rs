@@ -8,7 +8,7 @@ use crate::engine::{Engine, EngineSnapshot, Pair, Write};
 use crate::history::DEFAULT_CAP;
 use crate::occ::Store;
 use crate::txn::OccTxn;
-use crate::{Key, KvError, Transaction, TxnKv};
+use crate::{Durability, Key, KvError, Transaction, TxnKv};
 
 /// Row versions of one key, oldest first; `None` is a delete.
 type Versions = Vec<(u64, Option<Vec<u8>>)>;
@@ -82,6 +82,10 @@ impl Engine for MemEngine {
     fn persist(&self) -> Result<(), KvError> {
         Ok(())
     }
+
+    fn hand_to_os(&self) -> Result<(), KvError> {
+        Ok(())
+    }
 }
 
 impl EngineSnapshot for MemSnapshot {
@@ -111,7 +115,7 @@ pub struct MemKv {
 
 impl MemKv {
     pub fn new() -> Self {
-        MemKv { store: Store::new(MemEngine::default(), 0, DEFAULT_CAP) }
+        MemKv { store: Store::new(MemEngine::default(), 0, DEFAULT_CAP, Durability::Sync) }
     }
 }
 

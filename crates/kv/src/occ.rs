@@ -1,16 +1,18 @@
 //! Optimistic concurrency control over any [`Engine`], plus group commit.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
 
 use crate::engine::{Engine, EngineSnapshot, Write};
 use crate::history::History;
 use crate::pending::Pending;
-use crate::{Key, KvError};
+use crate::{Durability, Key, KvError};
 
 /// The shared state of one store: engine, live snapshots, conflict history, durability.
 pub(crate) struct Store<E: Engine> {
     pub(crate) engine: E,
+    durability: Durability,
     live: Mutex<Live>,
     commit: Mutex<CommitState>,
     sync: Mutex<SyncState>,
@@ -38,6 +40,9 @@ struct CommitState {
 struct SyncState {
     synced_upto: u64,
     syncing: bool,
+    /// A background persist failed: acknowledged commits may not be durable, so the store
+    /// refuses further commits (a later fsync could not prove anything either).
+    failed: Option<String>,
 }
 
 /// Everything a transaction hands over at commit.
@@ -71,15 +76,21 @@ fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<E: Engine> Store<E> {
-    /// A store whose last durable commit is `version`.
-    pub(crate) fn new(engine: E, version: u64, history_cap: usize) -> Arc<Self> {
-        Arc::new(Store {
+    /// A store whose last durable commit is `version`. With periodic durability a background
+    /// thread persists every interval, for as long as the store lives.
+    pub(crate) fn new(engine: E, version: u64, history_cap: usize, durability: Durability) -> Arc<Self> {
+        let store = Arc::new(Store {
             engine,
+            durability,
             live: Mutex::new(Live { version, snapshots: BTreeMap::new() }),
             commit: Mutex::new(CommitState { version, history: History::new(version, history_cap) }),
-            sync: Mutex::new(SyncState { synced_upto: version, syncing: false }),
+            sync: Mutex::new(SyncState { synced_upto: version, syncing: false, failed: None }),
             synced: Condvar::new(),
-        })
+        });
+        if let Durability::Periodic(every) = durability {
+            persist_every(Arc::downgrade(&store), every);
+        }
+        store
     }
 
     /// Registers the current version as live and opens an engine snapshot at it.
@@ -94,11 +105,30 @@ impl<E: Engine> Store<E> {
         (Registration { store: Arc::clone(self), version }, snapshot)
     }
 
-    /// Validates, applies and makes durable; returns the commit version.
+    /// Validates, applies and makes durable as the store's durability says; returns the
+    /// commit version.
     pub(crate) fn commit(&self, reg: Registration<E>, req: CommitRequest) -> Result<u64, KvError> {
+        if let Some(why) = &relock(&self.sync).failed {
+            return Err(KvError::Storage(format!("an earlier background persist failed: {why}")));
+        }
         let version = self.apply_serialized(reg, req)?;
-        self.wait_durable(version)?;
+        match self.durability {
+            Durability::Sync => self.wait_durable(version)?,
+            Durability::Periodic(_) => self.engine.hand_to_os()?,
+        }
         Ok(version)
+    }
+
+    /// The background persist of periodic durability: returns false once it has failed.
+    fn persist_in_background(&self) -> bool {
+        let version = relock(&self.live).version;
+        match self.wait_durable(version) {
+            Ok(()) => true,
+            Err(e) => {
+                relock(&self.sync).failed = Some(e.to_string());
+                false
+            }
+        }
     }
 
     fn apply_serialized(&self, reg: Registration<E>, req: CommitRequest) -> Result<u64, KvError> {
@@ -178,17 +208,43 @@ impl<E: Engine> Store<E> {
     }
 }
 
+impl<E: Engine> Drop for Store<E> {
+    /// A store closed in an orderly way leaves nothing for the power to take.
+    fn drop(&mut self) {
+        if matches!(self.durability, Durability::Periodic(_)) {
+            if let Err(e) = self.engine.persist() {
+                tracing::error!(error = %e, "kv persist at close failed");
+            }
+        }
+    }
+}
+
+/// Persists the store every `every` until it is dropped or a persist fails.
+fn persist_every<E: Engine>(store: Weak<Store<E>>, every: Duration) {
+    let spawned = std::thread::Builder::new().name("kv-persist".into()).spawn(move || loop {
+        std::thread::sleep(every);
+        let Some(store) = store.upgrade() else { return };
+        if !store.persist_in_background() {
+            return;
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the kv's periodic persist");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::mem::MemEngine;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::time::Duration;
 
     /// A memory engine whose persist is slow and counted.
     struct SlowPersist {
         inner: MemEngine,
         persists: AtomicUsize,
+        fail: AtomicBool,
     }
 
     impl Engine for SlowPersist {
@@ -202,6 +258,12 @@ mod tests {
         fn persist(&self) -> Result<(), KvError> {
             self.persists.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(5));
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(KvError::Storage("disk gone".into()));
+            }
+            Ok(())
+        }
+        fn hand_to_os(&self) -> Result<(), KvError> {
             Ok(())
         }
     }
@@ -214,8 +276,7 @@ mod tests {
 
     #[test]
     fn concurrent_committers_share_persists() {
-        let engine = SlowPersist { inner: MemEngine::default(), persists: AtomicUsize::new(0) };
-        let store = Store::new(engine, 0, crate::history::DEFAULT_CAP);
+        let store = Store::new(slow_persist(), 0, crate::history::DEFAULT_CAP, Durability::Sync);
         let threads: Vec<_> = (0..8u8)
             .map(|t| {
                 let store = Arc::clone(&store);
@@ -235,9 +296,43 @@ mod tests {
         assert_eq!(relock(&store.sync).synced_upto, 160);
     }
 
+    fn slow_persist() -> SlowPersist {
+        SlowPersist { inner: MemEngine::default(), persists: AtomicUsize::new(0), fail: AtomicBool::new(false) }
+    }
+
+    #[test]
+    fn periodic_commits_do_not_wait_and_are_persisted_in_the_background() {
+        let store = Store::new(slow_persist(), 0, crate::history::DEFAULT_CAP, Durability::Periodic(Duration::from_millis(20)));
+        for i in 0..50u8 {
+            let (reg, _snap) = store.begin();
+            store.commit(reg, blind_write(&[i])).unwrap();
+        }
+        assert_eq!(relock(&store.sync).synced_upto, 0, "no commit waited for a persist");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while relock(&store.sync).synced_upto < 50 {
+            assert!(std::time::Instant::now() < deadline, "the background persist never covered the commits");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+
+        // A failed background persist refuses every later commit.
+        store.engine.fail.store(true, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (reg, _snap) = store.begin();
+            match store.commit(reg, blind_write(b"late")) {
+                Err(KvError::Storage(msg)) => {
+                    assert!(msg.contains("disk gone"), "{msg}");
+                    break;
+                }
+                other => assert!(other.is_ok() && std::time::Instant::now() < deadline, "{other:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn history_stays_small_without_live_snapshots() {
-        let store = Store::new(MemEngine::default(), 0, crate::history::DEFAULT_CAP);
+        let store = Store::new(MemEngine::default(), 0, crate::history::DEFAULT_CAP, Durability::Sync);
         for i in 0..2000u32 {
             let (reg, _snap) = store.begin();
             store.commit(reg, blind_write(&i.to_be_bytes())).unwrap();
@@ -247,7 +342,7 @@ mod tests {
 
     #[test]
     fn history_over_cap_makes_old_readers_too_old() {
-        let store = Store::new(MemEngine::default(), 0, 10);
+        let store = Store::new(MemEngine::default(), 0, 10, Durability::Sync);
         let (old, _old_snap) = store.begin();
         for i in 0..100u32 {
             let (reg, _snap) = store.begin();

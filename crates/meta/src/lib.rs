@@ -21,6 +21,6 @@ pub mod store;
 
 pub use chains::{ChainSource, FixedChains, RoutingChains, Space};
 pub use error::MetaError;
-pub use server::{run_meta, MetaConfig};
+pub use server::{run_meta, MetaConfig, MetaDurability};
 pub use service::MetaService;
 pub use store::{check_name, now_ns, MetaStore, Perm, SetAttrs, StoreConfig};

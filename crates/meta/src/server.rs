@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ember_kv::{FjallKv, TxnKv};
+use ember_kv::{Durability, FjallKv, TxnKv};
 use ember_net::routing::RoutingWatcher;
 use ember_net::{FrameLimits, PeerPool};
 use ember_proto::mgmtd::{HeartbeatReq, RegisterNodeReq};
@@ -47,6 +47,31 @@ pub struct MetaConfig {
     /// Chains per new file (capped by the chains that exist).
     pub stripe: u32,
     pub gc_interval_ms: u64,
+    /// When a metadata change is acknowledged: `sync`, once it is on disk (the default), or
+    /// `periodic`, once it is in the operating system, on disk within a second (a power loss
+    /// may take the last second of changes; a crash of the process takes nothing).
+    pub durability: MetaDurability,
+}
+
+/// See [`MetaConfig::durability`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MetaDurability {
+    #[default]
+    Sync,
+    Periodic,
+}
+
+/// How often `periodic` durability puts the KV on disk.
+const PERIODIC_PERSIST: Duration = Duration::from_secs(1);
+
+impl MetaDurability {
+    fn kv(self) -> Durability {
+        match self {
+            MetaDurability::Sync => Durability::Sync,
+            MetaDurability::Periodic => Durability::Periodic(PERIODIC_PERSIST),
+        }
+    }
 }
 
 impl Default for MetaConfig {
@@ -61,6 +86,7 @@ impl Default for MetaConfig {
             chunk_size: store.chunk_size,
             stripe: store.stripe,
             gc_interval_ms: 1000,
+            durability: MetaDurability::Sync,
         }
     }
 }
@@ -75,7 +101,8 @@ pub async fn run_meta(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), MetaError> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let kv: Arc<dyn TxnKv> = Arc::new(FjallKv::open(&config.data_dir.join("kv"))?);
+    let kv: Arc<dyn TxnKv> = Arc::new(FjallKv::open_with(&config.data_dir.join("kv"), config.durability.kv())?);
+    tracing::info!(durability = ?config.durability, "metadata KV open");
     let routing = RoutingWatcher::new(&config.mgmtd);
     let store_config = StoreConfig {
         chunk_size: config.chunk_size,

@@ -195,6 +195,8 @@ pub struct Spec {
     pub replicas: usize,
     /// Store-and-forward replication (the 3FS baseline) instead of fan-out.
     pub chain_mode: bool,
+    /// Metadata acknowledged once in the OS (`--meta-durability periodic`) instead of on disk.
+    pub periodic_meta: bool,
 }
 
 /// mgmtd, one meta server and `storage_nodes` storage nodes.
@@ -219,7 +221,7 @@ pub fn storage_role(i: usize) -> String {
 impl Cluster {
     /// One storage node with `targets` single-target chains.
     pub fn start(bin: &Path, targets: usize) -> Cluster {
-        Cluster::start_spec(bin, Spec { storage_nodes: 1, targets, replicas: 1, chain_mode: false })
+        Cluster::start_spec(bin, Spec { storage_nodes: 1, targets, replicas: 1, chain_mode: false, periodic_meta: false })
     }
 
     pub fn start_spec(bin: &Path, spec: Spec) -> Cluster {
@@ -243,7 +245,11 @@ impl Cluster {
         let service_args = |role: &str| {
             vec!["--data".into(), data(role), "--listen".into(), any.clone(), "--metrics-listen".into(), any.clone(), "--mgmtd".into(), mgmtd_addr.clone()]
         };
-        let mut meta = Proc::spawn(bin, "meta", service_args("meta"), logs.join("meta.log"));
+        let mut meta_args = service_args("meta");
+        if spec.periodic_meta {
+            meta_args.extend(["--meta-durability".into(), "periodic".into()]);
+        }
+        let mut meta = Proc::spawn(bin, "meta", meta_args, logs.join("meta.log"));
         let mut storage = Vec::new();
         for n in 0..spec.storage_nodes {
             let role = storage_role(n);
