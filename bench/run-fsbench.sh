@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Runs the shared fsbench kit against an Ember mount and the FUSE passthrough floor (and any
+# Runs the shared fsbench kit against Ember mounts and the FUSE passthrough floor (and any
 # other mounted peers named in PEERS), interleaved round by round in one time window, then
-# prints the median table. Everything stays on loopback; the Ember cluster is started here
-# with `ember up` (release build) and stopped at the end.
+# prints the median table. Everything stays on loopback; one Ember cluster per metadata
+# durability mode is started here with `ember up` (release build) and stopped at the end.
 #
 #   usage: sudo bench/run-fsbench.sh [ROUNDS]        (default 2)
-#   env:   PHASES   fsbench phases            (default "meta tree append")
-#          PEERS    peer names under /mnt/peers to include (default "passthrough")
-#          OUT      results directory         (default bench/results/<timestamp>)
+#   env:   PHASES      fsbench phases            (default "meta tree append")
+#          PEERS       peer names under /mnt/peers to include (default "passthrough")
+#          DURABILITY  Ember metadata durability modes, one cluster each (default "sync periodic");
+#                      labelled ember-sync, ember-periodic
+#          OUT         results directory         (default bench/results/<timestamp>)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-2}
@@ -26,22 +28,29 @@ for p in $peers; do
 	mountpoint -q "/mnt/peers/$p" || bash "$kit/start-peers.sh" start "$p" >&2
 done
 
+modes=${DURABILITY:-sync periodic}
 rm -rf "$data"
-mkdir -p "$data" "$mnt"
-./target/release/ember up --any-port --data "$data/cluster" --mount "$mnt" >"$data/up.log" 2>&1 &
-up_pid=$!
+up_pids=()
 stop_ember() {
-	kill -TERM "$up_pid" 2>/dev/null || true
-	wait "$up_pid" 2>/dev/null || true
+	for pid in "${up_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+	for pid in "${up_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
 }
 trap stop_ember EXIT
-for _ in $(seq 1 600); do mountpoint -q "$mnt" && break; sleep 0.1; done
-mountpoint -q "$mnt" || { echo "ember did not mount; see $data/up.log" >&2; exit 1; }
+for m in $modes; do
+	mkdir -p "$data/$m" "$mnt-$m"
+	./target/release/ember up --any-port --meta-durability "$m" --data "$data/$m/cluster" --mount "$mnt-$m" \
+		>"$data/$m/up.log" 2>&1 &
+	up_pids+=($!)
+done
+for m in $modes; do
+	for _ in $(seq 1 600); do mountpoint -q "$mnt-$m" && break; sleep 0.1; done
+	mountpoint -q "$mnt-$m" || { echo "ember ($m) did not mount; see $data/$m/up.log" >&2; exit 1; }
+done
 
 echo "uptime before: $(uptime)" | tee "$out/uptime.txt" >&2
 targets=()
 for p in $peers; do targets+=("$p=/mnt/peers/$p"); done
-targets+=("ember=$mnt")
+for m in $modes; do targets+=("ember-$m=$mnt-$m"); done
 for r in $(seq 1 "$rounds"); do
 	order=("${targets[@]}")
 	# Alternate the order every round so neither side always runs on a warmer machine.

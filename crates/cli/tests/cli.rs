@@ -107,6 +107,9 @@ fn up_serves_stops_cleanly_and_comes_back_with_the_same_files() {
     let up = Up::start(&data, &mnt);
     std::fs::create_dir(mnt.join("kept")).unwrap();
     std::fs::write(mnt.join("kept/file"), b"across restarts").unwrap();
+    // Past the inline limit, so storage serves it.
+    let big = ember_testkit::random_bytes(5, 100_000);
+    std::fs::write(mnt.join("kept/big"), &big).unwrap();
 
     let addr = std::fs::read_to_string(data.join("mgmtd/mgmtd.addr")).unwrap();
     let out = ember().args(["admin", "status", "--json", "--mgmtd", addr.trim()]).output().unwrap();
@@ -129,6 +132,7 @@ fn up_serves_stops_cleanly_and_comes_back_with_the_same_files() {
 
     let up = Up::start(&data, &mnt);
     assert_eq!(std::fs::read(mnt.join("kept/file")).unwrap(), b"across restarts");
+    assert!(std::fs::read(mnt.join("kept/big")).unwrap() == big);
     assert!(up.stop().success());
 }
 

@@ -126,7 +126,7 @@ fn writes_wait_for_a_storage_node_that_is_down_longer_than_its_lease() {
     let writer = std::thread::spawn(move || fs::write(path, &data));
     std::thread::sleep(std::time::Duration::from_millis(500));
     cluster.restart_storage(0);
-    writer.join().unwrap().unwrap_or_else(|e| panic!("write across the outage failed: {e}\n{}", cluster.logs()));
+    writer.join().unwrap().unwrap_or_else(|e| panic!("write across the outage failed: {e}\n{}\n--- mount\n{}", cluster.logs(), mount.proc.log_tail()));
 
     assert!(fs::read(mount.join("before")).unwrap() == before);
     assert!(fs::read(mount.join("during")).unwrap() == during);

@@ -2,14 +2,14 @@
 //! a replica lost, the primary lost, every node restarted in turn, all while a writer runs.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ember_testkit::{fuse_available, random_bytes, storage_role, Cluster, Slots, Spec};
+use ember_testkit::{fuse_available, random_bytes, Cluster, Slots, Spec};
 
 static SLOTS: Slots = Slots::new(1);
 /// The longest a write may wait through one failure. Measured here: about 0.8 s for a lost
@@ -48,22 +48,10 @@ fn primary_node(cluster: &Cluster) -> usize {
 
 /// Bytes all storage nodes copied to members they synced, from their /metrics.
 fn synced_bytes(cluster: &Cluster) -> u64 {
-    (0..NODES).map(|n| metric(cluster, n, "ember_storage_sync_bytes_total")).sum()
+    (0..NODES).map(|n| cluster.storage_metric(n, "ember_storage_sync_bytes_total")).sum()
 }
 
 /// One sample (name with its labels) from a storage node's /metrics; 0 when absent.
-fn metric(cluster: &Cluster, node: usize, sample: &str) -> u64 {
-    let addr = fs::read_to_string(cluster.dir.path().join(storage_role(node)).join("metrics.addr")).unwrap();
-    let Ok(mut s) = std::net::TcpStream::connect(addr.trim()) else { return 0 };
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0)
-}
-
 /// Files whose write returned, with their contents.
 type Acked = Vec<(PathBuf, Vec<u8>)>;
 
@@ -280,7 +268,7 @@ fn a_returning_replica_copies_only_the_blocks_it_missed() {
     assert!(copied <= pieces * 4096, "copied {copied} bytes for {pieces} changed 4 KiB blocks");
     // The primary knew which chunks the replica missed: no full comparison of chunk lists.
     let primary = primary_node(&cluster);
-    assert!(metric(&cluster, primary, "ember_storage_syncs_total{path=\"log\"}") >= 1, "the catch-up compared full listings\n{}", cluster.logs());
+    assert!(cluster.storage_metric(primary, "ember_storage_syncs_total{path=\"log\"}") >= 1, "the catch-up compared full listings\n{}", cluster.logs());
     assert!(fs::read(mount.join("base")).unwrap() == expect);
 }
 
@@ -313,7 +301,7 @@ fn reads_spread_over_every_serving_replica_and_see_every_acknowledged_write() {
     assert!(fs::read(mount.join("spread")).unwrap() == expect);
     let primary = primary_node(&cluster);
     for n in (0..NODES).filter(|n| *n != primary) {
-        let served = metric(&cluster, n, "ember_storage_reads_total{role=\"replica\"}");
+        let served = cluster.storage_metric(n, "ember_storage_reads_total{role=\"replica\"}");
         assert!(served > 0, "replica on node {n} served no reads\n{}", cluster.logs());
     }
 }

@@ -1,6 +1,8 @@
 //! The file system as the kernel sees it, minus the kernel: inodes, open handles, write
 //! buffers and directory listings on top of `EmberClient`.
 
+mod inline;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,6 +12,8 @@ use bytes::Bytes;
 use ember_client::{EmberClient, Retry};
 use ember_proto::meta::*;
 use ember_types::{FileType, InodeId, Layout, Status, StatusCode};
+
+use inline::InlineFile;
 
 #[derive(Clone, Debug)]
 pub struct VfsConfig {
@@ -45,6 +49,8 @@ struct InodeState {
     /// A failed background flush, reported by the next flush/fsync/close.
     error: Option<Status>,
     open_handles: usize,
+    /// The bytes of an inline file; `None` for a chunked one.
+    inline: Option<InlineFile>,
 }
 
 struct Handle {
@@ -172,15 +178,26 @@ impl Vfs {
         atime_ns: Option<i64>,
         mtime_ns: Option<i64>,
     ) -> Result<Attr, Status> {
-        if let Some(new_size) = size {
-            self.truncate(inode, new_size).await?;
-        }
-        let r = SetAttrReq { inode, mode, uid, gid, size, atime_ns, mtime_ns };
-        let attr = attr_of(self.client.meta(&r, Retry::Idempotent).await?)?;
+        let mut attempts = 0;
+        let resp = loop {
+            let size_inline = match size {
+                Some(new_size) => self.truncate(inode, new_size).await?,
+                None => false,
+            };
+            let r = SetAttrReq { inode, mode, uid, gid, size, atime_ns, mtime_ns, size_inline };
+            match self.client.meta(&r, Retry::Idempotent).await {
+                // Another client moved the file to chunks meanwhile: cut the chunks instead.
+                Err(e) if e.code == StatusCode::InlineMoved && attempts < 3 => attempts += 1,
+                other => break other?,
+            }
+        };
+        let attr = attr_of(resp)?;
         Ok(self.local_view(attr).await)
     }
 
-    async fn truncate(&self, inode: u64, new_size: u64) -> Result<(), Status> {
+    /// Cuts or extends a file's data; returns whether it did so on the file's inline bytes
+    /// (meta then resizes them), not on chunks.
+    async fn truncate(&self, inode: u64, new_size: u64) -> Result<bool, Status> {
         let state = lock(&self.inodes).get(&inode).cloned();
         let mut guard = match &state {
             Some(s) => Some(s.lock().await),
@@ -188,6 +205,9 @@ impl Vfs {
         };
         let attr = attr_of(self.client.meta(&GetAttrReq { inode }, Retry::Idempotent).await?)?;
         let layout = layout_of(&attr)?.ok_or_else(|| Status::new(StatusCode::IsDirectory, "only files can be truncated"))?;
+        if attr.inline_limit > 0 && self.truncate_inline(InodeId(inode), &layout, &attr, new_size, guard.as_deref_mut()).await? {
+            return Ok(true);
+        }
         let mut known = attr.size;
         if let Some(st) = guard.as_deref_mut() {
             self.flush_buffer(InodeId(inode), &layout, st).await?;
@@ -199,7 +219,37 @@ impl Vfs {
             st.size = new_size;
             st.unreported_end = None;
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// Truncate of a file meta reported inline: resizes the bytes held here if the new size
+    /// fits (true), else moves the file to chunks first (false: cut the chunks next).
+    async fn truncate_inline(
+        &self,
+        inode: InodeId,
+        layout: &Layout,
+        attr: &Attr,
+        new_size: u64,
+        st: Option<&mut InodeState>,
+    ) -> Result<bool, Status> {
+        let mut blank = InodeState::default();
+        let st = st.unwrap_or(&mut blank);
+        if st.inline.is_none() && st.open_handles == 0 {
+            st.inline = Some(InlineFile::new(Vec::new(), attr.inline_limit));
+        }
+        if st.inline.as_ref().is_some_and(|f| f.spill_due) {
+            self.flush_buffer(inode, layout, st).await?;
+            return Ok(false);
+        }
+        self.flush_inline(inode, layout, st).await?;
+        let Some(file) = st.inline.as_mut() else { return Ok(false) };
+        if new_size <= file.limit {
+            file.data.resize(new_size as usize, 0);
+            st.size = new_size;
+            return Ok(true);
+        }
+        self.spill(inode, layout, st).await?;
+        Ok(false)
     }
 
     /// Creates and opens a regular file.
@@ -209,7 +259,7 @@ impl Vfs {
         let retry = if exclusive { Retry::OnlyIfNotSent } else { Retry::Idempotent };
         let resp = self.client.meta(&r, retry).await?;
         let attr = resp.attr.ok_or_else(|| Status::internal("create replied without attributes"))?;
-        let fh = self.register_handle(&attr, resp.session_id).await?;
+        let fh = self.register_handle(&attr, resp.session_id, resp.inline_data).await?;
         Ok((self.local_view(attr).await, fh))
     }
 
@@ -218,16 +268,17 @@ impl Vfs {
         let r = OpenReq { inode, client_id: self.client.client_id(), write: writable };
         let resp = self.client.meta(&r, Retry::Idempotent).await?;
         let attr = resp.attr.ok_or_else(|| Status::internal("open replied without attributes"))?;
-        self.register_handle(&attr, resp.session_id).await
+        self.register_handle(&attr, resp.session_id, resp.inline_data).await
     }
 
-    async fn register_handle(&self, attr: &Attr, session_id: u64) -> Result<u64, Status> {
+    async fn register_handle(&self, attr: &Attr, session_id: u64, inline: Option<Vec<u8>>) -> Result<u64, Status> {
         let layout = layout_of(attr)?;
         let state = lock(&self.inodes).entry(attr.inode).or_default().clone();
         {
             let mut st = state.lock().await;
             if st.open_handles == 0 {
                 st.size = attr.size;
+                st.inline = inline.map(|data| InlineFile::new(data, attr.inline_limit));
             }
             st.open_handles += 1;
         }
@@ -242,6 +293,9 @@ impl Vfs {
         let layout = h.layout.as_ref().ok_or_else(|| Status::new(StatusCode::IsDirectory, "not a file"))?;
         let file_size = {
             let mut st = h.state.lock().await;
+            if let Some(bytes) = st.inline.as_ref().and_then(|f| f.read(offset, size as usize)) {
+                return Ok(bytes);
+            }
             // Read-after-write within this client: what is buffered must be readable.
             self.flush_buffer(h.inode, layout, &mut st).await?;
             st.size
@@ -259,6 +313,10 @@ impl Vfs {
         let mut st = h.state.lock().await;
         if let Some(e) = st.error.take() {
             return Err(e);
+        }
+        if st.inline.as_mut().is_some_and(|file| file.write(offset, data)) {
+            st.size = st.size.max(offset + data.len() as u64);
+            return Ok(data.len() as u32);
         }
         let contiguous = !st.buffer.is_empty() && st.buffer_offset + st.buffer.len() as u64 == offset;
         if !contiguous || st.buffer.len() + data.len() > self.config.write_buffer {
@@ -281,6 +339,9 @@ impl Vfs {
         if st.buffer.is_empty() {
             return Ok(());
         }
+        if st.inline.as_ref().is_some_and(|f| f.spill_due) {
+            self.spill(inode, layout, st).await?;
+        }
         let data = Bytes::from(std::mem::take(&mut st.buffer));
         if let Err(e) = self.client.write(inode, layout, st.buffer_offset, data).await {
             st.error = Some(e.clone());
@@ -298,6 +359,7 @@ impl Vfs {
         if let Some(e) = st.error.take() {
             return Err(e);
         }
+        self.flush_inline(h.inode, layout, &mut st).await?;
         self.flush_buffer(h.inode, layout, &mut st).await?;
         if let Some(end) = st.unreported_end {
             let r = SyncReq { inode: h.inode.0, written_end: end, mtime_ns: Some(now_ns()) };

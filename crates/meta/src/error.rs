@@ -29,6 +29,12 @@ pub enum MetaError {
     Unsupported(String),
     #[error("unavailable: {0}")]
     Unavailable(String),
+    #[error("busy: {0}")]
+    Busy(String),
+    #[error("moved to chunks: {0}")]
+    InlineMoved(String),
+    #[error("spill lost its reservation: {0}")]
+    SpillLost(String),
     #[error("kv: {0}")]
     Kv(#[from] KvError),
     #[error("corrupt metadata: {0}")]
@@ -56,6 +62,9 @@ impl MetaError {
             MetaError::InvalidArgument(_) => StatusCode::InvalidArgument,
             MetaError::Unsupported(_) => StatusCode::Unsupported,
             MetaError::Unavailable(_) => StatusCode::Unavailable,
+            MetaError::Busy(_) => StatusCode::Busy,
+            MetaError::InlineMoved(_) => StatusCode::InlineMoved,
+            MetaError::SpillLost(_) => StatusCode::SpillLost,
             MetaError::Kv(e) if e.is_retryable() => StatusCode::TxnConflict,
             MetaError::Kv(_) => StatusCode::KvError,
             MetaError::Corrupt(_) | MetaError::Internal(_) | MetaError::Io(_) => {

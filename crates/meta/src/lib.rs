@@ -23,4 +23,4 @@ pub use chains::{ChainSource, FixedChains, RoutingChains, Space};
 pub use error::MetaError;
 pub use server::{run_meta, MetaConfig, MetaDurability};
 pub use service::MetaService;
-pub use store::{check_name, now_ns, MetaStore, Perm, SetAttrs, StoreConfig};
+pub use store::{check_name, now_ns, InlineReply, MetaStore, Opened, Perm, SetAttrs, StoreConfig, SPILL_HOLD};

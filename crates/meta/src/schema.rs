@@ -10,6 +10,7 @@
 //! | `DATR` id `n` | i64 LE: number of subdirectories (commutative add) |
 //! | `DATR` id `m` / `c` | u64 LE: directory mtime / ctime in ns (commutative max) |
 //! | `INOS` id session (8 B big-endian) | [`SessionRecord`] |
+//! | `INLN` id | [`InlineRecord`]: the bytes of an inline file (absent = empty) |
 //! | `GCQ_` id | [`GcRecord`]: unlinked file waiting for chunk removal |
 //! | `SING` `ino` shard | u64 LE: inode-id block counter of one shard |
 //! | `SING` `inodes` | i64 LE: number of inodes (commutative add) |
@@ -26,6 +27,7 @@ pub const DENTRY_PREFIX: &[u8; 4] = b"DENT";
 pub const DIR_ATTR_PREFIX: &[u8; 4] = b"DATR";
 pub const SESSION_PREFIX: &[u8; 4] = b"INOS";
 pub const GC_PREFIX: &[u8; 4] = b"GCQ_";
+pub const INLINE_PREFIX: &[u8; 4] = b"INLN";
 pub const SINGLETON_PREFIX: &[u8; 4] = b"SING";
 
 /// Longest file name (NAME_MAX).
@@ -84,6 +86,10 @@ pub fn session_key(ino: InodeId, session: u64) -> Vec<u8> {
 
 pub fn session_prefix(ino: InodeId) -> Vec<u8> {
     key(SESSION_PREFIX, ino, &[])
+}
+
+pub fn inline_key(ino: InodeId) -> Vec<u8> {
+    key(INLINE_PREFIX, ino, &[])
 }
 
 pub fn gc_key(ino: InodeId) -> Vec<u8> {
@@ -202,6 +208,10 @@ pub struct InodeRecord {
     /// Directories: own name in the parent.
     #[prost(bytes = "vec", tag = "13")]
     pub name: Vec<u8>,
+    /// Files: non-zero while the file is inline (its bytes in `INLN`, `size` their length),
+    /// the length up to which it may grow there. Set at create; 0 once moved to chunks.
+    #[prost(uint32, tag = "14")]
+    pub inline_limit: u32,
 }
 
 impl InodeRecord {
@@ -240,6 +250,19 @@ pub struct SessionRecord {
     pub write: bool,
     #[prost(int64, tag = "3")]
     pub opened_ns: i64,
+}
+
+/// The bytes of an inline file, and who is moving them to chunks.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InlineRecord {
+    #[prost(bytes = "vec", tag = "1")]
+    pub data: Vec<u8>,
+    /// Non-zero while a client moves the file to chunks (`SpillInline`).
+    #[prost(uint64, tag = "2")]
+    pub spill_token: u64,
+    /// Wall-clock end of that client's hold, in ns.
+    #[prost(int64, tag = "3")]
+    pub spill_deadline_ns: i64,
 }
 
 /// An unlinked file whose chunks still have to be removed.

@@ -47,6 +47,9 @@ pub struct MetaConfig {
     /// Chains per new file (capped by the chains that exist).
     pub stripe: u32,
     pub gc_interval_ms: u64,
+    /// New files keep their bytes in the KV, with no storage request, until they grow past
+    /// this length (0 turns it off; at most 65536).
+    pub inline_max_bytes: u32,
     /// When a metadata change is acknowledged: `sync`, once it is on disk (the default), or
     /// `periodic`, once it is in the operating system, on disk within a second (a power loss
     /// may take the last second of changes; a crash of the process takes nothing).
@@ -86,6 +89,7 @@ impl Default for MetaConfig {
             chunk_size: store.chunk_size,
             stripe: store.stripe,
             gc_interval_ms: 1000,
+            inline_max_bytes: store.inline_max,
             durability: MetaDurability::Sync,
         }
     }
@@ -107,6 +111,7 @@ pub async fn run_meta(
     let store_config = StoreConfig {
         chunk_size: config.chunk_size,
         stripe: config.stripe,
+        inline_max: config.inline_max_bytes,
     };
     let store = Arc::new(MetaStore::new(
         kv,

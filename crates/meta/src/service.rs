@@ -10,7 +10,7 @@ use ember_proto::Method;
 use ember_types::{InodeId, Status, StatusCode};
 
 use crate::store::{Perm, SetAttrs};
-use crate::{MetaError, MetaStore};
+use crate::{InlineReply, MetaError, MetaStore, Opened};
 
 pub struct MetaService {
     /// `None` after `close`: connection tasks outlive the listener, and must not keep the KV
@@ -56,10 +56,21 @@ fn attr(a: Attr) -> AttrResp {
     AttrResp { attr: Some(a) }
 }
 
-fn opened((a, session_id): (Attr, u64)) -> OpenResp {
-    OpenResp {
-        attr: Some(a),
-        session_id,
+fn opened(o: Opened) -> OpenResp {
+    OpenResp { attr: Some(o.attr), session_id: o.session, inline_data: o.inline }
+}
+
+fn inline_write(r: InlineReply) -> WriteInlineResp {
+    match r {
+        InlineReply::Done { attr, data } => WriteInlineResp { outcome: InlineOutcome::Done.into(), attr: Some(attr), data },
+        InlineReply::Refused(why) => WriteInlineResp { outcome: why.into(), ..Default::default() },
+    }
+}
+
+fn inline_spill(r: InlineReply) -> SpillInlineResp {
+    match r {
+        InlineReply::Done { attr, data } => SpillInlineResp { outcome: InlineOutcome::Done.into(), attr: Some(attr), data },
+        InlineReply::Refused(why) => SpillInlineResp { outcome: why.into(), ..Default::default() },
     }
 }
 
@@ -144,6 +155,12 @@ impl Service for MetaService {
                     .map(|(entries, more)| ReadDirResp { entries, more })
             }),
             Method::MetaStatFs => unary(s, body, |s, _: StatFsReq| s.statfs()),
+            Method::MetaWriteInline => unary(s, body, |s, r: WriteInlineReq| {
+                s.write_inline(InodeId(r.inode), &r.writes, r.mtime_ns).map(inline_write)
+            }),
+            Method::MetaSpillInline => unary(s, body, |s, r: SpillInlineReq| {
+                s.spill_inline(InodeId(r.inode), r.token, r.finish, r.size).map(inline_spill)
+            }),
             other => {
                 let st = Status::new(
                     StatusCode::UnknownMethod,
@@ -163,5 +180,6 @@ fn set_attrs(r: &SetAttrReq) -> SetAttrs {
         size: r.size,
         atime_ns: r.atime_ns,
         mtime_ns: r.mtime_ns,
+        size_inline: r.size_inline,
     }
 }

@@ -42,6 +42,8 @@ pub enum Method {
     MetaSetAttr = 0x020e,
     MetaReadDir = 0x020f,
     MetaStatFs = 0x0210,
+    MetaWriteInline = 0x0211,
+    MetaSpillInline = 0x0212,
 
     StorageWrite = 0x0301,
     StorageBatchRead = 0x0302,
@@ -58,7 +60,7 @@ pub enum Method {
 }
 
 impl Method {
-    const ALL: [Method; 35] = [
+    const ALL: [Method; 37] = [
         Method::MgmtdRegisterNode,
         Method::MgmtdHeartbeat,
         Method::MgmtdGetRouting,
@@ -82,6 +84,8 @@ impl Method {
         Method::MetaSetAttr,
         Method::MetaReadDir,
         Method::MetaStatFs,
+        Method::MetaWriteInline,
+        Method::MetaSpillInline,
         Method::StorageWrite,
         Method::StorageBatchRead,
         Method::StorageTruncate,
@@ -126,6 +130,8 @@ impl Method {
             Method::MetaSetAttr => "meta.setattr",
             Method::MetaReadDir => "meta.readdir",
             Method::MetaStatFs => "meta.statfs",
+            Method::MetaWriteInline => "meta.write_inline",
+            Method::MetaSpillInline => "meta.spill_inline",
             Method::StorageWrite => "storage.write",
             Method::StorageBatchRead => "storage.batch_read",
             Method::StorageTruncate => "storage.truncate",

@@ -38,6 +38,10 @@ pub struct Attr {
     /// Present for regular files.
     #[prost(message, optional, tag = "11")]
     pub layout: Option<LayoutMsg>,
+    /// Non-zero for an inline file (its bytes live in meta, not on storage): the length up to
+    /// which it may grow before it has to move to chunks.
+    #[prost(uint32, tag = "12")]
+    pub inline_limit: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -100,6 +104,9 @@ pub struct OpenResp {
     /// Identifies this open handle until close; its chunks are kept while it exists.
     #[prost(uint64, tag = "2")]
     pub session_id: u64,
+    /// The whole content of an inline file, so that reading it needs no further request.
+    #[prost(bytes = "vec", optional, tag = "3")]
+    pub inline_data: Option<Vec<u8>>,
 }
 
 impl Rpc for CreateReq {
@@ -292,6 +299,10 @@ pub struct SetAttrReq {
     pub atime_ns: Option<i64>,
     #[prost(int64, optional, tag = "7")]
     pub mtime_ns: Option<i64>,
+    /// With `size`: the client resized an inline file's bytes, not chunks; refused with
+    /// `InlineMoved` if the file has moved to chunks meanwhile.
+    #[prost(bool, tag = "8")]
+    pub size_inline: bool,
 }
 
 impl Rpc for SetAttrReq {
@@ -351,4 +362,84 @@ pub struct StatFsResp {
 impl Rpc for StatFsReq {
     const METHOD: Method = Method::MetaStatFs;
     type Response = StatFsResp;
+}
+
+/// What became of a request on an inline file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum InlineOutcome {
+    /// Done (`WriteInline`: applied; `SpillInline`: the spill started or finished).
+    Done = 0,
+    /// The writes would take the file past its inline limit: spill it first.
+    TooLarge = 1,
+    /// The file is not (or no longer) inline: write its chunks instead.
+    NotInline = 2,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InlineWrite {
+    #[prost(uint64, tag = "1")]
+    pub offset: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub data: Vec<u8>,
+}
+
+/// Applies a client's writes, in order, to an inline file in one transaction.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WriteInlineReq {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub writes: Vec<InlineWrite>,
+    #[prost(int64, optional, tag = "3")]
+    pub mtime_ns: Option<i64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WriteInlineResp {
+    #[prost(enumeration = "InlineOutcome", tag = "1")]
+    pub outcome: i32,
+    #[prost(message, optional, tag = "2")]
+    pub attr: Option<Attr>,
+    /// The content after the writes (`Done`).
+    #[prost(bytes = "vec", tag = "3")]
+    pub data: Vec<u8>,
+}
+
+impl Rpc for WriteInlineReq {
+    const METHOD: Method = Method::MetaWriteInline;
+    type Response = WriteInlineResp;
+}
+
+/// Moves an inline file to chunks, in two steps under a token the client picks (non-zero).
+/// The start reserves the file for that token for a limited time (other clients' inline
+/// changes get `Busy` meanwhile) and returns the content; the client writes it, with its own
+/// pending writes applied, to the file's chunks. The finish (same token, the final `size`)
+/// makes the file a chunked one of that length. Both steps can be retried.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SpillInlineReq {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+    #[prost(uint64, tag = "2")]
+    pub token: u64,
+    #[prost(bool, tag = "3")]
+    pub finish: bool,
+    #[prost(uint64, tag = "4")]
+    pub size: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SpillInlineResp {
+    #[prost(enumeration = "InlineOutcome", tag = "1")]
+    pub outcome: i32,
+    /// The content when the spill starts.
+    #[prost(bytes = "vec", tag = "2")]
+    pub data: Vec<u8>,
+    #[prost(message, optional, tag = "3")]
+    pub attr: Option<Attr>,
+}
+
+impl Rpc for SpillInlineReq {
+    const METHOD: Method = Method::MetaSpillInline;
+    type Response = SpillInlineResp;
 }

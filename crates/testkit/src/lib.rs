@@ -313,6 +313,22 @@ impl Cluster {
         wait_addr(&f, &mut self.storage[n]);
     }
 
+    /// The value of one sample (`name{labels}` as printed) on storage node `node`'s
+    /// `/metrics`; 0 if it is absent or the node does not answer.
+    pub fn storage_metric(&self, node: usize, sample: &str) -> u64 {
+        use std::io::{Read, Write};
+        let Ok(addr) = std::fs::read_to_string(self.dir.path().join(storage_role(node)).join("metrics.addr")) else { return 0 };
+        let Ok(mut s) = std::net::TcpStream::connect(addr.trim()) else { return 0 };
+        let mut text = String::new();
+        if s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").and_then(|()| s.read_to_string(&mut text)).is_err() {
+            return 0;
+        }
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    }
+
     pub fn mount(&self) -> Mount {
         let path = self.dir.path().join(format!("mnt-{}", unique()));
         std::fs::create_dir_all(&path).expect("mountpoint");

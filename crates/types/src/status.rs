@@ -34,6 +34,10 @@ pub enum StatusCode {
     TooManyLinks = 408,
     NotSymlink = 409,
     StaleHandle = 410,
+    /// The request was built for an inline file that has since moved to chunks: redo it.
+    InlineMoved = 411,
+    /// A spill of an inline file lost its reservation before it finished: start it again.
+    SpillLost = 412,
     // Storage (5xx)
     NoSpace = 500,
     IoError = 501,
@@ -49,7 +53,7 @@ pub enum StatusCode {
 }
 
 impl StatusCode {
-    const ALL: [StatusCode; 35] = [
+    const ALL: [StatusCode; 37] = [
         StatusCode::Ok,
         StatusCode::Internal,
         StatusCode::InvalidArgument,
@@ -76,6 +80,8 @@ impl StatusCode {
         StatusCode::TooManyLinks,
         StatusCode::NotSymlink,
         StatusCode::StaleHandle,
+        StatusCode::InlineMoved,
+        StatusCode::SpillLost,
         StatusCode::NoSpace,
         StatusCode::IoError,
         StatusCode::CorruptData,

@@ -9,7 +9,7 @@ use ember_types::{ChainId, InodeId, Layout, StatusCode};
 
 use super::*;
 use crate::chains::FixedChains;
-use crate::store::{Perm, StoreConfig};
+use crate::store::{Opened, Perm, StoreConfig};
 
 #[derive(Default)]
 struct FakeRemover {
@@ -59,7 +59,7 @@ fn setup(live: Option<&[u64]>) -> (Arc<MetaStore>, Arc<FakeRemover>, Gc) {
 }
 
 fn create(store: &MetaStore, name: &str, client: u64) -> (InodeId, u64, Vec<ChainId>) {
-    let (a, session) = store
+    let Opened { attr: a, session, .. } = store
         .create(
             InodeId::ROOT,
             name.as_bytes(),

@@ -44,7 +44,7 @@ fn apply_write(
     *rec != before
 }
 
-fn require_file(ino: InodeId, rec: &InodeRecord) -> Result<(), MetaError> {
+pub(super) fn require_file(ino: InodeId, rec: &InodeRecord) -> Result<(), MetaError> {
     match rec.kind()? {
         FileType::File => Ok(()),
         FileType::Directory => Err(MetaError::IsDirectory(ino)),
@@ -63,7 +63,7 @@ impl MetaStore {
         perm: Perm,
         exclusive: bool,
         client_id: u64,
-    ) -> Result<(Attr, u64), MetaError> {
+    ) -> Result<Opened, MetaError> {
         check_name(name)?;
         let session = new_session_id();
         let (mut new_id, mut layout) = (None, None);
@@ -75,13 +75,14 @@ impl MetaStore {
             }
             let ino = once(&mut new_id, || self.ids.allocate())?;
             let layout = once(&mut layout, || self.chains.layout())?;
-            let rec = new_file(&layout, perm, now);
+            let rec = InodeRecord { inline_limit: self.inline_max, ..new_file(&layout, perm, now) };
             t.put_inode(ino, &rec);
             t.put_entry(parent, name, ino, FileType::File);
             t.touch_dir(parent, now);
             t.count_inodes(1);
             put_session(t, ino, session, client_id, true, now);
-            Ok((t.attr(ino, &rec)?, session))
+            let inline = (rec.inline_limit > 0).then(Vec::new);
+            Ok(Opened { attr: t.attr(ino, &rec)?, session, inline })
         })
     }
 
@@ -91,7 +92,7 @@ impl MetaStore {
         ino: InodeId,
         client_id: u64,
         write: bool,
-    ) -> Result<(Attr, u64), MetaError> {
+    ) -> Result<Opened, MetaError> {
         let session = new_session_id();
         self.run(|t| {
             let rec = t.require_inode(ino)?;
@@ -100,7 +101,7 @@ impl MetaStore {
                 return Err(MetaError::NotFound(format!("inode {ino} (being deleted)")));
             }
             put_session(t, ino, session, client_id, write, now_ns());
-            Ok((t.attr(ino, &rec)?, session))
+            opened(t, ino, &rec, session)
         })
     }
 
@@ -146,11 +147,18 @@ impl MetaStore {
     }
 
     /// Changes the given fields and sets ctime. A size sets the length exactly: the client has
-    /// already cut the chunks on storage.
+    /// already cut the chunks on storage; an inline file's bytes are cut or zero-filled here.
     pub fn setattr(&self, ino: InodeId, attrs: SetAttrs) -> Result<Attr, MetaError> {
         self.run(|t| {
             let mut rec = t.require_inode(ino)?;
             let now = now_ns();
+            if let Some(size) = attrs.size {
+                match (rec.inline_limit > 0, attrs.size_inline) {
+                    (true, _) => super::inline::resize(t, ino, &rec, size)?,
+                    (false, true) => return Err(MetaError::InlineMoved(format!("inode {ino}"))),
+                    (false, false) => {}
+                }
+            }
             apply_setattr(ino, &mut rec, &attrs, now)?;
             if rec.kind()? == FileType::Directory {
                 if let Some(m) = attrs.mtime_ns {
@@ -204,6 +212,19 @@ fn new_file(layout: &Layout, perm: Perm, now: i64) -> InodeRecord {
     }
 }
 
+/// An open file: its attributes, the session and, for an inline file, its bytes.
+#[derive(Debug)]
+pub struct Opened {
+    pub attr: Attr,
+    pub session: u64,
+    pub inline: Option<Vec<u8>>,
+}
+
+fn opened(t: &mut Tx<'_>, ino: InodeId, rec: &InodeRecord, session: u64) -> Result<Opened, MetaError> {
+    let inline = if rec.inline_limit > 0 { Some(t.inline(ino)?.data) } else { None };
+    Ok(Opened { attr: t.attr(ino, rec)?, session, inline })
+}
+
 fn put_session(t: &mut Tx<'_>, ino: InodeId, session: u64, client_id: u64, write: bool, now: i64) {
     t.put_session(
         ino,
@@ -225,7 +246,7 @@ fn open_existing(
     exclusive: bool,
     (client_id, session): (u64, u64),
     now: i64,
-) -> Result<(Attr, u64), MetaError> {
+) -> Result<Opened, MetaError> {
     let ino = InodeId(entry.inode);
     let exists = || {
         MetaError::AlreadyExists(format!(
@@ -244,5 +265,5 @@ fn open_existing(
     }
     let rec = t.require_inode(ino)?;
     put_session(t, ino, session, client_id, true, now);
-    Ok((t.attr(ino, &rec)?, session))
+    opened(t, ino, &rec, session)
 }

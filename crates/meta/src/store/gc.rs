@@ -105,6 +105,7 @@ impl MetaStore {
                 t.count_inodes(-1);
             }
             t.0.delete(&gc_key(ino));
+            t.delete_inline(ino);
             for s in snapshot_sessions(t, ino)? {
                 t.0.delete(&session_key(ino, s.id));
             }

@@ -8,6 +8,7 @@
 mod dir;
 mod file;
 mod gc;
+mod inline;
 mod rename;
 mod tx;
 
@@ -28,7 +29,9 @@ use crate::schema::{
 };
 use crate::MetaError;
 
+pub use file::Opened;
 pub use gc::{GcItem, GcSession};
+pub use inline::{InlineReply, SPILL_HOLD};
 
 pub(crate) use tx::Tx;
 
@@ -38,6 +41,8 @@ pub struct StoreConfig {
     pub chunk_size: u32,
     /// Chains per file; capped by the number of chains that exist.
     pub stripe: u32,
+    /// New files keep their bytes in the KV until they grow past this length (0: never).
+    pub inline_max: u32,
 }
 
 impl Default for StoreConfig {
@@ -45,6 +50,7 @@ impl Default for StoreConfig {
         StoreConfig {
             chunk_size: 1 << 20,
             stripe: 4,
+            inline_max: DEFAULT_INLINE_MAX,
         }
     }
 }
@@ -72,7 +78,14 @@ pub struct SetAttrs {
     pub size: Option<u64>,
     pub atime_ns: Option<i64>,
     pub mtime_ns: Option<i64>,
+    /// The size is for the file's inline form (see `SetAttrReq::size_inline`).
+    pub size_inline: bool,
 }
+
+/// Inline limit of new files unless configured otherwise.
+pub const DEFAULT_INLINE_MAX: u32 = 4096;
+/// The largest inline limit accepted: bigger files go to chunks.
+pub const MAX_INLINE: u32 = 64 << 10;
 
 /// Permission bits a client may set (no file-type bits).
 const PERM_MASK: u32 = 0o7777;
@@ -84,6 +97,7 @@ pub struct MetaStore {
     kv: Arc<dyn TxnKv>,
     ids: IdAllocator,
     chains: ChainPicker,
+    inline_max: u32,
 }
 
 pub fn now_ns() -> i64 {
@@ -112,7 +126,7 @@ impl MetaStore {
     pub fn new(kv: Arc<dyn TxnKv>, chains: Arc<dyn ChainSource>, config: StoreConfig) -> Self {
         let ids = IdAllocator::new(kv.clone());
         let chains = ChainPicker::new(chains, config.chunk_size, config.stripe);
-        MetaStore { kv, ids, chains }
+        MetaStore { kv, ids, chains, inline_max: config.inline_max.min(MAX_INLINE) }
     }
 
     fn run<T>(&self, f: impl FnMut(&mut Tx<'_>) -> Result<T, MetaError>) -> Result<T, MetaError> {

@@ -36,7 +36,7 @@ fn code<T: std::fmt::Debug>(r: Result<T, MetaError>) -> StatusCode {
 }
 
 fn mkfile(s: &MetaStore, parent: InodeId, name: &str) -> Attr {
-    let (a, session) = s.create(parent, name.as_bytes(), perm(), true, 7).unwrap();
+    let Opened { attr: a, session, .. } = s.create(parent, name.as_bytes(), perm(), true, 7).unwrap();
     s.close(InodeId(a.inode), session, None, None).unwrap();
     a
 }
@@ -75,7 +75,7 @@ fn root_exists_and_ensure_root_is_idempotent() {
 #[test]
 fn create_lookup_getattr() {
     let s = store();
-    let (a, session) = s
+    let Opened { attr: a, session, .. } = s
         .create(ROOT, b"f", Perm::new(0o100644, 5, 6), false, 1)
         .unwrap();
     assert_ne!(session, 0);
@@ -103,7 +103,7 @@ fn create_of_existing_name() {
         code(s.create(ROOT, b"f", perm(), true, 1)),
         StatusCode::AlreadyExists
     );
-    let (again, session) = s.create(ROOT, b"f", perm(), false, 1).unwrap();
+    let Opened { attr: again, session, .. } = s.create(ROOT, b"f", perm(), false, 1).unwrap();
     assert_eq!(again.inode, a.inode);
     assert_ne!(session, 0);
     mkdir(&s, ROOT, "d");
@@ -386,6 +386,7 @@ fn setattr_fields_are_visible() {
         size: Some(4096),
         atime_ns: Some(1_000),
         mtime_ns: Some(2_000),
+        size_inline: true,
     };
     let a = s.setattr(f, set).unwrap();
     assert_eq!(
@@ -422,7 +423,7 @@ fn setattr_fields_are_visible() {
 #[test]
 fn close_raises_size_and_setattr_lowers_it() {
     let s = store();
-    let (a, session) = s.create(ROOT, b"f", perm(), true, 1).unwrap();
+    let Opened { attr: a, session, .. } = s.create(ROOT, b"f", perm(), true, 1).unwrap();
     let f = InodeId(a.inode);
     let a = s.sync(f, 1000, None).unwrap();
     assert_eq!(a.size, 1000);
@@ -430,7 +431,7 @@ fn close_raises_size_and_setattr_lowers_it() {
         .close(f, session, Some(500), Some(a.mtime_ns + 10))
         .unwrap();
     assert_eq!(a.size, 1000, "a shorter report never shrinks the file");
-    let (_, session) = s.open(f, 1, true).unwrap();
+    let Opened { session, .. } = s.open(f, 1, true).unwrap();
     assert_eq!(
         s.close(f, session, Some(3 << 20), None).unwrap().size,
         3 << 20
@@ -492,7 +493,7 @@ fn concurrent_exclusive_creates_of_one_name_one_wins() {
                 let (s, name) = (s.clone(), name.clone());
                 std::thread::spawn(move || {
                     s.create(ROOT, name.as_bytes(), perm(), true, 1)
-                        .map(|(a, _)| a.inode)
+                        .map(|o| o.attr.inode)
                 })
             })
             .collect();
@@ -555,10 +556,10 @@ fn inode_ids_unique_across_reopen() {
 #[test]
 fn unlinked_open_file_stays_readable() {
     let s = store();
-    let (a, session) = s.create(ROOT, b"f", perm(), true, 1).unwrap();
+    let Opened { attr: a, session, .. } = s.create(ROOT, b"f", perm(), true, 1).unwrap();
     let f = InodeId(a.inode);
     s.close(f, session, Some(100), None).unwrap();
-    let (_, reader) = s.open(f, 2, false).unwrap();
+    let Opened { session: reader, .. } = s.open(f, 2, false).unwrap();
     s.unlink(ROOT, b"f").unwrap();
     assert_eq!(code(s.lookup(ROOT, b"f")), StatusCode::NotFound);
     let a = s.getattr(f).unwrap();
@@ -578,4 +579,117 @@ fn unlinked_open_file_stays_readable() {
     assert_eq!(code(s.getattr(f)), StatusCode::NotFound);
     assert!(gc_queue(&s).is_empty());
     assert_eq!(s.statfs().unwrap().inodes, 1);
+}
+
+fn iw(offset: u64, data: &[u8]) -> ember_proto::meta::InlineWrite {
+    ember_proto::meta::InlineWrite { offset, data: data.to_vec() }
+}
+
+fn inline_bytes(s: &MetaStore, ino: InodeId) -> Option<Vec<u8>> {
+    let o = s.open(ino, 9, false).unwrap();
+    s.close(ino, o.session, None, None).unwrap();
+    o.inline
+}
+
+#[test]
+fn inline_files_take_writes_up_to_their_limit_and_resize_in_place() {
+    let s = store();
+    let created = s.create(ROOT, b"small", perm(), true, 1).unwrap();
+    let ino = InodeId(created.attr.inode);
+    assert_eq!((created.attr.inline_limit, created.inline), (DEFAULT_INLINE_MAX, Some(Vec::new())));
+
+    let done = |r: InlineReply| match r {
+        InlineReply::Done { attr, data } => (attr, data),
+        InlineReply::Refused(why) => panic!("refused: {why:?}"),
+    };
+    let (attr, data) = done(s.write_inline(ino, &[iw(2, b"cd"), iw(0, b"ab"), iw(6, b"x")], Some(5)).unwrap());
+    assert_eq!(data, b"abcd\0\0x");
+    assert_eq!((attr.size, attr.mtime_ns.max(5)), (7, attr.mtime_ns));
+    assert_eq!(inline_bytes(&s, ino).unwrap(), b"abcd\0\0x");
+
+    let limit = u64::from(DEFAULT_INLINE_MAX);
+    let (attr, _) = done(s.write_inline(ino, &[iw(limit - 1, b"z")], None).unwrap());
+    assert_eq!(attr.size, limit);
+    assert!(matches!(
+        s.write_inline(ino, &[iw(limit, b"!")], None).unwrap(),
+        InlineReply::Refused(ember_proto::meta::InlineOutcome::TooLarge)
+    ));
+    assert_eq!(inline_bytes(&s, ino).unwrap().len() as u64, limit, "a refused write changes nothing");
+
+    let cut = SetAttrs { size: Some(3), ..SetAttrs::default() };
+    assert_eq!(s.setattr(ino, cut).unwrap().size, 3);
+    assert_eq!(inline_bytes(&s, ino).unwrap(), b"abc");
+    let grow = SetAttrs { size: Some(5), ..SetAttrs::default() };
+    s.setattr(ino, grow).unwrap();
+    assert_eq!(inline_bytes(&s, ino).unwrap(), b"abc\0\0");
+    let past = SetAttrs { size: Some(limit + 1), ..SetAttrs::default() };
+    assert_eq!(code(s.setattr(ino, past)), StatusCode::InvalidArgument);
+}
+
+#[test]
+fn a_spill_reserves_the_file_and_hands_it_to_chunks() {
+    let s = store();
+    let ino = InodeId(mkfile(&s, ROOT, "f").inode);
+    s.write_inline(ino, &[iw(0, b"hello")], None).unwrap();
+
+    let InlineReply::Done { data, .. } = s.spill_inline(ino, 11, false, 0).unwrap() else { panic!("not started") };
+    assert_eq!(data, b"hello");
+    assert!(s.spill_inline(ino, 11, false, 0).is_ok(), "a retried start is the same start");
+    assert_eq!(code(s.spill_inline(ino, 12, false, 0)), StatusCode::Busy);
+    assert_eq!(code(s.write_inline(ino, &[iw(0, b"J")], None)), StatusCode::Busy);
+    assert_eq!(code(s.setattr(ino, SetAttrs { size: Some(1), ..SetAttrs::default() })), StatusCode::Busy);
+    assert_eq!(code(s.spill_inline(ino, 12, true, 9)), StatusCode::SpillLost, "only the holder finishes");
+
+    let InlineReply::Done { attr, .. } = s.spill_inline(ino, 11, true, 9000).unwrap() else { panic!("not finished") };
+    assert_eq!((attr.inline_limit, attr.size), (0, 9000));
+    assert_eq!(inline_bytes(&s, ino), None, "a chunked file has no inline bytes");
+    let stale = SetAttrs { size: Some(1), size_inline: true, ..SetAttrs::default() };
+    assert_eq!(code(s.setattr(ino, stale)), StatusCode::InlineMoved);
+    assert!(matches!(
+        s.write_inline(ino, &[iw(0, b"late")], None).unwrap(),
+        InlineReply::Refused(ember_proto::meta::InlineOutcome::NotInline)
+    ));
+    assert!(matches!(
+        s.spill_inline(ino, 11, true, 9000).unwrap(),
+        InlineReply::Refused(ember_proto::meta::InlineOutcome::NotInline)
+    ));
+}
+
+#[test]
+fn a_change_after_an_expired_reservation_cancels_the_late_spill() {
+    let s = store();
+    let ino = InodeId(mkfile(&s, ROOT, "f").inode);
+    s.spill_inline(ino, 21, false, 0).unwrap();
+    // Let the reservation run out.
+    s.run(|t| {
+        let mut rec = t.inline(ino)?;
+        rec.spill_deadline_ns = 1;
+        t.put_inline(ino, &rec);
+        Ok(())
+    })
+    .unwrap();
+    s.write_inline(ino, &[iw(0, b"kept")], None).unwrap();
+    assert_eq!(code(s.spill_inline(ino, 21, true, 0)), StatusCode::SpillLost);
+    assert_eq!(inline_bytes(&s, ino).unwrap(), b"kept");
+}
+
+#[test]
+fn deleting_an_inline_file_deletes_its_bytes() {
+    let s = store();
+    let ino = InodeId(mkfile(&s, ROOT, "f").inode);
+    s.write_inline(ino, &[iw(0, b"bytes")], None).unwrap();
+    s.unlink(ROOT, b"f").unwrap();
+    assert!(s.gc_claim(ino).unwrap());
+    s.gc_finish(ino).unwrap();
+    let left = s.run(|t| Ok(t.0.snapshot_get(&crate::schema::inline_key(ino))?)).unwrap();
+    assert_eq!(left, None);
+}
+
+#[test]
+fn inline_can_be_turned_off() {
+    let chains = Arc::new(FixedChains::new((1..=8).map(ChainId).collect()));
+    let s = MetaStore::new(Arc::new(MemKv::new()), chains, StoreConfig { inline_max: 0, ..StoreConfig::default() });
+    s.ensure_root().unwrap();
+    let o = s.create(ROOT, b"f", perm(), true, 1).unwrap();
+    assert_eq!((o.attr.inline_limit, o.inline), (0, None));
 }

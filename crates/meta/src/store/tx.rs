@@ -11,8 +11,8 @@ use ember_types::{FileType, InodeId};
 
 use crate::schema::{
     decode, dentry_key, dentry_prefix, dir_attr_key, encode, gc_key, inode_count_key, inode_key,
-    le_u64, prefix_end, session_key, session_prefix, DirAttr, DirEntryRecord, GcRecord,
-    InodeRecord, SessionRecord,
+    inline_key, le_u64, prefix_end, session_key, session_prefix, DirAttr, DirEntryRecord, GcRecord,
+    InlineRecord, InodeRecord, SessionRecord,
 };
 use crate::MetaError;
 
@@ -172,6 +172,19 @@ impl Tx<'_> {
             .collect()
     }
 
+    /// The bytes of an inline file (an absent record is an empty file), read serializably.
+    pub fn inline(&mut self, ino: InodeId) -> Result<InlineRecord, MetaError> {
+        Ok(self.0.get(&inline_key(ino))?.map(|v| decode("inline data", &v)).transpose()?.unwrap_or_default())
+    }
+
+    pub fn put_inline(&mut self, ino: InodeId, rec: &InlineRecord) {
+        self.0.set(&inline_key(ino), &encode(rec));
+    }
+
+    pub fn delete_inline(&mut self, ino: InodeId) {
+        self.0.delete(&inline_key(ino));
+    }
+
     pub fn gc_record(&mut self, ino: InodeId) -> Result<Option<GcRecord>, MetaError> {
         self.0
             .get(&gc_key(ino))?
@@ -208,6 +221,7 @@ impl Tx<'_> {
                 chunk_size: l.chunk_size,
                 chains: l.chains.clone(),
             }),
+            inline_limit: rec.inline_limit,
         };
         if kind == FileType::Directory {
             let subdirs = self
