@@ -186,3 +186,47 @@ fn large_directory_lists_every_name_once() {
     assert_eq!(names.len(), 5_000, "a name was listed twice");
     assert!(names.contains(&"entry-4999".to_string()));
 }
+
+/// Eight writers on two mounts create and unlink in one directory at once: every create and
+/// unlink succeeds and the directory ends with exactly the surviving names and the right
+/// link count (parent updates are commutative, so the writers do not conflict).
+#[test]
+fn a_hot_directory_takes_creates_and_unlinks_from_eight_writers() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let mounts = [cluster.mount(), cluster.mount()];
+    fs::create_dir(mounts[0].join("hot")).unwrap();
+    const FILES: usize = 2000;
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let dir = mounts[w % 2].join("hot");
+            std::thread::spawn(move || {
+                fs::create_dir(dir.join(format!("sub{w}"))).unwrap();
+                for i in 0..FILES {
+                    fs::write(dir.join(format!("w{w}-{i}")), format!("{w}/{i}")).unwrap();
+                    if i % 2 == 1 {
+                        fs::remove_file(dir.join(format!("w{w}-{}", i - 1))).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let mut want: Vec<String> = (0..8).flat_map(|w| (1..FILES).step_by(2).map(move |i| format!("w{w}-{i}"))).collect();
+    want.extend((0..8).map(|w| format!("sub{w}")));
+    want.sort();
+    for m in &mounts {
+        let dir = m.join("hot");
+        let mut names: Vec<String> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names.len(), want.len(), "entries listed");
+        assert!(names == want, "the listing differs from the surviving names");
+        assert_eq!(fs::metadata(&dir).unwrap().nlink(), 2 + 8, "link count of the directory");
+        assert_eq!(fs::read_to_string(dir.join("w7-1999")).unwrap(), "7/1999");
+    }
+}
