@@ -34,11 +34,7 @@ impl MetaStore {
     /// Applies `writes` in order to an inline file and sets its mtime.
     pub fn write_inline(&self, ino: InodeId, writes: &[InlineWrite], mtime_ns: Option<i64>) -> Result<InlineReply, MetaError> {
         self.run(|t| {
-            let mut rec = t.require_inode(ino)?;
-            require_file(ino, &rec)?;
-            if rec.inline_limit == 0 {
-                return Ok(InlineReply::Refused(InlineOutcome::NotInline));
-            }
+            let Some(mut rec) = inline_inode(t, ino)? else { return Ok(InlineReply::Refused(InlineOutcome::NotInline)) };
             let now = now_ns();
             let mut inline = unreserved(t, ino, now)?;
             for w in writes.iter().filter(|w| !w.data.is_empty()) {
@@ -69,11 +65,7 @@ impl MetaStore {
             return Err(MetaError::InvalidArgument("a spill needs a non-zero token".into()));
         }
         self.run(|t| {
-            let mut rec = t.require_inode(ino)?;
-            require_file(ino, &rec)?;
-            if rec.inline_limit == 0 {
-                return Ok(InlineReply::Refused(InlineOutcome::NotInline));
-            }
+            let Some(mut rec) = inline_inode(t, ino)? else { return Ok(InlineReply::Refused(InlineOutcome::NotInline)) };
             let now = now_ns();
             let mut inline = t.inline(ino)?;
             let held_by_other = reserved(&inline, now) && inline.spill_token != token;
@@ -98,6 +90,13 @@ impl MetaStore {
             Ok(InlineReply::Done { attr: t.attr(ino, &rec)?, data: inline.data })
         })
     }
+}
+
+/// The inode of a file, if it is inline.
+fn inline_inode(t: &mut Tx<'_>, ino: InodeId) -> Result<Option<InodeRecord>, MetaError> {
+    let rec = t.require_inode(ino)?;
+    require_file(ino, &rec)?;
+    Ok((rec.inline_limit > 0).then_some(rec))
 }
 
 /// Sets an inline file's bytes to `size` (cut, or zero-filled) for a setattr.
