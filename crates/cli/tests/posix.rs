@@ -230,3 +230,50 @@ fn a_hot_directory_takes_creates_and_unlinks_from_eight_writers() {
         assert_eq!(fs::read_to_string(dir.join("w7-1999")).unwrap(), "7/1999");
     }
 }
+
+/// Random overlapping writes to one open file (gathered by the client and sent together), with
+/// reads in between, match an in-memory model before and after a remount.
+#[test]
+fn random_writes_in_one_open_file_match_a_model() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 2);
+    let mount = cluster.mount();
+    let path = mount.join("random");
+    let mut model = random_bytes(1, 3 << 20);
+    fs::write(&path, &model).unwrap();
+    let mut f = fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    for step in 0..2000u64 {
+        let len = 1 + next(8192) as usize;
+        let offset = next((model.len() + 4096 - len) as u64) as usize;
+        let data = random_bytes(step + 10, len);
+        f.seek(SeekFrom::Start(offset as u64)).unwrap();
+        f.write_all(&data).unwrap();
+        if model.len() < offset + len {
+            model.resize(offset + len, 0);
+        }
+        model[offset..offset + len].copy_from_slice(&data);
+        if step % 500 == 499 {
+            let mut back = vec![0u8; 64 << 10];
+            let at = next((model.len() - back.len()) as u64) as usize;
+            f.seek(SeekFrom::Start(at as u64)).unwrap();
+            f.read_exact(&mut back).unwrap();
+            assert!(back == model[at..at + back.len()], "read at {at} after step {step}");
+        }
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    let fresh = cluster.mount();
+    let back = fs::read(fresh.join("random")).unwrap();
+    assert_eq!(back.len(), model.len());
+    assert!(sha256(&back) == sha256(&model), "contents differ from the model");
+}

@@ -21,12 +21,20 @@ struct ReadPlan {
 impl EmberClient {
     /// Writes `data` at `offset`; returns once every chunk write is durable on storage.
     pub async fn write(self: &Arc<Self>, inode: InodeId, layout: &Layout, offset: u64, data: Bytes) -> Result<(), Status> {
-        let spans = layout.spans(inode, offset, data.len()).map_err(|e| Status::invalid(e.to_string()))?;
+        self.write_extents(inode, layout, vec![(offset, data)]).await
+    }
+
+    /// Writes disjoint `(offset, bytes)` extents, all chunk writes at once; returns once every
+    /// one is durable on storage.
+    pub async fn write_extents(self: &Arc<Self>, inode: InodeId, layout: &Layout, extents: Vec<(u64, Bytes)>) -> Result<(), Status> {
         let mut tasks = JoinSet::new();
-        for span in spans {
-            let part = data.slice(span.buf_offset..span.buf_offset + span.len as usize);
-            let me = self.clone();
-            tasks.spawn(async move { me.write_span(span, part).await });
+        for (offset, data) in extents {
+            let spans = layout.spans(inode, offset, data.len()).map_err(|e| Status::invalid(e.to_string()))?;
+            for span in spans {
+                let part = data.slice(span.buf_offset..span.buf_offset + span.len as usize);
+                let me = self.clone();
+                tasks.spawn(async move { me.write_span(span, part).await });
+            }
         }
         let mut first_err = None;
         while let Some(joined) = tasks.join_next().await {

@@ -1,6 +1,7 @@
 //! The file system as the kernel sees it, minus the kernel: inodes, open handles, write
 //! buffers and directory listings on top of `EmberClient`.
 
+mod dirty;
 mod inline;
 
 use std::collections::HashMap;
@@ -13,11 +14,16 @@ use ember_client::{EmberClient, Retry};
 use ember_proto::meta::*;
 use ember_types::{FileType, InodeId, Layout, Status, StatusCode};
 
+use dirty::DirtyExtents;
 use inline::InlineFile;
+
+/// Written extents held before a flush; past this many, they are sent even if small.
+const MAX_DIRTY_EXTENTS: usize = 256;
 
 #[derive(Clone, Debug)]
 pub struct VfsConfig {
-    /// Sequential writes are gathered up to this size before they go to storage.
+    /// Writes are gathered up to this many bytes before they go to storage (at the latest on
+    /// close or fsync).
     pub write_buffer: usize,
     /// Entries fetched per readdir RPC.
     pub readdir_page: u32,
@@ -39,9 +45,8 @@ pub struct DirEntry {
 /// What this client knows about one inode that has open handles.
 #[derive(Default)]
 struct InodeState {
-    /// Pending sequential data not yet sent to storage.
-    buffer: Vec<u8>,
-    buffer_offset: u64,
+    /// Written bytes not yet sent to storage.
+    dirty: DirtyExtents,
     /// Length as this client sees it: the size at open, grown by writes, set by truncate.
     size: u64,
     /// Highest end written by this client and not yet reported to meta.
@@ -318,32 +323,28 @@ impl Vfs {
             st.size = st.size.max(offset + data.len() as u64);
             return Ok(data.len() as u32);
         }
-        let contiguous = !st.buffer.is_empty() && st.buffer_offset + st.buffer.len() as u64 == offset;
-        if !contiguous || st.buffer.len() + data.len() > self.config.write_buffer {
+        if st.dirty.bytes() + data.len() > self.config.write_buffer || st.dirty.count() >= MAX_DIRTY_EXTENTS {
             self.flush_buffer(h.inode, layout, &mut st).await?;
         }
-        if st.buffer.is_empty() {
-            st.buffer_offset = offset;
-        }
-        st.buffer.extend_from_slice(data);
+        st.dirty.insert(offset, data);
         let end = offset + data.len() as u64;
         st.size = st.size.max(end);
         st.unreported_end = Some(st.unreported_end.unwrap_or(0).max(end));
-        if st.buffer.len() >= self.config.write_buffer {
+        if st.dirty.bytes() >= self.config.write_buffer {
             self.flush_buffer(h.inode, layout, &mut st).await?;
         }
         Ok(data.len() as u32)
     }
 
     async fn flush_buffer(&self, inode: InodeId, layout: &Layout, st: &mut InodeState) -> Result<(), Status> {
-        if st.buffer.is_empty() {
+        if st.dirty.is_empty() {
             return Ok(());
         }
         if st.inline.as_ref().is_some_and(|f| f.spill_due) {
             self.spill(inode, layout, st).await?;
         }
-        let data = Bytes::from(std::mem::take(&mut st.buffer));
-        if let Err(e) = self.client.write(inode, layout, st.buffer_offset, data).await {
+        let extents = st.dirty.take().into_iter().map(|(offset, bytes)| (offset, Bytes::from(bytes))).collect();
+        if let Err(e) = self.client.write_extents(inode, layout, extents).await {
             st.error = Some(e.clone());
             return Err(e);
         }
