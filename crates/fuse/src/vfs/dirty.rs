@@ -40,6 +40,20 @@ impl DirtyExtents {
             .take_while(|(start, bytes)| *start + bytes.len() as u64 >= offset)
             .map(|(start, _)| *start)
             .collect();
+        if let [start] = touching[..] {
+            // One extent that the write continues or overwrites (a sequential stream): grow it
+            // in place rather than copy it.
+            if let Some(extent) = self.extents.get_mut(&start).filter(|_| start <= offset) {
+                let at = (offset - start) as usize;
+                let before = extent.len();
+                if extent.len() < at + data.len() {
+                    extent.resize(at + data.len(), 0);
+                }
+                extent[at..at + data.len()].copy_from_slice(data);
+                self.bytes += extent.len() - before;
+                return;
+            }
+        }
         let first = touching.iter().copied().fold(offset, u64::min);
         let last = touching.iter().map(|s| s + self.extents[s].len() as u64).fold(end, u64::max);
         let mut merged = vec![0u8; (last - first) as usize];
