@@ -38,6 +38,33 @@ fn bad_config_is_a_usage_error_and_unreachable_mgmtd_has_its_own_code() {
     assert_eq!(out.status.code(), Some(3));
 }
 
+#[test]
+fn a_mount_that_cannot_reach_mgmtd_yet_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut child = ember()
+        .args(["mount", mnt.to_str().unwrap(), "--mgmtd", "127.0.0.1:1", "--metrics-listen", ""])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the mount ignored SIGTERM while connecting");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
+
 /// Fetches `/metrics` from the address a service published.
 fn scrape(addr_file: &Path) -> String {
     use std::io::{Read, Write};

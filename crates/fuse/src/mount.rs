@@ -51,7 +51,14 @@ impl Default for MountConfig {
 
 /// Mounts and serves until `shutdown` resolves or the file system is unmounted from outside.
 pub async fn run_mount(config: MountConfig, shutdown: impl Future<Output = ()>) -> Result<(), Status> {
-    let client = connect(&config).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let client = tokio::select! {
+        c = connect(&config) => c?,
+        () = &mut shutdown => {
+            tracing::info!("stopped before the cluster could be reached");
+            return Ok(());
+        }
+    };
     if !config.metrics_listen.is_empty() {
         let m = ember_net::bind(&config.metrics_listen).await.map_err(|e| Status::invalid(e.to_string()))?;
         tokio::spawn(ember_telemetry::serve_metrics(m));
@@ -77,7 +84,6 @@ pub async fn run_mount(config: MountConfig, shutdown: impl Future<Output = ()>) 
         .map_err(|e| Status::internal(format!("mount task failed: {e}")))?
         .map_err(|e| Status::invalid(format!("mount {}: {e}", config.mountpoint.display())))?;
     tracing::info!(mountpoint = %config.mountpoint.display(), "mounted");
-    let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
