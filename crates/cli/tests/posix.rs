@@ -277,3 +277,30 @@ fn random_writes_in_one_open_file_match_a_model() {
     assert_eq!(back.len(), model.len());
     assert!(sha256(&back) == sha256(&model), "contents differ from the model");
 }
+
+/// A missing name is remembered by the kernel for the entry TTL (1 s), so probing it again
+/// costs no request; this mount's own create shows at once, another mount's after the TTL.
+#[test]
+fn missing_names_are_cached_for_the_entry_ttl_and_creates_show_through() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let (a, b) = (cluster.mount(), cluster.mount());
+    let misses = || cluster.meta_metric("ember_rpc_requests_total{method=\"meta.lookup\",status=\"NotFound\"}");
+    let before = misses();
+    for _ in 0..100 {
+        assert!(fs::metadata(a.join("absent")).is_err());
+    }
+    let asked = misses() - before;
+    assert!((1..=3).contains(&asked), "{asked} lookups of one missing name");
+
+    fs::write(a.join("absent"), b"now here").unwrap();
+    assert_eq!(fs::read(a.join("absent")).unwrap(), b"now here");
+
+    assert!(fs::metadata(b.join("late")).is_err());
+    fs::write(a.join("late"), b"x").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert_eq!(fs::read(b.join("late")).unwrap(), b"x");
+}

@@ -121,8 +121,16 @@ impl Filesystem for EmberFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
-        let r = self.run("lookup", self.vfs.lookup(parent.0, name(n)));
-        self.entry(reply, r);
+        match self.run("lookup", self.vfs.lookup(parent.0, name(n))) {
+            // A negative entry: the kernel remembers the name is missing for the entry TTL
+            // (programs probe many missing paths: imports, PATH, config search). It drops the
+            // entry at once when this mount creates the name.
+            Err(e) if e == Errno::ENOENT => {
+                let missing = FileAttr { ino: INodeNo(0), ..self.file_attr(&Attr::default()) };
+                reply.entry(&self.ttl, &missing, Generation(0));
+            }
+            r => self.entry(reply, r),
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

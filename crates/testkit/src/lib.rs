@@ -316,8 +316,17 @@ impl Cluster {
     /// The value of one sample (`name{labels}` as printed) on storage node `node`'s
     /// `/metrics`; 0 if it is absent or the node does not answer.
     pub fn storage_metric(&self, node: usize, sample: &str) -> u64 {
+        self.metric(&storage_role(node), sample)
+    }
+
+    /// Like [`storage_metric`](Self::storage_metric), on the meta server.
+    pub fn meta_metric(&self, sample: &str) -> u64 {
+        self.metric("meta", sample)
+    }
+
+    fn metric(&self, role: &str, sample: &str) -> u64 {
         use std::io::{Read, Write};
-        let Ok(addr) = std::fs::read_to_string(self.dir.path().join(storage_role(node)).join("metrics.addr")) else { return 0 };
+        let Ok(addr) = std::fs::read_to_string(self.dir.path().join(role).join("metrics.addr")) else { return 0 };
         let Ok(mut s) = std::net::TcpStream::connect(addr.trim()) else { return 0 };
         let mut text = String::new();
         if s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").and_then(|()| s.read_to_string(&mut text)).is_err() {
