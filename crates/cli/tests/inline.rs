@@ -6,7 +6,7 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use ember_testkit::{fuse_available, random_bytes, Cluster, Slots};
+use ember_testkit::{fuse_available, random_bytes, Cluster, Slots, TestRng};
 
 static SLOTS: Slots = Slots::new(2);
 
@@ -172,13 +172,8 @@ fn random_operations_across_the_limit_match_a_model() {
     let _slot = SLOTS.acquire();
     let cluster = Cluster::start(bin(), 1);
     let mount = cluster.mount();
-    let mut rng = 0x1234_5678_9abc_def0u64;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut rng = TestRng::new(0x1234_5678_9abc_def0);
+    let mut next = move |n: u64| rng.below(n);
     let mut models: Vec<Vec<u8>> = vec![Vec::new(); 4];
     for i in 0..models.len() {
         fs::write(mount.join(&format!("m{i}")), b"").unwrap();

@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use ember_testkit::{fuse_available, random_bytes, Cluster, Slots};
+use ember_testkit::{fuse_available, random_bytes, Cluster, Slots, TestRng};
 use sha2::{Digest, Sha256};
 
 static SLOTS: Slots = Slots::new(2);
@@ -245,13 +245,8 @@ fn random_writes_in_one_open_file_match_a_model() {
     let mut model = random_bytes(1, 3 << 20);
     fs::write(&path, &model).unwrap();
     let mut f = fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut rng = TestRng::new(0x9e37_79b9_7f4a_7c15);
+    let mut next = move |n: u64| rng.below(n);
     for step in 0..2000u64 {
         let len = 1 + next(8192) as usize;
         let offset = next((model.len() + 4096 - len) as u64) as usize;

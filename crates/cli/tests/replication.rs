@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ember_testkit::{fuse_available, random_bytes, Cluster, Slots, Spec};
+use ember_testkit::{fuse_available, random_bytes, Cluster, Slots, Spec, TestRng};
 
 static SLOTS: Slots = Slots::new(1);
 /// The longest a write may wait through one failure. Measured here: about 0.8 s for a lost
@@ -246,13 +246,10 @@ fn a_returning_replica_copies_only_the_blocks_it_missed() {
     let victim = (primary_node(&cluster) + 1) % NODES;
     cluster.storage[victim].kill9();
     let mut f = fs::OpenOptions::new().write(true).open(mount.join("base")).unwrap();
-    let mut rng = 0x1234_5678_u64;
+    let mut rng = TestRng::new(0x1234_5678);
     let pieces = 100;
     for i in 0..pieces {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let offset = (rng % (expect.len() as u64 / 4096)) * 4096;
+        let offset = rng.below(expect.len() as u64 / 4096) * 4096;
         let piece = random_bytes(500 + i, 4096);
         std::os::unix::fs::FileExt::write_all_at(&f, &piece, offset).unwrap();
         expect[offset as usize..offset as usize + 4096].copy_from_slice(&piece);

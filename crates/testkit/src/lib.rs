@@ -428,14 +428,32 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
 pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.max(1);
+    let mut rng = TestRng::new(seed);
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
+        out.extend_from_slice(&rng.next_u64().to_le_bytes());
     }
     out.truncate(len);
     out
+}
+
+/// A seeded xorshift generator: the same seed gives the same sequence on every run.
+pub struct TestRng(u64);
+
+impl TestRng {
+    pub fn new(seed: u64) -> Self {
+        TestRng(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
 }
