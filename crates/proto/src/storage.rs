@@ -159,8 +159,8 @@ impl Rpc for SpaceInfoReq {
     type Response = SpaceInfoResp;
 }
 
-/// Primary -> replica: apply one versioned change to a chunk. A write carries its bytes as the
-/// frame payload; a truncate carries `truncate_to`.
+/// Primary -> replica: apply one versioned change to a chunk. A write carries whole 4 KiB block
+/// images, back to back, as the frame payload; a truncate carries `truncate_to`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ReplicateReq {
     /// `target_id` is the replica; `chain_version` the primary's view.
@@ -169,10 +169,6 @@ pub struct ReplicateReq {
     /// The chunk version the change was built on; the replica applies it only there.
     #[prost(uint64, tag = "2")]
     pub base_version: u64,
-    #[prost(uint32, tag = "3")]
-    pub offset: u32,
-    #[prost(uint32, tag = "4")]
-    pub crc32c: u32,
     #[prost(uint32, optional, tag = "5")]
     pub truncate_to: Option<u32>,
     /// The sending primary's target: a member applies the change only if that target is the
@@ -182,6 +178,15 @@ pub struct ReplicateReq {
     /// The client's request the change serves, remembered with the chunk on every replica.
     #[prost(message, optional, tag = "7")]
     pub request: Option<RequestRef>,
+    /// A write: the logical index of the first image.
+    #[prost(uint32, tag = "8")]
+    pub first_block: u32,
+    /// A write: the chunk length after it.
+    #[prost(uint32, tag = "9")]
+    pub chunk_len: u32,
+    /// A write: the CRC32C of each image.
+    #[prost(uint32, repeated, tag = "10")]
+    pub block_crcs: Vec<u32>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -14,7 +14,7 @@ mod replica_reads;
 mod replication;
 mod service;
 
-pub use engine::{ChangeBase, ChunkEngine, ChunkInfo, CrashPoints, EngineError, EngineOptions, EngineStats, RequestId};
+pub use engine::{BlockImages, ChangeBase, ChunkEngine, ChunkInfo, CrashPoints, EngineError, EngineOptions, EngineStats, RequestId};
 pub use node::{run_storage, StorageConfig, StorageNode};
 pub use service::StorageService;
 

@@ -1,8 +1,8 @@
 //! Replication, primary side and replica side.
 //!
 //! The chain's primary (its first SERVING member) takes a chunk's lock, applies the change
-//! locally and sends the same versioned change to every other SERVING or SYNCING member in
-//! parallel; the client gets its answer once all of them hold it. A member that fails is
+//! locally and sends the same versioned change (a write as absolute 4 KiB block images) to
+//! every other SERVING or SYNCING member in parallel; the client gets its answer once all of them hold it. A member that fails is
 //! reported to mgmtd, which takes it out of the chain, and the change commits without it.
 //! A member that mgmtd lets back (SYNCING), and every member when a new primary takes over, is
 //! brought to the primary's state by a sync: compare chunk lists (or, when this primary's term
@@ -29,20 +29,49 @@ use tokio::task::JoinSet;
 
 use crate::access::Need;
 use crate::service::{blocking, StorageService};
-use crate::{ChunkEngine, ChunkInfo, RequestId};
+use crate::{BlockImages, ChunkEngine, ChunkInfo, RequestId};
 
 /// How long a primary waits for mgmtd to drop a failed replica before it gives up the write.
 const DROP_WAIT: Duration = Duration::from_secs(5);
 const SYNC_PAGE: usize = 1024;
 
 /// One versioned change to a chunk, as the primary built it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Change {
     pub base: u64,
-    pub offset: u32,
-    pub crc32c: u32,
-    pub truncate_to: Option<u32>,
+    pub body: ChangeBody,
     pub request: Option<RequestId>,
+}
+
+#[derive(Clone, Debug)]
+pub enum ChangeBody {
+    Write(BlockImages),
+    Truncate(u32),
+}
+
+impl Change {
+    /// The replication request for `chunk` (as `c` names it) to `member`, and its payload.
+    fn request_to(&self, c: &ChunkRef, chunk: ChunkId, chain_version: u64, member: u32) -> (ReplicateReq, Bytes) {
+        let mut req = ReplicateReq {
+            chunk: Some(ChunkRef { inode: chunk.inode.0, index: chunk.index, chain_id: c.chain_id, chain_version, target_id: member }),
+            base_version: self.base,
+            from_target: c.target_id,
+            request: self.request.map(RequestRef::from),
+            ..ReplicateReq::default()
+        };
+        match &self.body {
+            ChangeBody::Write(images) => {
+                req.first_block = images.first();
+                req.chunk_len = images.len();
+                req.block_crcs = images.crcs().to_vec();
+                (req, images.images().clone())
+            }
+            ChangeBody::Truncate(len) => {
+                req.truncate_to = Some(*len);
+                (req, Bytes::new())
+            }
+        }
+    }
 }
 
 /// A local target's time as primary of one chain: which members it has synced since, and at
@@ -238,15 +267,14 @@ impl StorageService {
         chunk: ChunkId,
         local: impl std::future::Future<Output = Result<ChunkInfo, Status>>,
         change: Change,
-        payload: Bytes,
     ) -> Result<ChunkInfo, Status> {
         let result = if self.chain_mode(c.chain_id) {
             match local.await {
-                Ok(info) => self.fan_out(c, chunk, change, payload).await.map(|()| info),
+                Ok(info) => self.fan_out(c, chunk, &change).await.map(|()| info),
                 Err(e) => Err(e),
             }
         } else {
-            let (local, replicas) = tokio::join!(local, self.fan_out(c, chunk, change, payload));
+            let (local, replicas) = tokio::join!(local, self.fan_out(c, chunk, &change));
             replicas.and(local)
         };
         if let Err(e) = &result {
@@ -257,7 +285,7 @@ impl StorageService {
     }
 
     /// Sends `change` to every other member in the write set and waits for all of them.
-    pub(crate) async fn fan_out(&self, c: &ChunkRef, chunk: ChunkId, change: Change, payload: Bytes) -> Result<(), Status> {
+    pub(crate) async fn fan_out(&self, c: &ChunkRef, chunk: ChunkId, change: &Change) -> Result<(), Status> {
         let mut pending: Option<Vec<u32>> = None;
         for _attempt in 0..3 {
             let table = self.routing.get();
@@ -279,7 +307,7 @@ impl StorageService {
             // Noted before the change is sent: a sync of such a member that starts meanwhile
             // must see the chunk (it copies it under the lock this change holds, so after it).
             self.note_missed(c.chain_id, outside_write_set(&table, c), &[chunk]);
-            let (stale, failed) = self.send_change(&table, chain.version, c, chunk, change, &payload, &members).await;
+            let (stale, failed) = self.send_change(&table, chain.version, c, chunk, change, &members).await;
             if !failed.is_empty() {
                 self.drop_members(&failed, chain.version).await?;
             }
@@ -302,8 +330,7 @@ impl StorageService {
         chain_version: u64,
         c: &ChunkRef,
         chunk: ChunkId,
-        change: Change,
-        payload: &Bytes,
+        change: &Change,
         members: &[u32],
     ) -> (Vec<u32>, Vec<u32>) {
         let sequential = table.replication_mode(ChainId(c.chain_id)) == ReplicationMode::Chain;
@@ -315,16 +342,8 @@ impl StorageService {
                 continue;
             };
             let syncing = state_of(table, m) == Some(TargetState::Syncing);
-            let req = ReplicateReq {
-                chunk: Some(ChunkRef { inode: chunk.inode.0, index: chunk.index, chain_id: c.chain_id, chain_version, target_id: m }),
-                base_version: change.base,
-                offset: change.offset,
-                crc32c: change.crc32c,
-                truncate_to: change.truncate_to,
-                from_target: c.target_id,
-                request: change.request.map(RequestRef::from),
-            };
-            let (client, payload) = (self.peers.get(addr), payload.clone());
+            let (req, payload) = change.request_to(c, chunk, chain_version, m);
+            let client = self.peers.get(addr);
             let call = async move { (m, syncing, client.call(&req, payload).await.map(|_| ())) };
             if sequential {
                 // Chain mode: the next member gets the change only after this one has it.
@@ -442,10 +461,8 @@ impl StorageService {
         let info = match r.truncate_to {
             Some(len) => blocking(move || engine.truncate_at(chunk, base, len, request)).await?,
             None => {
-                if crc32c::crc32c(&payload) != r.crc32c {
-                    return Err(Status::new(StatusCode::ChecksumMismatch, "replicated payload does not match its CRC32C"));
-                }
-                blocking(move || engine.write_at(chunk, base, r.offset, &payload, request)).await?
+                let images = BlockImages::received(r.first_block, r.chunk_len, payload, r.block_crcs).map_err(|e| e.status())?;
+                blocking(move || engine.write_blocks_at(chunk, base, &images, request)).await?
             }
         };
         tracing::debug!(%chunk, target = c.target_id, version = info.version, from = r.from_target, "applied a replicated change");

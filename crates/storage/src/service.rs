@@ -14,11 +14,11 @@ use ember_proto::mgmtd::TargetReport;
 use ember_proto::storage::*;
 use ember_proto::Method;
 use ember_proto::routing::RoutingTable;
-use ember_types::{ChunkId, InodeId, LocalState, Status, StatusCode, TargetId, TargetState};
+use ember_types::{ChunkId, InodeId, LocalState, BLOCK_SIZE, Status, StatusCode, TargetId, TargetState};
 
 use crate::access::{self, ChunkLocks, Need};
 use crate::replica_reads::Confirmed;
-use crate::replication::{outside_write_set, Change, Term};
+use crate::replication::{outside_write_set, Change, ChangeBody, Term};
 use crate::{ChangeBase, ChunkEngine, RequestId};
 
 /// A replica that does not answer in this time is reported to mgmtd and dropped.
@@ -177,12 +177,19 @@ impl StorageService {
             return Ok(Response::msg(&WriteResp { version: info.version, chunk_len: info.len }));
         }
         let base = start.version();
-        let local = {
-            let (engine, payload) = (engine.clone(), payload.clone());
-            blocking(move || engine.write_at(chunk, base, r.offset, &payload, request))
+        let images = if r.offset.is_multiple_of(BLOCK_SIZE) && payload.len().is_multiple_of(BLOCK_SIZE as usize) {
+            // Block-aligned bytes are their own images: nothing to read, so no hop to the pool.
+            engine.block_images(chunk, r.offset, payload).map_err(|e| e.status())?
+        } else {
+            let engine = engine.clone();
+            blocking(move || engine.block_images(chunk, r.offset, payload)).await?
         };
-        let change = Change { base, offset: r.offset, crc32c: r.crc32c, truncate_to: None, request };
-        let info = self.commit_change(&c, chunk, local, change, payload).await?;
+        let local = {
+            let (engine, images) = (engine.clone(), images.clone());
+            blocking(move || engine.write_blocks_at(chunk, base, &images, request))
+        };
+        let change = Change { base, body: ChangeBody::Write(images), request };
+        let info = self.commit_change(&c, chunk, local, change).await?;
         tracing::debug!(%chunk, version = info.version, request = ?request, "write committed");
         Ok(Response::msg(&WriteResp { version: info.version, chunk_len: info.len }))
     }
@@ -295,8 +302,8 @@ impl StorageService {
         };
         let base = start.version();
         let local = blocking(move || engine.truncate_at(keep, base, len, request));
-        let change = Change { base, offset: 0, crc32c: 0, truncate_to: Some(len), request };
-        self.commit_change(&c, keep, local, change, Bytes::new()).await?;
+        let change = Change { base, body: ChangeBody::Truncate(len), request };
+        self.commit_change(&c, keep, local, change).await?;
         Ok(Response::msg(&TruncateResp { removed_chunks: emptied }))
     }
 
@@ -341,8 +348,8 @@ impl StorageService {
             let engine = engine.clone();
             blocking(move || engine.truncate_at(chunk, base, 0, None))
         };
-        let change = Change { base, offset: 0, crc32c: 0, truncate_to: Some(0), request: None };
-        self.commit_change(c, chunk, local, change, Bytes::new()).await?;
+        let change = Change { base, body: ChangeBody::Truncate(0), request: None };
+        self.commit_change(c, chunk, local, change).await?;
         Ok(1)
     }
 

@@ -11,6 +11,9 @@ pub enum EngineError {
     /// Stored data or metadata failed verification (CRC mismatch, undecodable record, ...).
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// Bytes received from a peer do not match the CRC32C sent with them.
+    #[error("checksum mismatch: {0}")]
+    ChecksumMismatch(String),
     /// The disk (or the target's configured capacity) is full.
     #[error("no space left on storage target")]
     NoSpace,
@@ -37,6 +40,7 @@ impl EngineError {
         let code = match self {
             EngineError::Io(_) | EngineError::Meta(_) | EngineError::Crashed(_) => StatusCode::IoError,
             EngineError::Corrupt(_) => StatusCode::CorruptData,
+            EngineError::ChecksumMismatch(_) => StatusCode::ChecksumMismatch,
             EngineError::NoSpace => StatusCode::NoSpace,
             EngineError::TooLarge(_) => StatusCode::ChunkTooLarge,
             EngineError::InvalidArgument(_) => StatusCode::InvalidArgument,

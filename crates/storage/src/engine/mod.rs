@@ -29,13 +29,15 @@
 //!
 //! 1. Lock the chunk exclusively and load its record.
 //! 2. Split the range into logical blocks; for a partially covered edge block, start from the
-//!    existing block image (CRC-verified) or zeros for a hole.
+//!    existing block image (CRC-verified) or zeros for a hole. A chain's primary does this step
+//!    alone ([`ChunkEngine::block_images`]) and sends the resulting images (`images.rs`) to its
+//!    replicas, which start at step 3 ([`ChunkEngine::write_blocks_at`]).
 //! 3. Allocate a new physical block for every touched logical block and pwrite the images (one
 //!    pwrite per physically contiguous run). A large write then fdatasyncs `blocks.dat` (group
 //!    commit); a small one (at most `journal_blocks` blocks) instead puts its images into the
 //!    batch of step 4 and syncs `blocks.dat` later (`staging.rs`).
-//! 4. Commit the new record (version + 1, length = max(old, end of write), new block refs and
-//!    CRCs) to fjall and persist the journal with fdatasync (group commit).
+//! 4. Commit the new record (version + 1, length = max(old, end of write) as the images say,
+//!    new block refs and CRCs) to fjall and persist the journal with fdatasync (group commit).
 //! 5. Only now free the replaced blocks: the durable metadata no longer references them.
 //!
 //! A crash before step 4 completes leaves the old record in place (the new blocks are orphans);
@@ -64,6 +66,7 @@
 
 mod bitmap;
 mod error;
+mod images;
 mod locks;
 mod record;
 mod space;
@@ -77,10 +80,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use ember_types::{ChunkId, InodeId, BLOCK_SIZE, MAX_CHUNK_SIZE};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 pub use error::EngineError;
+pub use images::BlockImages;
 use locks::LockTable;
 pub use record::{RequestId, MAX_REQUESTS};
 use record::{blocks_for, BlockRef, ChunkMeta};
@@ -244,22 +249,43 @@ impl ChunkEngine {
     /// Writes `data` at `offset` inside the chunk; durable (data and metadata fsynced) before it
     /// returns. An empty write changes nothing and returns the current state.
     pub fn write(&self, chunk: ChunkId, offset: u32, data: &[u8]) -> Result<ChunkInfo, EngineError> {
-        self.write_inner(chunk, None, offset, data, None)
+        let _guard = self.locks.write(chunk);
+        let old = self.load(chunk)?;
+        let images = self.images_for(chunk, old.as_ref(), offset, Bytes::copy_from_slice(data))?;
+        self.apply_images(chunk, old, &images, None)
     }
 
-    /// Like [`write`](Self::write), but only if the chunk is at `base_version` (0 = missing), so
-    /// that every replica applies a chunk's writes in the same order and reaches the same
-    /// version; otherwise `VersionMismatch` and nothing changes. `request` is remembered with
-    /// the chunk (see [`applied`](Self::applied)).
-    pub fn write_at(
+    /// The block images a write of `data` at `offset` makes of the chunk as it is now. The
+    /// caller keeps the chunk from changing until it applies them (the service's chunk lock).
+    pub fn block_images(&self, chunk: ChunkId, offset: u32, data: Bytes) -> Result<BlockImages, EngineError> {
+        let _guard = self.locks.read(chunk);
+        let old = self.load(chunk)?;
+        self.images_for(chunk, old.as_ref(), offset, data)
+    }
+
+    /// Stores `images`, but only if the chunk is at `base_version` (0 = missing), so that every
+    /// replica applies a chunk's writes in the same order and reaches the same version;
+    /// otherwise `VersionMismatch` and nothing changes. `request` is remembered with the chunk
+    /// (see [`change_base`](Self::change_base)). Durable on return.
+    pub fn write_blocks_at(
         &self,
         chunk: ChunkId,
         base_version: u64,
-        offset: u32,
-        data: &[u8],
+        images: &BlockImages,
         request: Option<RequestId>,
     ) -> Result<ChunkInfo, EngineError> {
-        self.write_inner(chunk, Some(base_version), offset, data, request)
+        self.check_end(u64::from(images.len()), "write")?;
+        let _guard = self.locks.write(chunk);
+        let old = self.load(chunk)?;
+        check_base(old.as_ref(), Some(base_version))?;
+        let current = old.as_ref().map_or(0, |m| m.len);
+        if images.len() < current {
+            return Err(EngineError::InvalidArgument(format!(
+                "block images would shrink chunk {chunk} from {current} to {} bytes",
+                images.len()
+            )));
+        }
+        self.apply_images(chunk, old, images, request)
     }
 
     /// The chunk's state as a change starts, and whether it has applied `request` (or a later
@@ -278,27 +304,40 @@ impl ChunkEngine {
         Ok(self.load(chunk)?.map(|m| m.requests).unwrap_or_default())
     }
 
-    fn write_inner(
+    /// The images of a write of `data` at `offset` to a chunk stored as `meta`. A block-aligned
+    /// write is its own images; an unaligned one reads its edge blocks.
+    fn images_for(&self, chunk: ChunkId, meta: Option<&ChunkMeta>, offset: u32, data: Bytes) -> Result<BlockImages, EngineError> {
+        let end = self.check_end(u64::from(offset) + data.len() as u64, "write")?;
+        let current = meta.map_or(0, |m| m.len);
+        if data.is_empty() {
+            return Ok(BlockImages::computed(0, current, Bytes::new()));
+        }
+        let aligned = offset.is_multiple_of(BLOCK_SIZE) && data.len().is_multiple_of(BS as usize);
+        let (first, images) = if aligned {
+            (offset / BLOCK_SIZE, data)
+        } else {
+            let (first, images) = self.build_images(chunk, meta, u64::from(offset), &data)?;
+            (first, Bytes::from(images))
+        };
+        Ok(BlockImages::computed(first, current.max(end), images))
+    }
+
+    /// Stores `images` over the chunk stored as `old` as its next version.
+    fn apply_images(
         &self,
         chunk: ChunkId,
-        base: Option<u64>,
-        offset: u32,
-        data: &[u8],
+        old: Option<ChunkMeta>,
+        images: &BlockImages,
         request: Option<RequestId>,
     ) -> Result<ChunkInfo, EngineError> {
-        let end = self.check_end(u64::from(offset) + data.len() as u64, "write")?;
-        let _guard = self.locks.write(chunk);
-        let old = self.load(chunk)?;
-        check_base(old.as_ref(), base)?;
-        if data.is_empty() {
+        if images.is_empty() {
             return Ok(old.map(|m| m.info()).unwrap_or_default());
         }
-        let (first, images) = self.build_images(chunk, old.as_ref(), u64::from(offset), data)?;
-        let new = self.write_new_blocks(images)?;
+        let new = self.write_new_blocks(images.images().clone())?;
         let mut meta = old.clone().unwrap_or_default();
-        let replaced = install_blocks(&mut meta, first, &new);
+        let replaced = install_blocks(&mut meta, images.first(), &new, images.crcs());
         meta.version += 1;
-        meta.len = meta.len.max(end);
+        meta.len = images.len();
         if let Some(r) = request {
             meta.note_request(r);
         }
@@ -493,7 +532,7 @@ impl ChunkEngine {
             })?;
             meta.blocks.insert(*l, *r);
         }
-        let new = if images.is_empty() { None } else { Some(self.write_new_blocks(images.to_vec())?) };
+        let new = if images.is_empty() { None } else { Some(self.write_new_blocks(Bytes::copy_from_slice(images))?) };
         for (l, (p, img)) in patched.iter().zip(new.iter().flat_map(NewBlocks::iter)) {
             meta.blocks.insert(*l, BlockRef { phys: p, crc: crc32c::crc32c(img) });
         }
@@ -620,7 +659,7 @@ impl ChunkEngine {
     /// Allocates blocks for `images` and writes them. Large writes are made durable here; small
     /// ones are staged, made durable by the commit that journals them with their record. On
     /// failure nothing references the new blocks, so they go straight back to the allocator.
-    fn write_new_blocks(&self, images: Vec<u8>) -> Result<NewBlocks, EngineError> {
+    fn write_new_blocks(&self, images: Bytes) -> Result<NewBlocks, EngineError> {
         if let Some(e) = self.blocks.poisoned() {
             return Err(e);
         }
@@ -657,7 +696,7 @@ impl ChunkEngine {
         }
         img[cut..].fill(0);
         let crc = crc32c::crc32c(&img);
-        let new = self.write_new_blocks(img)?;
+        let new = self.write_new_blocks(Bytes::from(img))?;
         meta.blocks.insert(l, BlockRef { phys: new.phys[0], crc });
         Ok(Some((old.phys, new)))
     }
@@ -787,7 +826,7 @@ impl ChunkMeta {
 struct NewBlocks {
     phys: Vec<u64>,
     /// Their images, back to back.
-    images: Vec<u8>,
+    images: Bytes,
     /// Whether the images go into the journal with the record instead of being synced already.
     staged: bool,
 }
@@ -799,15 +838,12 @@ impl NewBlocks {
     }
 }
 
-/// Points logical blocks `first..` at the new physical blocks; returns the replaced ones.
-fn install_blocks(meta: &mut ChunkMeta, first: u32, new: &NewBlocks) -> Vec<u64> {
+/// Points logical blocks `first..` at the new physical blocks, whose images have `crcs`;
+/// returns the replaced ones.
+fn install_blocks(meta: &mut ChunkMeta, first: u32, new: &NewBlocks, crcs: &[u32]) -> Vec<u64> {
     let mut replaced = Vec::new();
-    for (k, (p, img)) in new.iter().enumerate() {
-        let r = BlockRef {
-            phys: p,
-            crc: crc32c::crc32c(img),
-        };
-        if let Some(old) = meta.blocks.insert(first + k as u32, r) {
+    for (k, (&phys, &crc)) in new.phys.iter().zip(crcs).enumerate() {
+        if let Some(old) = meta.blocks.insert(first + k as u32, BlockRef { phys, crc }) {
             replaced.push(old.phys);
         }
     }

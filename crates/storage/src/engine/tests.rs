@@ -207,7 +207,7 @@ fn orphan_blocks_of_uncommitted_writes_are_reclaimed_at_open() {
         e.write(c, 0, &data).unwrap();
         // The first half of a write (allocate, pwrite, fdatasync) without its metadata commit:
         // exactly what a crash between the two leaves behind.
-        let orphans = e.write_new_blocks(pattern(9, 5 * B)).unwrap();
+        let orphans = e.write_new_blocks(Bytes::from(pattern(9, 5 * B))).unwrap();
         assert_eq!(orphans.phys, vec![3, 4, 5, 6, 7]);
         assert_eq!(e.stats().used_blocks, 8);
     }
@@ -600,13 +600,13 @@ fn versioned_changes_apply_only_on_their_base_version() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path());
     let c = cid(40, 0);
-    assert_eq!(e.write_at(c, 0, 0, b"first", None).unwrap().version, 1);
-    let err = e.write_at(c, 0, 0, b"stale", None).unwrap_err();
+    assert_eq!(write_at(&e, c, 0, 0, b"first", None).unwrap().version, 1);
+    let err = write_at(&e, c, 0, 0, b"stale", None).unwrap_err();
     assert!(matches!(err, EngineError::VersionMismatch { current: 1, expected: 0 }), "{err}");
     assert_eq!(err.status().code, StatusCode::VersionMismatch);
-    assert!(e.write_at(c, 5, 0, b"ahead", None).is_err());
+    assert!(write_at(&e, c, 5, 0, b"ahead", None).is_err());
     assert_eq!(e.read(c, 0, 16).unwrap(), b"first");
-    assert_eq!(e.write_at(c, 1, 5, b"+second", None).unwrap().version, 2);
+    assert_eq!(write_at(&e, c, 1, 5, b"+second", None).unwrap().version, 2);
     assert!(e.truncate_at(c, 1, 3, None).is_err());
     let info = e.truncate_at(c, 2, 3, Some(RequestId { client: 7, seq: 9 })).unwrap();
     assert!(e.change_base(c, Some(RequestId { client: 7, seq: 9 })).unwrap().applied);
@@ -622,7 +622,7 @@ fn applied_requests_are_remembered_durably_and_travel_with_a_sync() {
     {
         let a = open(d1.path());
         assert_eq!(a.change_base(c, Some(req)).unwrap(), ChangeBase::default());
-        let info = a.write_at(c, 0, 0, b"once", Some(req)).unwrap();
+        let info = write_at(&a, c, 0, 0, b"once", Some(req)).unwrap();
         assert_eq!(a.change_base(c, Some(req)).unwrap(), ChangeBase { current: Some(info), applied: true });
         assert!(!a.change_base(c, Some(RequestId { client: 8, seq: 1 })).unwrap().applied);
     }
@@ -633,20 +633,62 @@ fn applied_requests_are_remembered_durably_and_travel_with_a_sync() {
     assert!(b.change_base(c, Some(req)).unwrap().applied, "a synced replica must know it too");
 }
 
+/// What a primary does with a write: build its block images here, then store them.
+fn write_at(e: &ChunkEngine, c: ChunkId, base: u64, off: u32, data: &[u8], request: Option<RequestId>) -> Result<ChunkInfo, EngineError> {
+    let images = e.block_images(c, off, Bytes::copy_from_slice(data))?;
+    e.write_blocks_at(c, base, &images, request)
+}
+
 #[test]
-fn replicas_applying_the_same_versioned_sequence_end_identical() {
+fn replicas_storing_the_primarys_block_images_end_identical() {
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b) = (open(d1.path()), open(d2.path()));
     let c = cid(41, 3);
-    let ops: [(u32, &[u8]); 4] = [(0, b"aaaa"), (4094, b"bbbbbbbb"), (100, b"cc"), (9000, b"d")];
+    let ops: [(u32, &[u8]); 5] = [(0, b"aaaa"), (4094, b"bbbbbbbb"), (100, b"cc"), (9000, b"d"), (4096, &[7; 4096])];
     for (v, (off, data)) in ops.iter().enumerate() {
-        a.write_at(c, v as u64, *off, data, None).unwrap();
-        b.write_at(c, v as u64, *off, data, None).unwrap();
+        let images = a.block_images(c, *off, Bytes::copy_from_slice(data)).unwrap();
+        let wire = BlockImages::received(images.first(), images.len(), images.images().clone(), images.crcs().to_vec()).unwrap();
+        assert_eq!(wire, images);
+        a.write_blocks_at(c, v as u64, &images, None).unwrap();
+        b.write_blocks_at(c, v as u64, &wire, None).unwrap();
         // A duplicate delivery is refused, not applied twice.
-        assert!(b.write_at(c, v as u64, *off, data, None).is_err());
+        assert!(b.write_blocks_at(c, v as u64, &wire, None).is_err());
     }
     assert_eq!(a.chunk_info(c).unwrap(), b.chunk_info(c).unwrap());
-    assert_eq!(a.read(c, 0, 10_000).unwrap(), b.read(c, 0, 10_000).unwrap());
+    assert_eq!(a.block_map(c).unwrap(), b.block_map(c).unwrap(), "per-block CRCs differ");
+    let expected = {
+        let mut m = vec![0u8; 9001];
+        for (off, data) in ops {
+            m[off as usize..off as usize + data.len()].copy_from_slice(data);
+        }
+        m
+    };
+    assert_eq!(a.read(c, 0, 10_000).unwrap(), expected);
+    assert_eq!(b.read(c, 0, 10_000).unwrap(), expected);
+}
+
+#[test]
+fn received_block_images_are_checked_before_anything_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let c = cid(43, 0);
+    let block = Bytes::from(vec![5u8; 4096]);
+    let crc = crc32c::crc32c(&block);
+    let refused = [
+        (BlockImages::received(0, 4096, block.clone(), vec![crc ^ 1]), StatusCode::ChecksumMismatch),
+        (BlockImages::received(0, 4096, block.slice(..4000), vec![crc]), StatusCode::InvalidArgument),
+        (BlockImages::received(0, 4096, block.clone(), vec![]), StatusCode::InvalidArgument),
+        (BlockImages::received(1, 4096, block.clone(), vec![crc]), StatusCode::InvalidArgument),
+    ];
+    for (outcome, code) in refused {
+        assert_eq!(outcome.unwrap_err().status().code, code);
+    }
+    let grown = BlockImages::received(0, 8192, block.clone(), vec![crc]).unwrap();
+    e.write_blocks_at(c, 0, &grown, None).unwrap();
+    let shrinking = BlockImages::received(0, 4096, block, vec![crc]).unwrap();
+    let err = e.write_blocks_at(c, 1, &shrinking, None).unwrap_err();
+    assert_eq!(err.status().code, StatusCode::InvalidArgument, "{err}");
+    assert_eq!(e.chunk_info(c).unwrap().map(|i| (i.version, i.len)), Some((1, 8192)));
 }
 
 /// What a sync does for one chunk: send only the blocks whose CRC differs.
