@@ -8,12 +8,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ember_proto::meta::Attr;
+use ember_proto::meta::{Attr, XattrSetMode};
 use ember_types::{FileType, Status};
 use fuser::{
     Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
     RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::Instrument;
 
@@ -112,6 +112,15 @@ fn name(n: &OsStr) -> &[u8] {
     n.as_bytes()
 }
 
+/// getxattr(2)/listxattr(2): a zero size asks for the length only; a smaller buffer is ERANGE.
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    match u32::try_from(value.len()) {
+        Ok(len) if size == 0 => reply.size(len),
+        Ok(len) if len <= size => reply.data(value),
+        _ => reply.error(Errno::ERANGE),
+    }
+}
+
 impl Filesystem for EmberFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // The kernel may refuse a larger value; the nearest it accepts is fine.
@@ -164,6 +173,40 @@ impl Filesystem for EmberFs {
             Ok(a) => reply.attr(&self.ttl, &self.file_attr(&a)),
             Err(e) => reply.error(e),
         }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.run("getxattr", self.vfs.getxattr(ino.0, name(n))) {
+            Ok(value) => reply_xattr(reply, size, &value),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setxattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, value: &[u8], flags: i32, position: u32, reply: ReplyEmpty) {
+        let mode = match flags {
+            0 => XattrSetMode::Upsert,
+            libc::XATTR_CREATE => XattrSetMode::Create,
+            libc::XATTR_REPLACE => XattrSetMode::Replace,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        if position != 0 {
+            return reply.error(Errno::EINVAL);
+        }
+        Self::empty(reply, self.run("setxattr", self.vfs.setxattr(ino.0, name(n), value, mode)));
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.run("listxattr", self.vfs.listxattr(ino.0)) {
+            Ok(names) => {
+                let list: Vec<u8> = names.iter().flat_map(|n| n.iter().copied().chain([0])).collect();
+                reply_xattr(reply, size, &list)
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        Self::empty(reply, self.run("removexattr", self.vfs.removexattr(ino.0, name(n))));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {

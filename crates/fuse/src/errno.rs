@@ -18,6 +18,7 @@ pub fn errno_of(st: &Status) -> i32 {
         StatusCode::StaleHandle => libc::ESTALE,
         StatusCode::ChunkTooLarge => libc::EFBIG,
         StatusCode::NotSymlink => libc::EINVAL,
+        StatusCode::NoAttribute => libc::ENODATA,
         _ => libc::EIO,
     }
 }

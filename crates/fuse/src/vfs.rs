@@ -3,6 +3,7 @@
 
 mod dirty;
 mod inline;
+mod xattr;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +17,7 @@ use ember_types::{FileType, InodeId, Layout, Status, StatusCode};
 
 use dirty::DirtyExtents;
 use inline::InlineFile;
+use xattr::MissingXattrs;
 
 /// Written extents held before a flush; past this many, they are sent even if small.
 const MAX_DIRTY_EXTENTS: usize = 256;
@@ -72,6 +74,7 @@ pub struct Vfs {
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     inodes: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<InodeState>>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    missing_xattrs: MissingXattrs,
 }
 
 fn now_ns() -> i64 {
@@ -98,6 +101,7 @@ impl Vfs {
             handles: Mutex::default(),
             inodes: Mutex::default(),
             dirs: Mutex::default(),
+            missing_xattrs: MissingXattrs::default(),
         }
     }
 

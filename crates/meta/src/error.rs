@@ -35,6 +35,10 @@ pub enum MetaError {
     InlineMoved(String),
     #[error("spill lost its reservation: {0}")]
     SpillLost(String),
+    #[error("no extended attribute {0}")]
+    NoAttribute(String),
+    #[error("no space: {0}")]
+    NoSpace(String),
     #[error("kv: {0}")]
     Kv(#[from] KvError),
     #[error("corrupt metadata: {0}")]
@@ -65,6 +69,8 @@ impl MetaError {
             MetaError::Busy(_) => StatusCode::Busy,
             MetaError::InlineMoved(_) => StatusCode::InlineMoved,
             MetaError::SpillLost(_) => StatusCode::SpillLost,
+            MetaError::NoAttribute(_) => StatusCode::NoAttribute,
+            MetaError::NoSpace(_) => StatusCode::NoSpace,
             MetaError::Kv(e) if e.is_retryable() => StatusCode::TxnConflict,
             MetaError::Kv(_) => StatusCode::KvError,
             MetaError::Corrupt(_) | MetaError::Internal(_) | MetaError::Io(_) => {

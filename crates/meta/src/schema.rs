@@ -11,6 +11,7 @@
 //! | `DATR` id `m` / `c` | u64 LE: directory mtime / ctime in ns (commutative max) |
 //! | `INOS` id session (8 B big-endian) | [`SessionRecord`] |
 //! | `INLN` id | [`InlineRecord`]: the bytes of an inline file (absent = empty) |
+//! | `XATR` id name | the value of one extended attribute |
 //! | `GCQ_` id | [`GcRecord`]: unlinked file waiting for chunk removal |
 //! | `SING` `ino` shard | u64 LE: inode-id block counter of one shard |
 //! | `SING` `inodes` | i64 LE: number of inodes (commutative add) |
@@ -28,6 +29,7 @@ pub const DIR_ATTR_PREFIX: &[u8; 4] = b"DATR";
 pub const SESSION_PREFIX: &[u8; 4] = b"INOS";
 pub const GC_PREFIX: &[u8; 4] = b"GCQ_";
 pub const INLINE_PREFIX: &[u8; 4] = b"INLN";
+pub const XATTR_PREFIX: &[u8; 4] = b"XATR";
 pub const SINGLETON_PREFIX: &[u8; 4] = b"SING";
 
 /// Longest file name (NAME_MAX).
@@ -90,6 +92,14 @@ pub fn session_prefix(ino: InodeId) -> Vec<u8> {
 
 pub fn inline_key(ino: InodeId) -> Vec<u8> {
     key(INLINE_PREFIX, ino, &[])
+}
+
+pub fn xattr_key(ino: InodeId, name: &[u8]) -> Vec<u8> {
+    key(XATTR_PREFIX, ino, name)
+}
+
+pub fn xattr_prefix(ino: InodeId) -> Vec<u8> {
+    key(XATTR_PREFIX, ino, &[])
 }
 
 pub fn gc_key(ino: InodeId) -> Vec<u8> {
@@ -212,6 +222,14 @@ pub struct InodeRecord {
     /// the length up to which it may grow there. Set at create; 0 once moved to chunks.
     #[prost(uint32, tag = "14")]
     pub inline_limit: u32,
+    /// Directories: the inline limit of files created in it (`ember.dir.inline_max`), copied
+    /// to subdirectories made in it; absent = the service's default.
+    #[prost(uint32, optional, tag = "15")]
+    pub dir_inline_max: Option<u32>,
+    /// Whether the inode may have `XATR` records (set by the first set, never cleared), so
+    /// that removing an inode without any skips their scan.
+    #[prost(bool, tag = "16")]
+    pub has_xattrs: bool,
 }
 
 impl InodeRecord {

@@ -175,6 +175,20 @@ impl Service for MetaService {
             Method::MetaSpillInline => unary(s, body, |s, r: SpillInlineReq| {
                 s.spill_inline(InodeId(r.inode), r.token, r.finish, r.size).map(inline_spill)
             }),
+            Method::MetaGetXattr => read_only(s, body, |s, r: GetXattrReq| {
+                s.get_xattr(InodeId(r.inode), &r.name).map(|value| GetXattrResp { value })
+            }),
+            Method::MetaListXattr => read_only(s, body, |s, r: ListXattrReq| {
+                s.list_xattr(InodeId(r.inode)).map(|names| ListXattrResp { names })
+            }),
+            Method::MetaSetXattr => unary(s, body, |s, r: SetXattrReq| {
+                let mode = XattrSetMode::try_from(r.mode)
+                    .map_err(|_| MetaError::InvalidArgument(format!("set mode {}", r.mode)))?;
+                s.set_xattr(InodeId(r.inode), &r.name, &r.value, mode).map(|()| EmptyResp {})
+            }),
+            Method::MetaRemoveXattr => unary(s, body, |s, r: RemoveXattrReq| {
+                s.remove_xattr(InodeId(r.inode), &r.name).map(|()| EmptyResp {})
+            }),
             other => {
                 let st = Status::new(
                     StatusCode::UnknownMethod,

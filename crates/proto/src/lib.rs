@@ -44,6 +44,10 @@ pub enum Method {
     MetaStatFs = 0x0210,
     MetaWriteInline = 0x0211,
     MetaSpillInline = 0x0212,
+    MetaGetXattr = 0x0213,
+    MetaSetXattr = 0x0214,
+    MetaListXattr = 0x0215,
+    MetaRemoveXattr = 0x0216,
 
     StorageWrite = 0x0301,
     StorageBatchRead = 0x0302,
@@ -60,7 +64,7 @@ pub enum Method {
 }
 
 impl Method {
-    const ALL: [Method; 37] = [
+    const ALL: [Method; 41] = [
         Method::MgmtdRegisterNode,
         Method::MgmtdHeartbeat,
         Method::MgmtdGetRouting,
@@ -86,6 +90,10 @@ impl Method {
         Method::MetaStatFs,
         Method::MetaWriteInline,
         Method::MetaSpillInline,
+        Method::MetaGetXattr,
+        Method::MetaSetXattr,
+        Method::MetaListXattr,
+        Method::MetaRemoveXattr,
         Method::StorageWrite,
         Method::StorageBatchRead,
         Method::StorageTruncate,
@@ -132,6 +140,10 @@ impl Method {
             Method::MetaStatFs => "meta.statfs",
             Method::MetaWriteInline => "meta.write_inline",
             Method::MetaSpillInline => "meta.spill_inline",
+            Method::MetaGetXattr => "meta.get_xattr",
+            Method::MetaSetXattr => "meta.set_xattr",
+            Method::MetaListXattr => "meta.list_xattr",
+            Method::MetaRemoveXattr => "meta.remove_xattr",
             Method::StorageWrite => "storage.write",
             Method::StorageBatchRead => "storage.batch_read",
             Method::StorageTruncate => "storage.truncate",

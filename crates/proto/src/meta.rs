@@ -443,3 +443,81 @@ impl Rpc for SpillInlineReq {
     const METHOD: Method = Method::MetaSpillInline;
     type Response = SpillInlineResp;
 }
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetXattrReq {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub name: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetXattrResp {
+    #[prost(bytes = "vec", tag = "1")]
+    pub value: Vec<u8>,
+}
+
+impl Rpc for GetXattrReq {
+    const METHOD: Method = Method::MetaGetXattr;
+    type Response = GetXattrResp;
+}
+
+/// How a set treats an existing attribute (setxattr(2)'s flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum XattrSetMode {
+    /// Create or replace.
+    Upsert = 0,
+    /// Fail if it exists (XATTR_CREATE).
+    Create = 1,
+    /// Fail if it does not exist (XATTR_REPLACE).
+    Replace = 2,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetXattrReq {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub name: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub value: Vec<u8>,
+    #[prost(enumeration = "XattrSetMode", tag = "4")]
+    pub mode: i32,
+}
+
+impl Rpc for SetXattrReq {
+    const METHOD: Method = Method::MetaSetXattr;
+    type Response = EmptyResp;
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListXattrReq {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListXattrResp {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub names: Vec<Vec<u8>>,
+}
+
+impl Rpc for ListXattrReq {
+    const METHOD: Method = Method::MetaListXattr;
+    type Response = ListXattrResp;
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RemoveXattrReq {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub name: Vec<u8>,
+}
+
+impl Rpc for RemoveXattrReq {
+    const METHOD: Method = Method::MetaRemoveXattr;
+    type Response = EmptyResp;
+}

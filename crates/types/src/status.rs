@@ -38,6 +38,8 @@ pub enum StatusCode {
     InlineMoved = 411,
     /// A spill of an inline file lost its reservation before it finished: start it again.
     SpillLost = 412,
+    /// The extended attribute does not exist (ENODATA).
+    NoAttribute = 413,
     // Storage (5xx)
     NoSpace = 500,
     IoError = 501,
@@ -53,7 +55,7 @@ pub enum StatusCode {
 }
 
 impl StatusCode {
-    const ALL: [StatusCode; 37] = [
+    const ALL: [StatusCode; 38] = [
         StatusCode::Ok,
         StatusCode::Internal,
         StatusCode::InvalidArgument,
@@ -82,6 +84,7 @@ impl StatusCode {
         StatusCode::StaleHandle,
         StatusCode::InlineMoved,
         StatusCode::SpillLost,
+        StatusCode::NoAttribute,
         StatusCode::NoSpace,
         StatusCode::IoError,
         StatusCode::CorruptData,

@@ -19,12 +19,13 @@ fn exists(parent: InodeId, name: &[u8]) -> MetaError {
 }
 
 /// Fails unless `parent` is a directory without an entry `name`.
-fn require_free_name(t: &mut Tx<'_>, parent: InodeId, name: &[u8]) -> Result<(), MetaError> {
-    t.require_dir(parent)?;
+/// The parent directory's record, if `name` is free in it.
+fn require_free_name(t: &mut Tx<'_>, parent: InodeId, name: &[u8]) -> Result<InodeRecord, MetaError> {
+    let rec = t.require_dir(parent)?;
     if t.entry(parent, name)?.is_some() {
         return Err(exists(parent, name));
     }
-    Ok(())
+    Ok(rec)
 }
 
 fn check_symlink_target(target: &[u8]) -> Result<(), MetaError> {
@@ -44,12 +45,13 @@ impl MetaStore {
         check_name(name)?;
         let mut new_id = None;
         self.run(|t| {
-            require_free_name(t, parent, name)?;
+            let parent_rec = require_free_name(t, parent, name)?;
             let ino = once(&mut new_id, || self.ids.allocate())?;
             let now = now_ns();
             let rec = InodeRecord {
                 parent: parent.0,
                 name: name.to_vec(),
+                dir_inline_max: parent_rec.dir_inline_max,
                 ..new_record(FileType::Directory, perm, now)
             };
             t.put_inode(ino, &rec);
@@ -73,8 +75,9 @@ impl MetaStore {
             if !t.dir_is_empty(dir)? {
                 return Err(MetaError::NotEmpty(dir));
             }
+            let rec = t.require_inode(dir)?;
             t.delete_entry(parent, name);
-            t.delete_dir(dir);
+            t.delete_dir(dir, &rec)?;
             t.add_subdirs(parent, -1);
             t.touch_dir(parent, now_ns());
             Ok(())
@@ -175,6 +178,7 @@ pub(super) fn drop_link(t: &mut Tx<'_>, ino: InodeId, now: i64) -> Result<(), Me
         (FileType::Symlink, 0) => {
             t.0.delete(&inode_key(ino));
             t.count_inodes(-1);
+            super::xattr::delete_all(t, ino, &rec)?;
         }
         (FileType::File, 0) => {
             t.put_inode(ino, &rec);

@@ -68,14 +68,15 @@ impl MetaStore {
         let session = new_session_id();
         let (mut new_id, mut layout) = (None, None);
         self.run(|t| {
-            t.require_dir(parent)?;
+            let dir = t.require_dir(parent)?;
             let now = now_ns();
             if let Some(entry) = t.entry(parent, name)? {
                 return open_existing(t, parent, name, entry, exclusive, (client_id, session), now);
             }
             let ino = once(&mut new_id, || self.ids.allocate())?;
             let layout = once(&mut layout, || self.chains.layout())?;
-            let rec = InodeRecord { inline_limit: self.inline_max, ..new_file(&layout, perm, now) };
+            let inline_limit = dir.dir_inline_max.unwrap_or(self.inline_max);
+            let rec = InodeRecord { inline_limit, ..new_file(&layout, perm, now) };
             t.put_inode(ino, &rec);
             t.put_entry(parent, name, ino, FileType::File);
             t.touch_dir(parent, now);

@@ -100,9 +100,10 @@ impl MetaStore {
     /// Deletes a claimed inode and everything keyed by it, after its chunks are gone.
     pub fn gc_finish(&self, ino: InodeId) -> Result<(), MetaError> {
         self.run(|t| {
-            if t.inode(ino)?.is_some() {
+            if let Some(rec) = t.inode(ino)? {
                 t.0.delete(&inode_key(ino));
                 t.count_inodes(-1);
+                super::xattr::delete_all(t, ino, &rec)?;
             }
             t.0.delete(&gc_key(ino));
             t.delete_inline(ino);

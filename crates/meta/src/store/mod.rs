@@ -11,6 +11,7 @@ mod gc;
 mod inline;
 mod rename;
 mod tx;
+mod xattr;
 
 #[cfg(test)]
 mod tests;
@@ -32,6 +33,7 @@ use crate::MetaError;
 pub use file::Opened;
 pub use gc::{GcItem, GcSession};
 pub use inline::{InlineReply, SPILL_HOLD};
+pub use xattr::DIR_INLINE_MAX;
 
 pub(crate) use tx::Tx;
 

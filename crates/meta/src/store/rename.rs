@@ -122,7 +122,8 @@ fn replace_target(
 ) -> Result<(), MetaError> {
     let ino = InodeId(dst.inode);
     if dst.kind()? == FileType::Directory {
-        t.delete_dir(ino);
+        let rec = t.require_inode(ino)?;
+        t.delete_dir(ino, &rec)?;
         t.add_subdirs(parent, -1);
         return Ok(());
     }

@@ -693,3 +693,105 @@ fn inline_can_be_turned_off() {
     let o = s.create(ROOT, b"f", perm(), true, 1).unwrap();
     assert_eq!((o.attr.inline_limit, o.inline), (0, None));
 }
+
+fn stored_xattr_keys(s: &MetaStore) -> usize {
+    let begin = crate::schema::XATTR_PREFIX.to_vec();
+    let end = crate::schema::prefix_end(&begin);
+    ember_kv::run(&*s.kv, |t| Ok::<_, MetaError>(t.snapshot_scan(&begin, &end, 0)?.len())).unwrap()
+}
+
+#[test]
+fn xattrs_are_set_read_listed_and_removed_with_the_errors_linux_gives() {
+    use ember_proto::meta::XattrSetMode::{Create, Replace, Upsert};
+    let s = store();
+    let f = InodeId(mkfile(&s, ROOT, "f").inode);
+    let ctime = s.getattr(f).unwrap().ctime_ns;
+    s.set_xattr(f, b"user.b", b"2", Upsert).unwrap();
+    s.set_xattr(f, b"user.a", b"1", Create).unwrap();
+    s.set_xattr(f, b"security.selinux", b"x", Upsert).unwrap();
+    assert!(s.getattr(f).unwrap().ctime_ns > ctime, "a set changes ctime");
+    assert_eq!(s.get_xattr(f, b"user.a").unwrap(), b"1");
+    assert_eq!(code(s.set_xattr(f, b"user.a", b"9", Create)), StatusCode::AlreadyExists);
+    assert_eq!(code(s.set_xattr(f, b"user.c", b"9", Replace)), StatusCode::NoAttribute);
+    s.set_xattr(f, b"user.a", b"", Replace).unwrap();
+    assert_eq!(s.get_xattr(f, b"user.a").unwrap(), b"", "an empty value is a value");
+    assert_eq!(s.list_xattr(f).unwrap(), [&b"security.selinux"[..], b"user.a", b"user.b"]);
+    s.remove_xattr(f, b"user.b").unwrap();
+    assert_eq!(code(s.remove_xattr(f, b"user.b")), StatusCode::NoAttribute);
+    assert_eq!(code(s.get_xattr(f, b"user.b")), StatusCode::NoAttribute);
+    assert_eq!(code(s.get_xattr(ROOT, b"user.a")), StatusCode::NoAttribute);
+
+    for bad in [&b"system.posix_acl_access"[..], b"os2.name", b"user."] {
+        assert_eq!(code(s.set_xattr(f, bad, b"v", Upsert)), StatusCode::Unsupported, "{}", String::from_utf8_lossy(bad));
+    }
+    assert_eq!(code(s.set_xattr(f, b"", b"v", Upsert)), StatusCode::InvalidArgument);
+    assert_eq!(code(s.set_xattr(f, &[b'u'; 256], b"v", Upsert)), StatusCode::InvalidArgument);
+    assert_eq!(code(s.set_xattr(f, b"user.big", &vec![0; (64 << 10) + 1], Upsert)), StatusCode::InvalidArgument);
+    assert_eq!(code(s.get_xattr(InodeId(999_999), b"user.a")), StatusCode::NotFound);
+}
+
+#[test]
+fn xattrs_of_one_inode_stay_within_what_listxattr_can_return() {
+    use ember_proto::meta::XattrSetMode::Upsert;
+    let s = store();
+    let f = InodeId(mkfile(&s, ROOT, "f").inode);
+    let name = |i: usize| format!("user.{i:0>250}").into_bytes();
+    // 255 bytes and a NUL per name: 256 names fill the 64 KiB list exactly.
+    for i in 0..256 {
+        s.set_xattr(f, &name(i), b"", Upsert).unwrap();
+    }
+    assert_eq!(code(s.set_xattr(f, b"user.one_more", b"", Upsert)), StatusCode::NoSpace);
+    s.set_xattr(f, &name(7), b"replacing keeps the list as long", Upsert).unwrap();
+    assert_eq!(s.list_xattr(f).unwrap().len(), 256);
+}
+
+#[test]
+fn removing_an_inode_removes_its_xattrs() {
+    use ember_proto::meta::XattrSetMode::Upsert;
+    let s = store();
+    let f = InodeId(mkfile(&s, ROOT, "f").inode);
+    let d = mkdir(&s, ROOT, "d");
+    let replaced = mkdir(&s, ROOT, "replaced");
+    let link = InodeId(s.symlink(ROOT, b"l", b"f", 0, 0).unwrap().inode);
+    for ino in [f, d, replaced, link] {
+        s.set_xattr(ino, b"user.k", b"v", Upsert).unwrap();
+        s.set_xattr(ino, b"trusted.k", b"v", Upsert).unwrap();
+    }
+    assert_eq!(stored_xattr_keys(&s), 8);
+    s.unlink(ROOT, b"l").unwrap();
+    s.rmdir(ROOT, b"d").unwrap();
+    let empty = mkdir(&s, ROOT, "empty");
+    s.rename(ROOT, b"empty", ROOT, b"replaced", 0).unwrap();
+    assert_eq!(stored_xattr_keys(&s), 2, "only the file's remain while it waits for GC");
+    s.unlink(ROOT, b"f").unwrap();
+    assert!(s.gc_claim(f).unwrap());
+    s.gc_finish(f).unwrap();
+    assert_eq!(stored_xattr_keys(&s), 0);
+    assert_eq!(code(s.list_xattr(replaced)), StatusCode::NotFound);
+    assert!(s.list_xattr(empty).unwrap().is_empty());
+}
+
+#[test]
+fn a_directory_inline_limit_applies_to_files_created_in_it_and_passes_to_new_subdirectories() {
+    use ember_proto::meta::XattrSetMode::{Replace, Upsert};
+    let s = store();
+    let d = mkdir(&s, ROOT, "d");
+    assert_eq!(code(s.get_xattr(d, DIR_INLINE_MAX)), StatusCode::NoAttribute);
+    s.set_xattr(d, DIR_INLINE_MAX, b"16384", Upsert).unwrap();
+    assert_eq!(s.get_xattr(d, DIR_INLINE_MAX).unwrap(), b"16384");
+    assert!(s.list_xattr(d).unwrap().is_empty(), "the setting is not listed");
+    assert_eq!(mkfile(&s, d, "f").inline_limit, 16384);
+    let sub = mkdir(&s, d, "sub");
+    assert_eq!(mkfile(&s, sub, "f").inline_limit, 16384, "a new subdirectory inherits it");
+    s.set_xattr(sub, DIR_INLINE_MAX, b"0", Replace).unwrap();
+    assert_eq!(mkfile(&s, sub, "g").inline_limit, 0, "0 turns inline files off");
+    s.remove_xattr(d, DIR_INLINE_MAX).unwrap();
+    assert_eq!(mkfile(&s, d, "g").inline_limit, DEFAULT_INLINE_MAX);
+    assert_eq!(code(s.remove_xattr(d, DIR_INLINE_MAX)), StatusCode::NoAttribute);
+    for bad in [&b"65537"[..], b"-1", b"4k", b""] {
+        assert_eq!(code(s.set_xattr(d, DIR_INLINE_MAX, bad, Upsert)), StatusCode::InvalidArgument);
+    }
+    let f = InodeId(mkfile(&s, ROOT, "plain").inode);
+    assert_eq!(code(s.set_xattr(f, DIR_INLINE_MAX, b"8192", Upsert)), StatusCode::InvalidArgument);
+    assert_eq!(code(s.set_xattr(d, b"ember.other", b"1", Upsert)), StatusCode::Unsupported);
+}

@@ -146,13 +146,14 @@ impl Tx<'_> {
         self.0.atomic_add(&inode_count_key(), delta);
     }
 
-    /// Removes an empty directory's inode and counters.
-    pub fn delete_dir(&mut self, dir: InodeId) {
+    /// Removes an empty directory's inode, counters and extended attributes.
+    pub fn delete_dir(&mut self, dir: InodeId, rec: &InodeRecord) -> Result<(), MetaError> {
         self.0.delete(&inode_key(dir));
         for a in DirAttr::ALL {
             self.0.delete(&dir_attr_key(dir, a));
         }
         self.count_inodes(-1);
+        super::xattr::delete_all(self, dir, rec)
     }
 
     pub fn put_session(&mut self, ino: InodeId, session: u64, rec: &SessionRecord) {
