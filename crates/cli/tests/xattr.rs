@@ -138,6 +138,13 @@ fn xattrs_behave_as_on_a_local_file_system() {
     // Writes still work (the kernel asks for security.capability before each one).
     fs::write(&f, random_bytes(1, 100_000)).unwrap();
     assert!(fs::read(&f).unwrap() == random_bytes(1, 100_000));
+    // The kernel's probe before each write is answered by the mount, not by meta.
+    let probes = || cluster.meta_metric("ember_rpc_seconds_count{method=\"meta.get_xattr\"}");
+    let before = probes();
+    for i in 0..20 {
+        fs::write(a.join(&format!("w{i}")), random_bytes(i, 5000)).unwrap();
+    }
+    assert_eq!(probes(), before, "writes sent capability probes to meta");
     let d = a.join("dir");
     fs::create_dir(&d).unwrap();
     set(&d, "user.on_dir", b"1", 0).unwrap();

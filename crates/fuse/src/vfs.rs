@@ -282,6 +282,9 @@ impl Vfs {
 
     async fn register_handle(&self, attr: &Attr, session_id: u64, inline: Option<Vec<u8>>) -> Result<u64, Status> {
         let layout = layout_of(attr)?;
+        if !attr.has_xattrs {
+            self.missing_xattrs.note_none(attr.inode);
+        }
         let state = lock(&self.inodes).entry(attr.inode).or_default().clone();
         {
             let mut st = state.lock().await;

@@ -7,9 +7,10 @@ use bytes::Bytes;
 use ember_proto::Rpc;
 use ember_types::{Status, StatusCode};
 use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::frame::{read_frame, FrameError, FrameHeader, FrameKind, FrameLimits};
+use crate::inline::here_or_spawn;
 use crate::transport::{BoxRead, BoxWrite, Dialer};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -20,15 +21,10 @@ type Reply = Result<(Bytes, Bytes), Status>;
 /// called, not in a hash order that differs from run to run (which a simulation would notice).
 type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Reply>>>>;
 
-struct Outgoing {
-    header: FrameHeader,
-    body: Bytes,
-    payload: Bytes,
-}
-
-/// One multiplexed connection: a writer task, a reader task, and the table of waiting callers.
+/// One multiplexed connection: the sending half, shared by the callers, a reader task, and
+/// the table of waiting callers.
 struct Connection {
-    tx: mpsc::Sender<Outgoing>,
+    writer: Arc<tokio::sync::Mutex<BufWriter<BoxWrite>>>,
     pending: Pending,
     dead: Arc<AtomicBool>,
     /// Frames received so far: a call that times out while this stands still suggests the
@@ -103,9 +99,10 @@ impl RpcClient {
             let mut header = FrameHeader::for_data(FrameKind::Request, method, id, &body, &payload);
             header.timeout_ms = timeout.as_millis().min(u128::from(u32::MAX)) as u32;
             let guard = PendingGuard { pending: &conn.pending, id };
-            if conn.tx.send(Outgoing { header, body, payload }).await.is_err() {
+            if conn.dead.load(Ordering::Acquire) {
                 return Err(closed(&self.addr));
             }
+            conn.send(header, body, payload, &self.addr);
             let reply = rx.await.unwrap_or_else(|_| Err(closed(&self.addr)));
             drop(guard);
             reply
@@ -143,11 +140,10 @@ impl RpcClient {
             .await
             .map_err(|_| unavailable("timed out".into()))?
             .map_err(|e| unavailable(e.to_string()))?;
-        let (tx, rx) = mpsc::channel(1024);
+        let writer = Arc::new(tokio::sync::Mutex::new(BufWriter::with_capacity(64 * 1024, wr)));
         let pending: Pending = Arc::default();
         let dead = Arc::new(AtomicBool::new(false));
         let received = Arc::new(AtomicU64::new(0));
-        tokio::spawn(write_loop(wr, rx, dead.clone()));
         let reader = Reader {
             pending: pending.clone(),
             dead: dead.clone(),
@@ -156,7 +152,7 @@ impl RpcClient {
             addr: self.addr.clone(),
         };
         tokio::spawn(reader.run(rd));
-        Ok(Connection { tx, pending, dead, received })
+        Ok(Connection { writer, pending, dead, received })
     }
 }
 
@@ -180,24 +176,34 @@ fn closed(addr: &str) -> Status {
     Status::new(StatusCode::ConnectionClosed, format!("connection to {addr} closed"))
 }
 
-async fn write_loop(wr: BoxWrite, mut rx: mpsc::Receiver<Outgoing>, dead: Arc<AtomicBool>) {
-    let mut w = BufWriter::with_capacity(64 * 1024, wr);
-    'outer: while let Some(f) = rx.recv().await {
-        let mut next = Some(f);
-        while let Some(f) = next {
-            let ok = w.write_all(&f.header.encode()).await.is_ok()
-                && w.write_all(&f.body).await.is_ok()
-                && w.write_all(&f.payload).await.is_ok();
-            if !ok {
-                break 'outer;
+impl Connection {
+    /// Sends a frame from the calling task when the connection is free to take it at once (the
+    /// usual case), else from a task of its own, so that the frame goes out whole even if the
+    /// caller stops waiting. A failed send fails every caller waiting on the connection.
+    fn send(&self, header: FrameHeader, body: Bytes, payload: Bytes, addr: &str) {
+        let (writer, pending, dead, addr) = (self.writer.clone(), self.pending.clone(), self.dead.clone(), addr.to_owned());
+        here_or_spawn(async move {
+            let mut w = writer.lock().await;
+            let sent = async {
+                w.write_all(&header.encode()).await?;
+                w.write_all(&body).await?;
+                w.write_all(&payload).await?;
+                w.flush().await
+            };
+            if let Err(e) = sent.await {
+                tracing::debug!(%addr, error = %e, "send failed; dropping connection");
+                fail_all(&pending, &dead, &addr);
             }
-            next = rx.try_recv().ok();
-        }
-        if w.flush().await.is_err() {
-            break;
-        }
+        });
     }
+}
+
+/// Marks a connection dead and wakes every caller still waiting on it.
+fn fail_all(pending: &Pending, dead: &AtomicBool, addr: &str) {
     dead.store(true, Ordering::Release);
+    for (_, tx) in std::mem::take(&mut *lock(pending)) {
+        let _ = tx.send(Err(closed(addr)));
+    }
 }
 
 /// The receiving side of a connection: hands each reply to its caller.
@@ -242,11 +248,7 @@ impl Reader {
                 }
             }
         }
-        dead.store(true, Ordering::Release);
-        // Wake every caller still waiting on this connection.
-        for (_, tx) in std::mem::take(&mut *lock(&pending)) {
-            let _ = tx.send(Err(closed(&addr)));
-        }
+        fail_all(&pending, &dead, &addr);
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod client;
 mod frame;
+mod inline;
 pub mod routing;
 mod server;
 mod transport;

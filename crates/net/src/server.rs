@@ -9,14 +9,17 @@ use ember_proto::Method;
 use ember_types::{Status, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
 
 use crate::frame::{read_frame, FrameError, FrameHeader, FrameKind, FrameLimits};
+use crate::inline::here_or_spawn;
 
 /// Requests a single connection may have in flight; more wait in the socket buffer.
 const MAX_INFLIGHT_PER_CONN: usize = 256;
-const WRITE_QUEUE: usize = 1024;
+
+/// The sending half of a connection, shared by its requests' handlers.
+type Writer<W> = Arc<Mutex<BufWriter<W>>>;
 
 pub struct Request {
     pub method: u16,
@@ -55,7 +58,8 @@ struct OutFrame {
     payload: Bytes,
 }
 
-/// Accepts connections forever, one task per connection and one per request.
+/// Accepts connections forever: one task per connection, in which each request runs until it
+/// would wait; the rest of it continues as a task of its own.
 pub async fn serve(listener: TcpListener, service: Arc<dyn Service>, limits: FrameLimits) {
     describe_metrics();
     loop {
@@ -87,14 +91,13 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel::<OutFrame>(WRITE_QUEUE);
-    let writer = tokio::spawn(write_loop(wr, rx));
+    let writer: Writer<W> = Arc::new(Mutex::new(BufWriter::with_capacity(64 * 1024, wr)));
     let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT_PER_CONN));
     loop {
         let frame = match read_frame(&mut rd, &limits).await {
             Ok(f) => f,
             Err(e) => {
-                if !reject_frame(e, peer, &tx).await {
+                if !reject_frame(e, peer, &writer).await {
                     break;
                 }
                 continue;
@@ -112,40 +115,41 @@ where
             deadline: deadline_of(&frame.header),
             peer,
         };
-        let (svc, tx) = (service.clone(), tx.clone());
+        let (svc, writer) = (service.clone(), writer.clone());
         let request_id = frame.header.request_id;
-        tokio::spawn(async move {
+        here_or_spawn(async move {
             let out = handle(svc, req, request_id).await;
-            let _ = tx.send(out).await;
+            let _ = send(&writer, &out).await;
             drop(permit);
         });
     }
-    drop(tx);
-    let _ = writer.await;
+    // Every request in flight answers before our side closes.
+    let _ = inflight.acquire_many(MAX_INFLIGHT_PER_CONN as u32).await;
+    let _ = writer.lock().await.shutdown().await;
 }
 
 /// Answers a frame that could not be dispatched. Returns whether the stream is still usable.
-async fn reject_frame(e: FrameError, peer: SocketAddr, tx: &mpsc::Sender<OutFrame>) -> bool {
+async fn reject_frame<W: AsyncWrite + Unpin>(e: FrameError, peer: SocketAddr, writer: &Writer<W>) -> bool {
     match e {
         FrameError::Closed => false,
         FrameError::DataChecksum { header, what } => {
             bad_frame("checksum");
             let st = Status::new(StatusCode::ChecksumMismatch, format!("{what} checksum mismatch"));
-            let _ = tx.send(error_frame(header.method, header.request_id, &st)).await;
+            let _ = send(writer, &error_frame(header.method, header.request_id, &st)).await;
             true
         }
         FrameError::TooLarge { header, what, len, max } => {
             bad_frame("too_large");
             tracing::warn!(%peer, what, len, max, "frame too large; closing connection");
             let st = Status::new(StatusCode::FrameTooLarge, format!("{what} of {len} bytes exceeds {max}"));
-            let _ = tx.send(error_frame(header.method, header.request_id, &st)).await;
+            let _ = send(writer, &error_frame(header.method, header.request_id, &st)).await;
             false
         }
         other => {
             bad_frame("malformed");
             tracing::warn!(%peer, error = %other, "malformed frame; closing connection");
             let st = Status::new(StatusCode::BadFrame, other.to_string());
-            let _ = tx.send(error_frame(0, 0, &st)).await;
+            let _ = send(writer, &error_frame(0, 0, &st)).await;
             false
         }
     }
@@ -190,23 +194,11 @@ fn error_frame(method: u16, request_id: u64, st: &Status) -> OutFrame {
     OutFrame { header, body, payload: Bytes::new() }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(wr: W, mut rx: mpsc::Receiver<OutFrame>) {
-    let mut w = BufWriter::with_capacity(64 * 1024, wr);
-    while let Some(f) = rx.recv().await {
-        if write_one(&mut w, &f).await.is_err() {
-            return;
-        }
-        // Batch replies that are already queued into one flush.
-        while let Ok(f) = rx.try_recv() {
-            if write_one(&mut w, &f).await.is_err() {
-                return;
-            }
-        }
-        if w.flush().await.is_err() {
-            return;
-        }
-    }
-    let _ = w.shutdown().await;
+/// Writes one frame and flushes it.
+async fn send<W: AsyncWrite + Unpin>(writer: &Mutex<BufWriter<W>>, f: &OutFrame) -> std::io::Result<()> {
+    let mut w = writer.lock().await;
+    write_one(&mut w, f).await?;
+    w.flush().await
 }
 
 async fn write_one<W: AsyncWrite + Unpin>(w: &mut BufWriter<W>, f: &OutFrame) -> std::io::Result<()> {

@@ -42,6 +42,9 @@ pub struct Attr {
     /// which it may grow before it has to move to chunks.
     #[prost(uint32, tag = "12")]
     pub inline_limit: u32,
+    /// False when the inode has no stored extended attribute.
+    #[prost(bool, tag = "13")]
+    pub has_xattrs: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

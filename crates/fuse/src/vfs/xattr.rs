@@ -2,8 +2,9 @@
 //!
 //! The kernel asks for `security.capability` before every write to a file (to drop file
 //! capabilities), so nearly every such question has the same answer: none. This mount
-//! remembers a missing attribute for `MISSING_TTL`, like the kernel's entry and attribute
-//! caches, and forgets it at once when it sets the attribute itself.
+//! remembers for `MISSING_TTL`, like the kernel's entry and attribute caches, that an
+//! attribute is missing, or that an inode it opened had none at all, and forgets it at once
+//! when it sets or removes one itself.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,23 +22,47 @@ const MISSING_TTL: Duration = Duration::from_secs(1);
 const MISSING_MAX: usize = 4096;
 
 #[derive(Default)]
-pub(super) struct MissingXattrs(Mutex<HashMap<(u64, Vec<u8>), Instant>>);
+struct Misses {
+    /// (inode, name) -> when the name was found missing.
+    names: HashMap<(u64, Vec<u8>), Instant>,
+    /// inode -> when it was found to have no attribute at all.
+    inodes: HashMap<u64, Instant>,
+}
+
+#[derive(Default)]
+pub(super) struct MissingXattrs(Mutex<Misses>);
+
+fn fresh(at: Option<&Instant>) -> bool {
+    at.is_some_and(|at| at.elapsed() < MISSING_TTL)
+}
 
 impl MissingXattrs {
     fn known_missing(&self, inode: u64, name: &[u8]) -> bool {
-        lock(&self.0).get(&(inode, name.to_vec())).is_some_and(|at| at.elapsed() < MISSING_TTL)
+        let m = lock(&self.0);
+        fresh(m.inodes.get(&inode)) || fresh(m.names.get(&(inode, name.to_vec())))
     }
 
     fn note(&self, inode: u64, name: &[u8]) {
-        let mut missing = lock(&self.0);
-        if missing.len() >= MISSING_MAX {
-            missing.clear();
+        let mut m = lock(&self.0);
+        if m.names.len() >= MISSING_MAX {
+            m.names.clear();
         }
-        missing.insert((inode, name.to_vec()), Instant::now());
+        m.names.insert((inode, name.to_vec()), Instant::now());
+    }
+
+    /// Meta said (in an open's attributes) that `inode` has no attribute.
+    pub(super) fn note_none(&self, inode: u64) {
+        let mut m = lock(&self.0);
+        if m.inodes.len() >= MISSING_MAX {
+            m.inodes.clear();
+        }
+        m.inodes.insert(inode, Instant::now());
     }
 
     fn forget(&self, inode: u64, name: &[u8]) {
-        lock(&self.0).remove(&(inode, name.to_vec()));
+        let mut m = lock(&self.0);
+        m.inodes.remove(&inode);
+        m.names.remove(&(inode, name.to_vec()));
     }
 }
 
@@ -82,7 +107,10 @@ impl Vfs {
         let result = self.client.meta(&r, Retry::OnlyIfNotSent).await.map(|_| ());
         match &result {
             Err(st) if st.code != StatusCode::NoAttribute => self.missing_xattrs.forget(inode, name),
-            _ => self.missing_xattrs.note(inode, name),
+            _ => {
+                self.missing_xattrs.forget(inode, name);
+                self.missing_xattrs.note(inode, name);
+            }
         }
         result
     }

@@ -223,6 +223,7 @@ impl Tx<'_> {
                 chains: l.chains.clone(),
             }),
             inline_limit: rec.inline_limit,
+            has_xattrs: rec.has_xattrs,
         };
         if kind == FileType::Directory {
             let subdirs = self
