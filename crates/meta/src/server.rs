@@ -133,7 +133,7 @@ pub async fn run_meta(
     };
     tracing::info!(listen = %bound, mgmtd = %config.mgmtd, "meta server listening");
 
-    let service = MetaService::new(store.clone());
+    let service = MetaService::new(store.clone(), config.durability == MetaDurability::Sync);
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     tasks.push(tokio::spawn(ember_net::serve(
         listener,

@@ -1,7 +1,8 @@
 //! The RPC face of [`MetaStore`]: decodes a request by method id, runs the store call, encodes
-//! the reply. Calls that change something run on the blocking pool (their commit waits for an
-//! fsync); read-only ones, which never wait for the disk's durability and take microseconds
-//! from the KV's cache, run in place and save the round trip through that pool.
+//! the reply. Under `sync` durability, calls that change something run on the blocking pool
+//! (their commit waits for an fsync). Everything else (read-only calls, and every call under
+//! `periodic` durability, whose commits only hand the journal to the OS) takes microseconds
+//! from the KV's cache and runs in place, saving the round trip through that pool.
 
 use std::sync::{Arc, RwLock};
 
@@ -18,12 +19,15 @@ pub struct MetaService {
     /// `None` after `close`: connection tasks outlive the listener, and must not keep the KV
     /// open once the server has shut down.
     store: RwLock<Option<Arc<MetaStore>>>,
+    commits_wait: bool,
 }
 
 impl MetaService {
-    pub fn new(store: Arc<MetaStore>) -> Arc<Self> {
+    /// `commits_wait`: a commit returns only once it is on disk (`sync` durability).
+    pub fn new(store: Arc<MetaStore>, commits_wait: bool) -> Arc<Self> {
         Arc::new(MetaService {
             store: RwLock::new(Some(store)),
+            commits_wait,
         })
     }
 
@@ -39,31 +43,33 @@ impl MetaService {
 
 type Handler<Req, Resp> = fn(&MetaStore, Req) -> Result<Resp, MetaError>;
 
-/// Decodes `Req`, runs `f` on the blocking pool and encodes its `Resp`.
-fn unary<Req, Resp>(store: Arc<MetaStore>, body: Bytes, f: Handler<Req, Resp>) -> ServiceFuture
+/// Decodes `Req`, runs `f` and encodes its `Resp`: on the blocking pool when `blocking` (its
+/// commit waits for an fsync), else in place.
+fn unary<Req, Resp>(store: Arc<MetaStore>, body: Bytes, blocking: bool, f: Handler<Req, Resp>) -> ServiceFuture
 where
     Req: prost::Message + Default + Send + 'static,
     Resp: prost::Message + Send + 'static,
 {
     Box::pin(async move {
         let req: Req = decode_body(&body)?;
-        let resp = tokio::task::spawn_blocking(move || f(&store, req))
-            .await
-            .map_err(|e| Status::internal(format!("metadata task failed: {e}")))??;
+        let resp = if blocking {
+            tokio::task::spawn_blocking(move || f(&store, req))
+                .await
+                .map_err(|e| Status::internal(format!("metadata task failed: {e}")))??
+        } else {
+            f(&store, req)?
+        };
         Ok(Response::msg(&resp))
     })
 }
 
-/// Like [`unary`] for a read-only call, run in place.
+/// Like [`unary`] for a call that never waits for the disk, run in place.
 fn read_only<Req, Resp>(store: Arc<MetaStore>, body: Bytes, f: Handler<Req, Resp>) -> ServiceFuture
 where
     Req: prost::Message + Default + Send + 'static,
     Resp: prost::Message + Send + 'static,
 {
-    Box::pin(async move {
-        let req: Req = decode_body(&body)?;
-        Ok(Response::msg(&f(&store, req)?))
-    })
+    unary(store, body, false, f)
 }
 
 fn attr(a: Attr) -> AttrResp {
@@ -99,6 +105,7 @@ impl Service for MetaService {
             });
         };
         let body = req.body;
+        let wait = self.commits_wait;
         let Some(method) = Method::from_u16(req.method) else {
             let st = Status::new(
                 StatusCode::UnknownMethod,
@@ -113,33 +120,33 @@ impl Service for MetaService {
             Method::MetaGetAttr => read_only(s, body, |s, r: GetAttrReq| {
                 s.getattr(InodeId(r.inode)).map(attr)
             }),
-            Method::MetaCreate => unary(s, body, |s, r: CreateReq| {
+            Method::MetaCreate => unary(s, body, wait, |s, r: CreateReq| {
                 let perm = Perm::new(r.mode, r.uid, r.gid);
                 s.create(InodeId(r.parent), &r.name, perm, r.exclusive, r.client_id)
                     .map(opened)
             }),
-            Method::MetaOpen => unary(s, body, |s, r: OpenReq| {
+            Method::MetaOpen => unary(s, body, wait, |s, r: OpenReq| {
                 s.open(InodeId(r.inode), r.client_id, r.write).map(opened)
             }),
-            Method::MetaClose => unary(s, body, |s, r: CloseReq| {
+            Method::MetaClose => unary(s, body, wait, |s, r: CloseReq| {
                 s.close(InodeId(r.inode), r.session_id, r.written_end, r.mtime_ns)
                     .map(attr)
             }),
-            Method::MetaSync => unary(s, body, |s, r: SyncReq| {
+            Method::MetaSync => unary(s, body, wait, |s, r: SyncReq| {
                 s.sync(InodeId(r.inode), r.written_end, r.mtime_ns)
                     .map(attr)
             }),
-            Method::MetaMkdir => unary(s, body, |s, r: MkdirReq| {
+            Method::MetaMkdir => unary(s, body, wait, |s, r: MkdirReq| {
                 s.mkdir(InodeId(r.parent), &r.name, Perm::new(r.mode, r.uid, r.gid))
                     .map(attr)
             }),
-            Method::MetaRmdir => unary(s, body, |s, r: RmdirReq| {
+            Method::MetaRmdir => unary(s, body, wait, |s, r: RmdirReq| {
                 s.rmdir(InodeId(r.parent), &r.name).map(|()| EmptyResp {})
             }),
-            Method::MetaUnlink => unary(s, body, |s, r: UnlinkReq| {
+            Method::MetaUnlink => unary(s, body, wait, |s, r: UnlinkReq| {
                 s.unlink(InodeId(r.parent), &r.name).map(|()| EmptyResp {})
             }),
-            Method::MetaRename => unary(s, body, |s, r: RenameReq| {
+            Method::MetaRename => unary(s, body, wait, |s, r: RenameReq| {
                 s.rename(
                     InodeId(r.old_parent),
                     &r.old_name,
@@ -149,11 +156,11 @@ impl Service for MetaService {
                 )
                 .map(|()| EmptyResp {})
             }),
-            Method::MetaLink => unary(s, body, |s, r: LinkReq| {
+            Method::MetaLink => unary(s, body, wait, |s, r: LinkReq| {
                 s.link(InodeId(r.inode), InodeId(r.new_parent), &r.new_name)
                     .map(attr)
             }),
-            Method::MetaSymlink => unary(s, body, |s, r: SymlinkReq| {
+            Method::MetaSymlink => unary(s, body, wait, |s, r: SymlinkReq| {
                 s.symlink(InodeId(r.parent), &r.name, &r.target, r.uid, r.gid)
                     .map(attr)
             }),
@@ -161,18 +168,18 @@ impl Service for MetaService {
                 s.readlink(InodeId(r.inode))
                     .map(|target| ReadlinkResp { target })
             }),
-            Method::MetaSetAttr => unary(s, body, |s, r: SetAttrReq| {
+            Method::MetaSetAttr => unary(s, body, wait, |s, r: SetAttrReq| {
                 s.setattr(InodeId(r.inode), set_attrs(&r)).map(attr)
             }),
             Method::MetaReadDir => read_only(s, body, |s, r: ReadDirReq| {
                 s.readdir(InodeId(r.inode), &r.after, r.limit)
                     .map(|(entries, more)| ReadDirResp { entries, more })
             }),
-            Method::MetaStatFs => unary(s, body, |s, _: StatFsReq| s.statfs()),
-            Method::MetaWriteInline => unary(s, body, |s, r: WriteInlineReq| {
+            Method::MetaStatFs => unary(s, body, wait, |s, _: StatFsReq| s.statfs()),
+            Method::MetaWriteInline => unary(s, body, wait, |s, r: WriteInlineReq| {
                 s.write_inline(InodeId(r.inode), &r.writes, r.mtime_ns).map(inline_write)
             }),
-            Method::MetaSpillInline => unary(s, body, |s, r: SpillInlineReq| {
+            Method::MetaSpillInline => unary(s, body, wait, |s, r: SpillInlineReq| {
                 s.spill_inline(InodeId(r.inode), r.token, r.finish, r.size).map(inline_spill)
             }),
             Method::MetaGetXattr => read_only(s, body, |s, r: GetXattrReq| {
@@ -181,12 +188,12 @@ impl Service for MetaService {
             Method::MetaListXattr => read_only(s, body, |s, r: ListXattrReq| {
                 s.list_xattr(InodeId(r.inode)).map(|names| ListXattrResp { names })
             }),
-            Method::MetaSetXattr => unary(s, body, |s, r: SetXattrReq| {
+            Method::MetaSetXattr => unary(s, body, wait, |s, r: SetXattrReq| {
                 let mode = XattrSetMode::try_from(r.mode)
                     .map_err(|_| MetaError::InvalidArgument(format!("set mode {}", r.mode)))?;
                 s.set_xattr(InodeId(r.inode), &r.name, &r.value, mode).map(|()| EmptyResp {})
             }),
-            Method::MetaRemoveXattr => unary(s, body, |s, r: RemoveXattrReq| {
+            Method::MetaRemoveXattr => unary(s, body, wait, |s, r: RemoveXattrReq| {
                 s.remove_xattr(InodeId(r.inode), &r.name).map(|()| EmptyResp {})
             }),
             other => {
