@@ -140,8 +140,12 @@ pub trait Transaction: Send {
     fn atomic_max(&mut self, key: &[u8], value: u64);
     /// Adds `key` to the read-conflict set without reading it.
     fn add_read_conflict(&mut self, key: &[u8]);
+    /// Lets `commit` return once the change is in the operating system's hands (it survives a
+    /// crash of the process), before it is on disk: for bookkeeping whose loss in a power cut
+    /// harms nobody. The next commit that waits for the disk makes it durable too.
+    fn relax_durability(&mut self);
     /// Commits and returns the commit version (a read-only transaction returns its snapshot
-    /// version). Returns only after the commit is durable.
+    /// version). Returns only after the commit is durable (see `relax_durability`).
     fn commit(self: Box<Self>) -> Result<u64, KvError>;
 }
 

@@ -50,6 +50,8 @@ pub(crate) struct CommitRequest {
     pub(crate) reads: BTreeSet<Key>,
     pub(crate) ranges: Vec<(Key, Key)>,
     pub(crate) writes: BTreeMap<Key, Pending>,
+    /// Return once the OS has the change, even under `Durability::Sync`.
+    pub(crate) relaxed: bool,
 }
 
 /// Keeps snapshot `version` live (its data and conflict history retained) until dropped.
@@ -111,10 +113,11 @@ impl<E: Engine> Store<E> {
         if let Some(why) = &relock(&self.sync).failed {
             return Err(KvError::Storage(format!("an earlier background persist failed: {why}")));
         }
+        let relaxed = req.relaxed;
         let version = self.apply_serialized(reg, req)?;
         match self.durability {
-            Durability::Sync => self.wait_durable(version)?,
-            Durability::Periodic(_) => self.engine.hand_to_os()?,
+            Durability::Sync if !relaxed => self.wait_durable(version)?,
+            _ => self.engine.hand_to_os()?,
         }
         Ok(version)
     }
@@ -271,7 +274,18 @@ mod tests {
     fn blind_write(key: &[u8]) -> CommitRequest {
         let mut writes = BTreeMap::new();
         writes.insert(key.to_vec(), Pending::Put(Some(b"v".to_vec())));
-        CommitRequest { reads: BTreeSet::new(), ranges: Vec::new(), writes }
+        CommitRequest { reads: BTreeSet::new(), ranges: Vec::new(), writes, relaxed: false }
+    }
+
+    #[test]
+    fn a_relaxed_commit_does_not_wait_and_the_next_durable_one_covers_it() {
+        let store = Store::new(slow_persist(), 0, crate::history::DEFAULT_CAP, Durability::Sync);
+        let (reg, _snap) = store.begin();
+        let relaxed = store.commit(reg, CommitRequest { relaxed: true, ..blind_write(b"a") }).unwrap();
+        assert_eq!((store.engine.persists.load(Ordering::SeqCst), relock(&store.sync).synced_upto), (0, 0));
+        let (reg, _snap) = store.begin();
+        store.commit(reg, blind_write(b"b")).unwrap();
+        assert!(relock(&store.sync).synced_upto > relaxed, "the durable commit left the relaxed one behind");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub(crate) struct OccTxn<E: Engine> {
     ranges: Vec<(Key, Key)>,
     /// Set by a write that can never be stored; reported at commit since writes are infallible.
     invalid: Option<String>,
+    relaxed: bool,
 }
 
 fn check_key(key: &[u8]) -> Result<(), KvError> {
@@ -42,6 +43,7 @@ impl<E: Engine> OccTxn<E> {
             reads: BTreeSet::new(),
             ranges: Vec::new(),
             invalid: None,
+            relaxed: false,
         }
     }
 
@@ -217,8 +219,12 @@ impl<E: Engine> Transaction for OccTxn<E> {
         self.reads.insert(key.to_vec());
     }
 
+    fn relax_durability(&mut self) {
+        self.relaxed = true;
+    }
+
     fn commit(self: Box<Self>) -> Result<u64, KvError> {
-        let OccTxn { reg, snapshot, writes, reads, ranges, invalid } = *self;
+        let OccTxn { reg, snapshot, writes, reads, ranges, invalid, relaxed } = *self;
         drop(snapshot);
         if let Some(msg) = invalid {
             return Err(KvError::Storage(msg));
@@ -227,7 +233,7 @@ impl<E: Engine> Transaction for OccTxn<E> {
             return Ok(reg.version);
         }
         let store = std::sync::Arc::clone(&reg.store);
-        store.commit(reg, CommitRequest { reads, ranges, writes })
+        store.commit(reg, CommitRequest { reads, ranges, writes, relaxed })
     }
 }
 

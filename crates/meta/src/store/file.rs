@@ -139,6 +139,13 @@ impl MetaStore {
             require_file(ino, &rec)?;
             if let Some(s) = session {
                 t.0.delete(&session_key(ino, s));
+                if end.is_none() && mtime.is_none() {
+                    // Only a session ends (the client's flush reported its writes). Losing
+                    // that to a power cut leaves a session that lives until its client is
+                    // gone (holding an unlinked file's chunks that long): not worth an fsync
+                    // per close.
+                    t.0.relax_durability();
+                }
             }
             if apply_write(&mut rec, end, mtime, now_ns()) {
                 t.put_inode(ino, &rec);
