@@ -299,3 +299,47 @@ fn missing_names_are_cached_for_the_entry_ttl_and_creates_show_through() {
     std::thread::sleep(std::time::Duration::from_millis(1200));
     assert_eq!(fs::read(b.join("late")).unwrap(), b"x");
 }
+
+/// This mount's own link, unlink, rename and writes show at once in every name's attributes,
+/// never after the attribute TTL; an open file that lost its last name still answers fstat.
+#[test]
+fn own_changes_show_at_once_in_nlink_ctime_size_and_mtime() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let mount = cluster.mount();
+    let (f, g, h) = (mount.join("f"), mount.join("g"), mount.join("h"));
+    fs::write(&f, b"one").unwrap();
+    let before = fs::metadata(&f).unwrap();
+    assert_eq!(before.nlink(), 1);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+
+    fs::hard_link(&f, &g).unwrap();
+    for name in [&f, &g] {
+        let m = fs::metadata(name).unwrap();
+        assert_eq!(m.nlink(), 2, "{} after link", name.display());
+        assert!(m.ctime_nsec() != before.ctime_nsec() || m.ctime() != before.ctime(), "{}: ctime unchanged by link", name.display());
+    }
+    fs::rename(&g, &h).unwrap();
+    assert_eq!(fs::metadata(&h).unwrap().nlink(), 2);
+    fs::remove_file(&h).unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().nlink(), 1, "nlink after unlinking the other name");
+
+    // Size and mtime after this mount's own write, without waiting for the TTL.
+    let mtime = fs::metadata(&f).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::OpenOptions::new().append(true).open(&f).unwrap().write_all(&[7; 10_000]).unwrap();
+    let m = fs::metadata(&f).unwrap();
+    assert_eq!(m.len(), 10_003);
+    assert!(m.modified().unwrap() > mtime, "mtime unchanged by a write");
+
+    let mut open = fs::File::open(&f).unwrap();
+    fs::remove_file(&f).unwrap();
+    let m = open.metadata().unwrap();
+    assert_eq!((m.nlink(), m.len()), (0, 10_003), "fstat of an open, unlinked file");
+    let mut back = Vec::new();
+    open.read_to_end(&mut back).unwrap();
+    assert_eq!(back.len(), 10_003);
+}
