@@ -343,3 +343,75 @@ fn own_changes_show_at_once_in_nlink_ctime_size_and_mtime() {
     open.read_to_end(&mut back).unwrap();
     assert_eq!(back.len(), 10_003);
 }
+
+/// FIFOs, Unix sockets and device nodes through the mount: their types and device numbers
+/// are kept, and the kernel serves their opens (a FIFO carries bytes between processes).
+#[test]
+fn special_files_keep_their_type_and_work() {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileTypeExt;
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let mount = cluster.mount();
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).unwrap();
+    let (fifo, dev) = (mount.join("fifo"), mount.join("null"));
+    // SAFETY: valid NUL-terminated paths.
+    unsafe {
+        assert_eq!(libc::mkfifo(c(&fifo).as_ptr(), 0o600), 0, "mkfifo: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::mknod(c(&dev).as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)), 0, "mknod: {}", std::io::Error::last_os_error());
+    }
+    assert_eq!(unsafe { libc::mkfifo(c(&fifo).as_ptr(), 0o600) }, -1);
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EEXIST));
+
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || fs::OpenOptions::new().write(true).open(&fifo).unwrap().write_all(b"through the pipe").unwrap())
+    };
+    let mut got = String::new();
+    fs::File::open(&fifo).unwrap().read_to_string(&mut got).unwrap();
+    writer.join().unwrap();
+    assert_eq!(got, "through the pipe");
+
+    let sock = mount.join("sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let client = std::thread::spawn({
+        let sock = sock.clone();
+        move || std::os::unix::net::UnixStream::connect(&sock).unwrap().write_all(b"hello").unwrap()
+    });
+    let mut got = String::new();
+    listener.accept().unwrap().0.read_to_string(&mut got).unwrap();
+    client.join().unwrap();
+    assert_eq!(got, "hello");
+
+    let second = cluster.mount();
+    let types: Vec<(String, fs::FileType)> = fs::read_dir(&second.path)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.file_type().unwrap()))
+        .collect();
+    for (name, t) in &types {
+        let expected = match name.as_str() {
+            "fifo" => t.is_fifo(),
+            "null" => t.is_char_device(),
+            "sock" => t.is_socket(),
+            _ => false,
+        };
+        assert!(expected, "{name} listed as {t:?}");
+    }
+    assert_eq!(types.len(), 3);
+    let m = fs::metadata(second.join("null")).unwrap();
+    // 0o666 less the process umask, as on any file system.
+    // SAFETY: umask only swaps the process's mask; it is put back at once.
+    let umask = unsafe {
+        let m = libc::umask(0);
+        libc::umask(m);
+        m
+    };
+    assert_eq!((m.rdev(), m.mode() & 0o777), (libc::makedev(1, 3), 0o666 & !umask));
+    fs::remove_file(second.join("fifo")).unwrap();
+    assert!(fs::symlink_metadata(second.join("fifo")).is_err());
+}

@@ -50,11 +50,7 @@ impl EmberFs {
     }
 
     fn file_attr(&self, a: &Attr) -> FileAttr {
-        let kind = match FileType::from_u8(a.file_type as u8) {
-            Some(FileType::Directory) => fuser::FileType::Directory,
-            Some(FileType::Symlink) => fuser::FileType::Symlink,
-            _ => fuser::FileType::RegularFile,
-        };
+        let kind = FileType::from_u8(a.file_type as u8).map_or(fuser::FileType::RegularFile, kernel_type);
         FileAttr {
             ino: INodeNo(a.inode),
             size: a.size,
@@ -68,7 +64,7 @@ impl EmberFs {
             nlink: a.nlink,
             uid: a.uid,
             gid: a.gid,
-            rdev: 0,
+            rdev: a.rdev,
             blksize: BLOCK,
             flags: 0,
         }
@@ -86,6 +82,18 @@ impl EmberFs {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
+    }
+}
+
+fn kernel_type(kind: FileType) -> fuser::FileType {
+    match kind {
+        FileType::File => fuser::FileType::RegularFile,
+        FileType::Directory => fuser::FileType::Directory,
+        FileType::Symlink => fuser::FileType::Symlink,
+        FileType::Fifo => fuser::FileType::NamedPipe,
+        FileType::Socket => fuser::FileType::Socket,
+        FileType::CharDevice => fuser::FileType::CharDevice,
+        FileType::BlockDevice => fuser::FileType::BlockDevice,
     }
 }
 
@@ -216,13 +224,20 @@ impl Filesystem for EmberFs {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, _rdev: u32, reply: ReplyEntry) {
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            // Device nodes, FIFOs and sockets are not stored yet.
-            reply.error(Errno::from_i32(libc::EOPNOTSUPP));
-            return;
-        }
+    fn mknod(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
         let perm = mode & !umask & 0o7777;
+        let special = match mode & libc::S_IFMT {
+            libc::S_IFREG => None,
+            libc::S_IFIFO => Some(FileType::Fifo),
+            libc::S_IFSOCK => Some(FileType::Socket),
+            libc::S_IFCHR => Some(FileType::CharDevice),
+            libc::S_IFBLK => Some(FileType::BlockDevice),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        if let Some(kind) = special {
+            let r = self.run("mknod", self.vfs.mknod(parent.0, name(n), kind, perm, req.uid(), req.gid(), rdev));
+            return self.entry(reply, r);
+        }
         let r = self.run("mknod", async {
             let (attr, fh) = self.vfs.create(parent.0, name(n), perm, req.uid(), req.gid(), libc::O_EXCL).await?;
             self.vfs.release(fh).await?;
@@ -347,14 +362,7 @@ impl Filesystem for EmberFs {
         };
         // Offsets: 1 = ".", 2 = "..", 3.. = listing entries; each entry carries the next offset.
         let dots = [(ino.0, fuser::FileType::Directory, &b"."[..]), (ino.0, fuser::FileType::Directory, &b".."[..])];
-        let entries = dots.into_iter().chain(listing.iter().map(|e| {
-            let kind = match e.file_type {
-                FileType::Directory => fuser::FileType::Directory,
-                FileType::Symlink => fuser::FileType::Symlink,
-                FileType::File => fuser::FileType::RegularFile,
-            };
-            (e.inode, kind, e.name.as_slice())
-        }));
+        let entries = dots.into_iter().chain(listing.iter().map(|e| (e.inode, kernel_type(e.file_type), e.name.as_slice())));
         for (i, (inode, kind, n)) in entries.enumerate().skip(offset as usize) {
             if reply.add(INodeNo(inode), i as u64 + 1, kind, OsStr::from_bytes(n)) {
                 break;

@@ -167,6 +167,12 @@ impl Vfs {
         attr_of(self.client.meta(&r, Retry::OnlyIfNotSent).await?)
     }
 
+    #[allow(clippy::too_many_arguments)]
+    pub async fn mknod(&self, parent: u64, name: &[u8], kind: FileType, mode: u32, uid: u32, gid: u32, rdev: u32) -> Result<Attr, Status> {
+        let r = MknodReq { parent, name: name.to_vec(), file_type: u32::from(kind.to_u8()), mode, uid, gid, rdev };
+        attr_of(self.client.meta(&r, Retry::OnlyIfNotSent).await?)
+    }
+
     pub async fn readlink(&self, inode: u64) -> Result<Vec<u8>, Status> {
         Ok(self.client.meta(&ReadlinkReq { inode }, Retry::Idempotent).await?.target)
     }

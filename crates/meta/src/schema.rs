@@ -230,6 +230,9 @@ pub struct InodeRecord {
     /// that removing an inode without any skips their scan.
     #[prost(bool, tag = "16")]
     pub has_xattrs: bool,
+    /// Device nodes: the device number, as the kernel encodes it.
+    #[prost(uint32, tag = "17")]
+    pub rdev: u32,
 }
 
 impl InodeRecord {

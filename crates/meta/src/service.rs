@@ -10,7 +10,7 @@ use bytes::Bytes;
 use ember_net::{decode_body, Request, Response, Service, ServiceFuture};
 use ember_proto::meta::*;
 use ember_proto::Method;
-use ember_types::{InodeId, Status, StatusCode};
+use ember_types::{FileType, InodeId, Status, StatusCode};
 
 use crate::store::{Perm, SetAttrs};
 use crate::{InlineReply, MetaError, MetaStore, Opened};
@@ -159,6 +159,13 @@ impl Service for MetaService {
             Method::MetaLink => unary(s, body, wait, |s, r: LinkReq| {
                 s.link(InodeId(r.inode), InodeId(r.new_parent), &r.new_name)
                     .map(attr)
+            }),
+            Method::MetaMknod => unary(s, body, wait, |s, r: MknodReq| {
+                let kind = u8::try_from(r.file_type)
+                    .ok()
+                    .and_then(FileType::from_u8)
+                    .ok_or_else(|| MetaError::InvalidArgument(format!("file type {}", r.file_type)))?;
+                s.mknod(InodeId(r.parent), &r.name, kind, Perm::new(r.mode, r.uid, r.gid), r.rdev).map(attr)
             }),
             Method::MetaSymlink => unary(s, body, wait, |s, r: SymlinkReq| {
                 s.symlink(InodeId(r.parent), &r.name, &r.target, r.uid, r.gid)

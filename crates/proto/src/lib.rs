@@ -48,6 +48,7 @@ pub enum Method {
     MetaSetXattr = 0x0214,
     MetaListXattr = 0x0215,
     MetaRemoveXattr = 0x0216,
+    MetaMknod = 0x0217,
 
     StorageWrite = 0x0301,
     StorageBatchRead = 0x0302,
@@ -64,7 +65,7 @@ pub enum Method {
 }
 
 impl Method {
-    const ALL: [Method; 41] = [
+    const ALL: [Method; 42] = [
         Method::MgmtdRegisterNode,
         Method::MgmtdHeartbeat,
         Method::MgmtdGetRouting,
@@ -94,6 +95,7 @@ impl Method {
         Method::MetaSetXattr,
         Method::MetaListXattr,
         Method::MetaRemoveXattr,
+        Method::MetaMknod,
         Method::StorageWrite,
         Method::StorageBatchRead,
         Method::StorageTruncate,
@@ -144,6 +146,7 @@ impl Method {
             Method::MetaSetXattr => "meta.set_xattr",
             Method::MetaListXattr => "meta.list_xattr",
             Method::MetaRemoveXattr => "meta.remove_xattr",
+            Method::MetaMknod => "meta.mknod",
             Method::StorageWrite => "storage.write",
             Method::StorageBatchRead => "storage.batch_read",
             Method::StorageTruncate => "storage.truncate",

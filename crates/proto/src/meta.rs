@@ -45,6 +45,9 @@ pub struct Attr {
     /// False when the inode has no stored extended attribute.
     #[prost(bool, tag = "13")]
     pub has_xattrs: bool,
+    /// Device nodes: the device number.
+    #[prost(uint32, tag = "14")]
+    pub rdev: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -523,4 +526,28 @@ pub struct RemoveXattrReq {
 impl Rpc for RemoveXattrReq {
     const METHOD: Method = Method::MetaRemoveXattr;
     type Response = EmptyResp;
+}
+
+/// Creates a FIFO, socket or device node (`file_type` as `FileType::to_u8`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MknodReq {
+    #[prost(uint64, tag = "1")]
+    pub parent: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub name: Vec<u8>,
+    #[prost(uint32, tag = "3")]
+    pub file_type: u32,
+    #[prost(uint32, tag = "4")]
+    pub mode: u32,
+    #[prost(uint32, tag = "5")]
+    pub uid: u32,
+    #[prost(uint32, tag = "6")]
+    pub gid: u32,
+    #[prost(uint32, tag = "7")]
+    pub rdev: u32,
+}
+
+impl Rpc for MknodReq {
+    const METHOD: Method = Method::MetaMknod;
+    type Response = AttrResp;
 }

@@ -15,6 +15,10 @@ pub enum FileType {
     File,
     Directory,
     Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
 }
 
 impl FileType {
@@ -23,7 +27,17 @@ impl FileType {
             FileType::File => 1,
             FileType::Directory => 2,
             FileType::Symlink => 3,
+            FileType::Fifo => 4,
+            FileType::Socket => 5,
+            FileType::CharDevice => 6,
+            FileType::BlockDevice => 7,
         }
+    }
+
+    /// FIFOs, sockets and device nodes: names with attributes and nothing stored behind them
+    /// (the kernel serves their opens itself).
+    pub fn is_special(self) -> bool {
+        matches!(self, FileType::Fifo | FileType::Socket | FileType::CharDevice | FileType::BlockDevice)
     }
 
     pub fn from_u8(v: u8) -> Option<Self> {
@@ -31,6 +45,10 @@ impl FileType {
             1 => Some(FileType::File),
             2 => Some(FileType::Directory),
             3 => Some(FileType::Symlink),
+            4 => Some(FileType::Fifo),
+            5 => Some(FileType::Socket),
+            6 => Some(FileType::CharDevice),
+            7 => Some(FileType::BlockDevice),
             _ => None,
         }
     }

@@ -133,6 +133,27 @@ impl MetaStore {
         })
     }
 
+    /// Creates a FIFO, socket or device node.
+    pub fn mknod(&self, parent: InodeId, name: &[u8], kind: FileType, perm: Perm, rdev: u32) -> Result<Attr, MetaError> {
+        check_name(name)?;
+        if !kind.is_special() {
+            return Err(MetaError::InvalidArgument(format!("mknod makes FIFOs, sockets and devices, not a {kind:?}")));
+        }
+        let mut new_id = None;
+        self.run(|t| {
+            require_free_name(t, parent, name)?;
+            let ino = once(&mut new_id, || self.ids.allocate())?;
+            let now = now_ns();
+            let rdev = if matches!(kind, FileType::CharDevice | FileType::BlockDevice) { rdev } else { 0 };
+            let rec = InodeRecord { rdev, ..new_record(kind, perm, now) };
+            t.put_inode(ino, &rec);
+            t.put_entry(parent, name, ino, kind);
+            t.touch_dir(parent, now);
+            t.count_inodes(1);
+            t.attr(ino, &rec)
+        })
+    }
+
     pub fn symlink(
         &self,
         parent: InodeId,
@@ -163,7 +184,8 @@ impl MetaStore {
 }
 
 /// One name of `ino` is gone: decrement its link count. A file at zero waits in the GC queue
-/// (its chunks and open handles); a symlink at zero has nothing outside the KV and goes now.
+/// (its chunks and open handles); a symlink or special file at zero has nothing outside the
+/// KV and goes now.
 pub(super) fn drop_link(t: &mut Tx<'_>, ino: InodeId, now: i64) -> Result<(), MetaError> {
     let Some(mut rec) = t.inode(ino)? else {
         tracing::warn!(%ino, "removed a directory entry whose inode was missing");
@@ -175,7 +197,7 @@ pub(super) fn drop_link(t: &mut Tx<'_>, ino: InodeId, now: i64) -> Result<(), Me
         (FileType::Directory, _) => {
             return Err(MetaError::Internal(format!("drop_link on directory {ino}")))
         }
-        (FileType::Symlink, 0) => {
+        (kind, 0) if kind == FileType::Symlink || kind.is_special() => {
             t.0.delete(&inode_key(ino));
             t.count_inodes(-1);
             super::xattr::delete_all(t, ino, &rec)?;

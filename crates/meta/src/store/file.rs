@@ -48,9 +48,7 @@ pub(super) fn require_file(ino: InodeId, rec: &InodeRecord) -> Result<(), MetaEr
     match rec.kind()? {
         FileType::File => Ok(()),
         FileType::Directory => Err(MetaError::IsDirectory(ino)),
-        FileType::Symlink => Err(MetaError::InvalidArgument(format!(
-            "inode {ino} is a symlink"
-        ))),
+        kind => Err(MetaError::InvalidArgument(format!("inode {ino} is a {kind:?}, not a regular file"))),
     }
 }
 
@@ -267,9 +265,10 @@ fn open_existing(
     }
     match entry.kind()? {
         FileType::Directory => return Err(MetaError::IsDirectory(ino)),
-        // The client resolves symlinks before it creates; a link here is a name clash.
-        FileType::Symlink => return Err(exists()),
         FileType::File => {}
+        // The kernel resolves symlinks and opens FIFOs and devices itself: any other kind
+        // here is a name clash.
+        _ => return Err(exists()),
     }
     let rec = t.require_inode(ino)?;
     put_session(t, ino, session, client_id, true, now);

@@ -795,3 +795,28 @@ fn a_directory_inline_limit_applies_to_files_created_in_it_and_passes_to_new_sub
     assert_eq!(code(s.set_xattr(f, DIR_INLINE_MAX, b"8192", Upsert)), StatusCode::InvalidArgument);
     assert_eq!(code(s.set_xattr(d, b"ember.other", b"1", Upsert)), StatusCode::Unsupported);
 }
+
+#[test]
+fn mknod_makes_fifos_sockets_and_devices_that_go_with_their_last_name() {
+    let s = store();
+    let kinds = [(FileType::Fifo, 0), (FileType::Socket, 0), (FileType::CharDevice, 0x0103), (FileType::BlockDevice, 0x0801)];
+    for (i, (kind, rdev)) in kinds.iter().enumerate() {
+        let a = s.mknod(ROOT, format!("n{i}").as_bytes(), *kind, perm(), *rdev).unwrap();
+        assert_eq!((a.file_type, a.rdev, a.nlink, a.mode), (u32::from(kind.to_u8()), *rdev, 1, 0o644));
+        assert_eq!(s.lookup(ROOT, format!("n{i}").as_bytes()).unwrap(), a);
+    }
+    assert_eq!(s.mknod(ROOT, b"p", FileType::Fifo, perm(), 7).unwrap().rdev, 0, "a FIFO has no device number");
+    for kind in [FileType::File, FileType::Directory, FileType::Symlink] {
+        assert_eq!(code(s.mknod(ROOT, b"x", kind, perm(), 0)), StatusCode::InvalidArgument);
+    }
+    assert_eq!(code(s.mknod(ROOT, b"n0", FileType::Fifo, perm(), 0)), StatusCode::AlreadyExists);
+    let fifo = InodeId(s.lookup(ROOT, b"n0").unwrap().inode);
+    assert_eq!(code(s.create(ROOT, b"n0", perm(), false, 1)), StatusCode::AlreadyExists);
+    assert_eq!(code(s.setattr(fifo, SetAttrs { size: Some(0), ..SetAttrs::default() })), StatusCode::InvalidArgument);
+    s.link(fifo, ROOT, b"n0-again").unwrap();
+    s.unlink(ROOT, b"n0").unwrap();
+    assert_eq!(s.getattr(fifo).unwrap().nlink, 1);
+    s.unlink(ROOT, b"n0-again").unwrap();
+    assert_eq!(code(s.getattr(fifo)), StatusCode::NotFound, "a special file goes with its last name");
+    assert!(gc_queue(&s).is_empty(), "nothing for GC to remove");
+}

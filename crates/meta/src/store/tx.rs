@@ -224,6 +224,7 @@ impl Tx<'_> {
             }),
             inline_limit: rec.inline_limit,
             has_xattrs: rec.has_xattrs,
+            rdev: rec.rdev,
         };
         if kind == FileType::Directory {
             let subdirs = self
