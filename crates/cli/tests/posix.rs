@@ -415,3 +415,33 @@ fn special_files_keep_their_type_and_work() {
     fs::remove_file(second.join("fifo")).unwrap();
     assert!(fs::symlink_metadata(second.join("fifo")).is_err());
 }
+
+/// renameat2(2) with RENAME_EXCHANGE swaps a file and a directory through the mount.
+#[test]
+fn rename_exchange_swaps_a_file_and_a_directory() {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let mount = cluster.mount();
+    let (file, dir) = (mount.join("file"), mount.join("dir"));
+    fs::write(&file, b"contents").unwrap();
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("inner"), b"inner").unwrap();
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).unwrap();
+    let exchange = |a: &Path, b: &Path| {
+        // SAFETY: valid NUL-terminated paths; AT_FDCWD with absolute paths.
+        let r = unsafe { libc::renameat2(libc::AT_FDCWD, c(a).as_ptr(), libc::AT_FDCWD, c(b).as_ptr(), libc::RENAME_EXCHANGE) };
+        if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error().raw_os_error()) }
+    };
+    exchange(&file, &dir).unwrap();
+    assert_eq!(fs::read(&dir).unwrap(), b"contents");
+    assert_eq!(fs::read(file.join("inner")).unwrap(), b"inner");
+    let fresh = cluster.mount();
+    assert_eq!(fs::read(fresh.join("dir")).unwrap(), b"contents", "another mount sees the swap");
+    assert!(fresh.join("file").is_dir());
+    assert_eq!(exchange(&file, &mount.join("missing")), Err(Some(libc::ENOENT)));
+}

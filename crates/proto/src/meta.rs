@@ -216,6 +216,8 @@ impl Rpc for UnlinkReq {
 
 /// `RENAME_NOREPLACE` from renameat2(2).
 pub const RENAME_NOREPLACE: u32 = 1;
+/// `RENAME_EXCHANGE` from renameat2(2).
+pub const RENAME_EXCHANGE: u32 = 2;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RenameReq {

@@ -1,10 +1,10 @@
-//! rename(2) with `RENAME_NOREPLACE`, as one transaction.
+//! rename(2) with `RENAME_NOREPLACE` and `RENAME_EXCHANGE`, as one transaction.
 //!
 //! Loop safety: moving a directory reads every ancestor of the destination serializably, so two
 //! concurrent renames that would together create a cycle (a into b, b into a) cannot both commit:
 //! each writes the `parent` field of an inode the other read.
 
-use ember_proto::meta::RENAME_NOREPLACE;
+use ember_proto::meta::{RENAME_EXCHANGE, RENAME_NOREPLACE};
 use ember_types::{FileType, InodeId};
 
 use super::dir::drop_link;
@@ -26,8 +26,14 @@ impl MetaStore {
     ) -> Result<(), MetaError> {
         check_name(old_name)?;
         check_name(new_name)?;
-        if flags & !RENAME_NOREPLACE != 0 {
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 {
             return Err(MetaError::Unsupported(format!("rename flags {flags:#x}")));
+        }
+        if flags == RENAME_NOREPLACE | RENAME_EXCHANGE {
+            return Err(MetaError::InvalidArgument("RENAME_NOREPLACE with RENAME_EXCHANGE".into()));
+        }
+        if flags == RENAME_EXCHANGE {
+            return self.exchange(old_parent, old_name, new_parent, new_name);
         }
         let noreplace = flags & RENAME_NOREPLACE != 0;
         self.run(|t| {
@@ -69,6 +75,43 @@ impl MetaStore {
             }
             t.touch_dir(old_parent, now);
             t.touch_dir(new_parent, now);
+            Ok(())
+        })
+    }
+}
+
+impl MetaStore {
+    /// Swaps two existing names, whatever their types (renameat2's `RENAME_EXCHANGE`).
+    fn exchange(&self, a_parent: InodeId, a_name: &[u8], b_parent: InodeId, b_name: &[u8]) -> Result<(), MetaError> {
+        self.run(|t| {
+            let a = t.require_entry(a_parent, a_name)?;
+            let b = t.require_entry(b_parent, b_name)?;
+            if a_parent == b_parent && a_name == b_name {
+                return Ok(());
+            }
+            let (a_kind, b_kind) = (a.kind()?, b.kind()?);
+            let (a_ino, b_ino) = (InodeId(a.inode), InodeId(b.inode));
+            if a_parent != b_parent {
+                if a_kind == FileType::Directory {
+                    check_no_loop(t, a_ino, b_parent)?;
+                }
+                if b_kind == FileType::Directory {
+                    check_no_loop(t, b_ino, a_parent)?;
+                }
+                let dirs = |k: FileType| i64::from(k == FileType::Directory);
+                let delta = dirs(a_kind) - dirs(b_kind);
+                t.add_subdirs(a_parent, -delta);
+                t.add_subdirs(b_parent, delta);
+            }
+            let now = now_ns();
+            t.put_entry(a_parent, a_name, b_ino, b_kind);
+            t.put_entry(b_parent, b_name, a_ino, a_kind);
+            if a_ino != b_ino {
+                moved(t, a_ino, b_parent, b_name, now)?;
+                moved(t, b_ino, a_parent, a_name, now)?;
+            }
+            t.touch_dir(a_parent, now);
+            t.touch_dir(b_parent, now);
             Ok(())
         })
     }

@@ -820,3 +820,28 @@ fn mknod_makes_fifos_sockets_and_devices_that_go_with_their_last_name() {
     assert_eq!(code(s.getattr(fifo)), StatusCode::NotFound, "a special file goes with its last name");
     assert!(gc_queue(&s).is_empty(), "nothing for GC to remove");
 }
+
+#[test]
+fn rename_exchange_swaps_two_names_of_any_type() {
+    use ember_proto::meta::RENAME_EXCHANGE;
+    let s = store();
+    let (a, b) = (mkdir(&s, ROOT, "a"), mkdir(&s, ROOT, "b"));
+    let f = InodeId(mkfile(&s, a, "f").inode);
+    let sub = mkdir(&s, b, "sub");
+    s.rename(a, b"f", b, b"sub", RENAME_EXCHANGE).unwrap();
+    assert_eq!(s.lookup(a, b"f").unwrap().inode, sub.0);
+    assert_eq!(s.lookup(b, b"sub").unwrap().inode, f.0);
+    assert_eq!((s.getattr(a).unwrap().nlink, s.getattr(b).unwrap().nlink), (3, 2), "the subdirectory moved from b to a");
+    s.mkdir(sub, b"inside", dperm()).unwrap();
+    assert_eq!(names(&s, a), ["f"]);
+    assert_eq!(names(&s, sub), ["inside"], "a moved directory keeps its contents");
+    // A file and itself through two names: nothing changes.
+    s.link(f, ROOT, b"f2").unwrap();
+    s.rename(ROOT, b"f2", b, b"sub", RENAME_EXCHANGE).unwrap();
+    assert_eq!(s.getattr(f).unwrap().nlink, 2);
+
+    assert_eq!(code(s.rename(a, b"missing", b, b"sub", RENAME_EXCHANGE)), StatusCode::NotFound);
+    assert_eq!(code(s.rename(a, b"f", b, b"missing", RENAME_EXCHANGE)), StatusCode::NotFound);
+    assert_eq!(code(s.rename(ROOT, b"a", sub, b"inside", RENAME_EXCHANGE)), StatusCode::InvalidRename, "a directory into its own subtree");
+    assert_eq!(code(s.rename(a, b"f", b, b"sub", RENAME_EXCHANGE | RENAME_NOREPLACE)), StatusCode::InvalidArgument);
+}
