@@ -445,3 +445,104 @@ fn rename_exchange_swaps_a_file_and_a_directory() {
     assert!(fresh.join("file").is_dir());
     assert_eq!(exchange(&file, &mount.join("missing")), Err(Some(libc::ENOENT)));
 }
+
+/// utimensat(2) with nanoseconds, UTIME_NOW and UTIME_OMIT.
+#[test]
+fn utimensat_keeps_nanoseconds_and_honours_now_and_omit() {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let mount = cluster.mount();
+    let f = mount.join("t");
+    fs::write(&f, b"x").unwrap();
+    let path = CString::new(f.as_os_str().as_bytes()).unwrap();
+    let set = |atime: libc::timespec, mtime: libc::timespec| {
+        // SAFETY: a valid path and two timespecs.
+        let r = unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), [atime, mtime].as_ptr(), 0) };
+        assert_eq!(r, 0, "utimensat: {}", std::io::Error::last_os_error());
+    };
+    let ts = |sec, nsec| libc::timespec { tv_sec: sec, tv_nsec: nsec };
+    set(ts(1_000_000_000, 123_456_789), ts(1_100_000_000, 987_654_321));
+    let m = fs::metadata(&f).unwrap();
+    assert_eq!((m.atime(), m.atime_nsec(), m.mtime(), m.mtime_nsec()), (1_000_000_000, 123_456_789, 1_100_000_000, 987_654_321));
+
+    set(ts(0, libc::UTIME_OMIT), ts(0, libc::UTIME_NOW));
+    let later = fs::metadata(&f).unwrap();
+    assert_eq!((later.atime(), later.atime_nsec()), (1_000_000_000, 123_456_789), "UTIME_OMIT changed atime");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((later.mtime() - now).abs() <= 5, "UTIME_NOW set mtime to {}", later.mtime());
+    let fresh = cluster.mount();
+    let seen = fs::metadata(fresh.join("t")).unwrap();
+    assert_eq!((seen.atime_nsec(), seen.mtime()), (123_456_789, later.mtime()), "another mount sees the stored times");
+}
+
+/// A sticky directory lets only a file's owner (or the directory's) remove or rename it.
+#[test]
+fn a_sticky_directory_protects_other_users_files() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let mount = cluster.mount();
+    let tmp = mount.join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777)).unwrap();
+    let mine = tmp.join("roots");
+    fs::write(&mine, b"root's").unwrap();
+    fs::set_permissions(&mine, fs::Permissions::from_mode(0o666)).unwrap();
+    let own = tmp.join("theirs");
+    // Paths are made before the fork: the child must not allocate.
+    let (mine_c, own_c) = (cpath(&mine), cpath(&own));
+    assert_eq!(as_user(4321, || unlink(&mine_c)), libc::EPERM, "another user removed root's file");
+    assert_eq!(as_user(4321, || create(&own_c)), 0);
+    assert_eq!(as_user(4321, || unlink(&own_c)), 0, "the owner could not remove their own file");
+    assert!(mine.exists());
+}
+
+fn cpath(p: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str())).unwrap()
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+}
+
+fn unlink(p: &std::ffi::CStr) -> i32 {
+    // SAFETY: a valid path.
+    if unsafe { libc::unlink(p.as_ptr()) } == 0 { 0 } else { errno() }
+}
+
+fn create(p: &std::ffi::CStr) -> i32 {
+    // SAFETY: a valid path.
+    let fd = unsafe { libc::open(p.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644) };
+    if fd < 0 {
+        return errno();
+    }
+    // SAFETY: fd was just opened.
+    unsafe { libc::close(fd) };
+    0
+}
+
+/// Runs `f` in a child process as `uid` (and gid) and returns what it returned.
+fn as_user(uid: u32, f: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: the child only drops its ids, runs `f` (plain system calls) and exits.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setresgid(uid, uid, uid) != 0 || libc::setresuid(uid, uid, uid) != 0 {
+                libc::_exit(255);
+            }
+            libc::_exit(f());
+        }
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        assert!(libc::WIFEXITED(status), "child did not exit");
+        libc::WEXITSTATUS(status)
+    }
+}
