@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use ember_testkit::{fuse_available, random_bytes, Cluster, Slots, TestRng};
+use ember_testkit::{as_user, fuse_available, random_bytes, Cluster, Slots, TestRng};
 use sha2::{Digest, Sha256};
 
 static SLOTS: Slots = Slots::new(2);
@@ -526,23 +526,4 @@ fn create(p: &std::ffi::CStr) -> i32 {
     // SAFETY: fd was just opened.
     unsafe { libc::close(fd) };
     0
-}
-
-/// Runs `f` in a child process as `uid` (and gid) and returns what it returned.
-fn as_user(uid: u32, f: impl FnOnce() -> i32) -> i32 {
-    // SAFETY: the child only drops its ids, runs `f` (plain system calls) and exits.
-    unsafe {
-        let pid = libc::fork();
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setresgid(uid, uid, uid) != 0 || libc::setresuid(uid, uid, uid) != 0 {
-                libc::_exit(255);
-            }
-            libc::_exit(f());
-        }
-        let mut status = 0;
-        libc::waitpid(pid, &mut status, 0);
-        assert!(libc::WIFEXITED(status), "child did not exit");
-        libc::WEXITSTATUS(status)
-    }
 }

@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
-use ember_testkit::{fuse_available, random_bytes, storage_role, Cluster, Slots};
+use ember_testkit::{as_user, fuse_available, random_bytes, storage_role, Cluster, Slots};
 
 static SLOTS: Slots = Slots::new(2);
 
@@ -71,25 +71,14 @@ fn remove(p: &Path, name: &str) -> Result<(), i32> {
     if r == 0 { Ok(()) } else { Err(errno()) }
 }
 
-/// Runs setxattr as another user in a child process; returns 0 or the errno.
+/// Runs setxattr as another user; returns 0 or the errno.
 fn set_as(uid: u32, p: &Path, name: &str, value: &[u8]) -> i32 {
     let (p, n) = (cpath(p), c(name));
-    // SAFETY: the child only makes raw system calls on memory prepared before the fork.
-    unsafe {
-        let pid = libc::fork();
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setresgid(uid, uid, uid) != 0 || libc::setresuid(uid, uid, uid) != 0 {
-                libc::_exit(255);
-            }
-            let r = libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0);
-            libc::_exit(if r == 0 { 0 } else { *libc::__errno_location() });
-        }
-        let mut status = 0;
-        libc::waitpid(pid, &mut status, 0);
-        assert!(libc::WIFEXITED(status), "child did not exit");
-        libc::WEXITSTATUS(status)
-    }
+    as_user(uid, || {
+        // SAFETY: a valid path, name and buffer, made before the fork.
+        let r = unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+        if r == 0 { 0 } else { errno() }
+    })
 }
 
 #[test]

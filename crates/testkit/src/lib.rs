@@ -419,6 +419,29 @@ pub fn lazy_unmount(path: &Path) {
     }
 }
 
+/// Runs `f` in a child process as user and group `uid` (no supplementary groups) and returns
+/// its result as the child's exit status (0-255): how a test, running as root, acts as
+/// another user. `f` runs in a forked copy of a threaded process, so it must not allocate:
+/// prepare paths and buffers before, and make plain system calls in it.
+pub fn as_user(uid: u32, f: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: the child only drops its ids, runs `f` (plain system calls, by contract) and
+    // exits without unwinding.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setresgid(uid, uid, uid) != 0 || libc::setresuid(uid, uid, uid) != 0 {
+                libc::_exit(255);
+            }
+            libc::_exit(f());
+        }
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        assert!(libc::WIFEXITED(status), "child did not exit");
+        libc::WEXITSTATUS(status)
+    }
+}
+
 /// Resident set size of a process in KiB, from /proc.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

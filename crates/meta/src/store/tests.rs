@@ -288,7 +288,7 @@ fn rename_type_rules_and_noreplace() {
         StatusCode::AlreadyExists
     );
     assert_eq!(
-        code(s.rename(ROOT, b"f", ROOT, b"g", 2)),
+        code(s.rename(ROOT, b"f", ROOT, b"g", 4)), // RENAME_WHITEOUT
         StatusCode::Unsupported
     );
     s.rename(ROOT, b"f", ROOT, b"h", RENAME_NOREPLACE).unwrap();
