@@ -16,10 +16,6 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ember"))
 }
 
-fn storage_writes(cluster: &Cluster) -> u64 {
-    cluster.storage_metric(0, "ember_rpc_seconds_count{method=\"storage.write\"}")
-}
-
 fn write_at(path: &Path, offset: u64, data: &[u8]) {
     let mut f = fs::OpenOptions::new().write(true).open(path).unwrap();
     f.seek(SeekFrom::Start(offset)).unwrap();
@@ -122,7 +118,7 @@ fn small_files_cost_no_storage_request() {
     let cluster = Cluster::start(bin(), 1);
     let mount = cluster.mount();
     fs::write(mount.join("warm"), random_bytes(1, 100_000)).unwrap();
-    let before = storage_writes(&cluster);
+    let before = cluster.storage_writes();
     assert!(before > 0, "the metric does not count storage writes");
     for i in 0..50 {
         fs::write(mount.join(&format!("f{i}")), random_bytes(i, 4000)).unwrap();
@@ -130,7 +126,7 @@ fn small_files_cost_no_storage_request() {
     for i in 0..50 {
         assert!(fs::read(mount.join(&format!("f{i}"))).unwrap() == random_bytes(i, 4000));
     }
-    assert_eq!(storage_writes(&cluster), before, "inline files went to storage");
+    assert_eq!(cluster.storage_writes(), before, "inline files went to storage");
 }
 
 #[test]

@@ -141,10 +141,6 @@ fn xattrs_behave_as_on_a_local_file_system() {
     assert_eq!(list(&f), ["security.s", "trusted.t", "user.big"]);
 }
 
-fn storage_writes(cluster: &Cluster) -> u64 {
-    cluster.storage_metric(0, "ember_rpc_seconds_count{method=\"storage.write\"}")
-}
-
 /// Bytes allocated on disk under `dir`, as du counts them.
 fn allocated(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -174,13 +170,13 @@ fn a_directory_inline_limit_keeps_its_small_files_out_of_storage() {
     fs::create_dir(d.join("sub")).unwrap();
 
     fs::write(mount.join("warm"), random_bytes(1, 100_000)).unwrap();
-    let before = storage_writes(&cluster);
+    let before = cluster.storage_writes();
     for (i, dir) in [&d, &d.join("sub")].into_iter().enumerate() {
         fs::write(dir.join("f"), random_bytes(i as u64, 16384)).unwrap();
     }
-    assert_eq!(storage_writes(&cluster), before, "files within the directory's limit went to storage");
+    assert_eq!(cluster.storage_writes(), before, "files within the directory's limit went to storage");
     fs::write(d.join("big"), random_bytes(3, 16385)).unwrap();
-    assert!(storage_writes(&cluster) > before, "a file past the limit must move to chunks");
+    assert!(cluster.storage_writes() > before, "a file past the limit must move to chunks");
     for (i, dir) in [&d, &d.join("sub")].into_iter().enumerate() {
         assert!(fs::read(dir.join("f")).unwrap() == random_bytes(i as u64, 16384));
     }

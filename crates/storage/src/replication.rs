@@ -1,16 +1,15 @@
 //! Replication, primary side and replica side.
 //!
-//! The chain's primary (its first SERVING member) takes a chunk's lock, applies the change
-//! locally and sends the same versioned change (a write as absolute 4 KiB block images) to
-//! every other SERVING or SYNCING member in parallel; the client gets its answer once all of them hold it. A member that fails is
-//! reported to mgmtd, which takes it out of the chain, and the change commits without it.
-//! A member that mgmtd lets back (SYNCING), and every member when a new primary takes over, is
-//! brought to the primary's state by a sync: compare chunk lists (or, when this primary's term
-//! knows every chunk the member missed, only those chunks), and for each chunk that differs
-//! send only the blocks whose CRC differs; remove the chunks the primary lacks. Writes wait
-//! while a new primary syncs its serving members: a change its predecessor left
-//! half-replicated is thereby completed or undone everywhere before anything else happens to
-//! the chunk.
+//! The chain's primary (its first SERVING member) takes a chunk's lock, applies the change locally
+//! and sends the same versioned change (a write as absolute 4 KiB block images) to every other
+//! SERVING or SYNCING member in parallel; the client gets its answer once all of them hold it. A
+//! member that fails is reported to mgmtd, which takes it out of the chain, and the change commits
+//! without it. A member that mgmtd lets back (SYNCING), and every member when a new primary takes
+//! over, is brought to the primary's state by a sync: compare chunk lists (or, when this primary's
+//! term knows every chunk the member missed, only those chunks), and for each chunk that differs
+//! send only the blocks whose CRC differs; remove the chunks the primary lacks. Writes wait while a
+//! new primary syncs its serving members: a change its predecessor left half-replicated is thereby
+//! completed or undone everywhere before anything else happens to the chunk.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -319,6 +319,11 @@ impl Cluster {
         self.metric(&storage_role(node), sample)
     }
 
+    /// Write requests storage node 0 has served: what a test of "no storage request" counts.
+    pub fn storage_writes(&self) -> u64 {
+        self.storage_metric(0, "ember_rpc_seconds_count{method=\"storage.write\"}")
+    }
+
     /// Like [`storage_metric`](Self::storage_metric), on the meta server.
     pub fn meta_metric(&self, sample: &str) -> u64 {
         self.metric("meta", sample)
