@@ -4,8 +4,10 @@
 //! clients that mgmtd no longer lists are dropped; a file with no session left is claimed, its
 //! chunks are removed on every target of every chain of its layout, and then its inode and
 //! queue entry are deleted in one transaction. Any failure leaves the entry queued for the next
-//! pass. Storage removal and the live-client list are traits so the decision logic is testable
-//! without a network.
+//! pass. Each pass also reads a batch of the `LOCK` records and drops the locks of clients
+//! that mgmtd no longer lists, so a crashed client's locks outlive it by at most its session
+//! timeout. Storage removal and the live-client list are traits so the decision logic is
+//! testable without a network.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -49,6 +51,8 @@ pub struct GcStats {
     pub failed: usize,
     /// Sessions of dead clients dropped.
     pub stale_sessions: usize,
+    /// Locks of dead clients dropped.
+    pub stale_locks: usize,
 }
 
 enum Outcome {
@@ -64,6 +68,8 @@ pub struct Gc {
     /// Where the next pass resumes, so files held open at the head of the queue do not starve
     /// the rest of it.
     cursor: Mutex<Option<InodeId>>,
+    /// The same for the `LOCK` records.
+    lock_cursor: Mutex<Option<InodeId>>,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -89,6 +95,7 @@ impl Gc {
             clients,
             batch: batch.max(1),
             cursor: Mutex::new(None),
+            lock_cursor: Mutex::new(None),
         }
     }
 
@@ -106,22 +113,18 @@ impl Gc {
         })
     }
 
-    /// One pass over the next batch of the queue.
+    /// One pass over the next batch of the queue and of the lock records.
     pub async fn pass(&self) -> Result<GcStats, MetaError> {
-        let after = *self.cursor.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stats = GcStats::default();
+        self.drop_stale_locks(&mut stats).await?;
         let batch = self.batch;
+        let after = cursor(&self.cursor);
         let items = blocking(&self.store, move |s| s.gc_scan(after, batch)).await?;
-        let next = if items.len() < batch {
-            None
-        } else {
-            items.last().map(|i| i.inode)
-        };
-        *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) = next;
+        move_cursor(&self.cursor, items.len(), batch, items.last().map(|i| i.inode));
         let live = match items.iter().any(|i| !i.sessions.is_empty()) {
             true => self.clients.live().await,
             false => None,
         };
-        let mut stats = GcStats::default();
         for item in items {
             let ino = item.inode;
             match self.collect(item, live.as_deref(), &mut stats).await {
@@ -135,6 +138,24 @@ impl Gc {
         }
         record(&stats);
         Ok(stats)
+    }
+
+    async fn drop_stale_locks(&self, stats: &mut GcStats) -> Result<(), MetaError> {
+        let batch = self.batch;
+        let after = cursor(&self.lock_cursor);
+        let locked = blocking(&self.store, move |s| s.lock_scan(after, batch)).await?;
+        move_cursor(&self.lock_cursor, locked.len(), batch, locked.last().map(|l| l.0));
+        if locked.is_empty() {
+            return Ok(());
+        }
+        let Some(live) = self.clients.live().await else { return Ok(()) };
+        for (ino, clients) in locked {
+            let gone: HashSet<u64> = clients.into_iter().filter(|c| !live.contains(c)).collect();
+            if !gone.is_empty() {
+                stats.stale_locks += blocking(&self.store, move |s| s.drop_client_locks(ino, &gone)).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn collect(
@@ -174,6 +195,17 @@ impl Gc {
     }
 }
 
+/// Where a scan resumes.
+fn cursor(c: &Mutex<Option<InodeId>>) -> Option<InodeId> {
+    *c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// After a scan that returned `rows` (the last with key `last`): resume after it if the batch
+/// was full, else start over.
+fn move_cursor(c: &Mutex<Option<InodeId>>, rows: usize, batch: usize, last: Option<InodeId>) {
+    *c.lock().unwrap_or_else(|p| p.into_inner()) = last.filter(|_| rows == batch);
+}
+
 fn record(s: &GcStats) {
     let r = ember_telemetry::global();
     r.inc(
@@ -191,6 +223,7 @@ fn record(s: &GcStats) {
         "",
         s.stale_sessions as u64,
     );
+    r.inc("ember_meta_gc_stale_locks_total", "", s.stale_locks as u64);
 }
 
 /// Removes chunks by `RemoveChunksReq` to every target of every chain, addresses from routing.

@@ -3,17 +3,20 @@
 //! Stateless in the 3FS sense: every request is one serializable transaction on the shared KV
 //! (`ember-kv`), so any number of meta servers can serve any request. The pieces:
 //!
-//! * [`schema`]: key layout (`INOD`, `DENT`, `DATR`, `INOS`, `GCQ_`, `SING`) and stored records;
+//! * [`schema`]: key layout (`INOD`, `DENT`, `DATR`, `INOS`, `LOCK`, `GCQ_`, `SING`) and stored records;
 //! * [`ids`]: inode ids from persistent sharded counters, handed out in blocks;
 //! * [`MetaStore`]: every file-system operation as a plain synchronous call, testable over
 //!   `MemKv` without a network;
-//! * [`gc`]: background removal of unlinked files' chunks once no live session holds them;
+//! * [`locks`]: POSIX and flock locks of one file as a plain value, kept in `LOCK` records;
+//! * [`gc`]: background removal of unlinked files' chunks once no live session holds them, and
+//!   of locks whose client is gone;
 //! * [`MetaService`]: the RPC adapter; [`run_meta`]: the whole process.
 
 pub mod chains;
 mod error;
 pub mod gc;
 pub mod ids;
+pub mod locks;
 pub mod schema;
 mod server;
 mod service;

@@ -12,6 +12,7 @@
 //! | `INOS` id session (8 B big-endian) | [`SessionRecord`] |
 //! | `INLN` id | [`InlineRecord`]: the bytes of an inline file (absent = empty) |
 //! | `XATR` id name | the value of one extended attribute |
+//! | `LOCK` id | [`LockRecord`]: the byte-range and flock locks held on a file |
 //! | `GCQ_` id | [`GcRecord`]: unlinked file waiting for chunk removal |
 //! | `SING` `ino` shard | u64 LE: inode-id block counter of one shard |
 //! | `SING` `inodes` | i64 LE: number of inodes (commutative add) |
@@ -30,6 +31,7 @@ pub const SESSION_PREFIX: &[u8; 4] = b"INOS";
 pub const GC_PREFIX: &[u8; 4] = b"GCQ_";
 pub const INLINE_PREFIX: &[u8; 4] = b"INLN";
 pub const XATTR_PREFIX: &[u8; 4] = b"XATR";
+pub const LOCK_PREFIX: &[u8; 4] = b"LOCK";
 pub const SINGLETON_PREFIX: &[u8; 4] = b"SING";
 
 /// Longest file name (NAME_MAX).
@@ -102,6 +104,10 @@ pub fn xattr_prefix(ino: InodeId) -> Vec<u8> {
     key(XATTR_PREFIX, ino, &[])
 }
 
+pub fn lock_key(ino: InodeId) -> Vec<u8> {
+    key(LOCK_PREFIX, ino, &[])
+}
+
 pub fn gc_key(ino: InodeId) -> Vec<u8> {
     key(GC_PREFIX, ino, &[])
 }
@@ -119,7 +125,7 @@ pub fn inode_count_key() -> Vec<u8> {
     k
 }
 
-/// The inode id at the end of an `INOD`/`GCQ_`/`INOS` key.
+/// The inode id at the end of an `INOD`/`GCQ_`/`INOS`/`LOCK` key.
 pub fn id_from_key(k: &[u8]) -> Option<InodeId> {
     let b: [u8; 8] = k.get(4..12)?.try_into().ok()?;
     Some(InodeId(u64::from_le_bytes(b)))
@@ -284,6 +290,31 @@ pub struct InlineRecord {
     /// Wall-clock end of that client's hold, in ns.
     #[prost(int64, tag = "3")]
     pub spill_deadline_ns: i64,
+}
+
+/// One lock: bytes `start..=end` of a file, held by `owner` of client `client_id`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct LockEntry {
+    #[prost(uint64, tag = "1")]
+    pub client_id: u64,
+    #[prost(uint64, tag = "2")]
+    pub owner: u64,
+    #[prost(uint64, tag = "3")]
+    pub start: u64,
+    #[prost(uint64, tag = "4")]
+    pub end: u64,
+    /// Exclusive; shared otherwise.
+    #[prost(bool, tag = "5")]
+    pub write: bool,
+    #[prost(uint32, tag = "6")]
+    pub pid: u32,
+}
+
+/// Every lock held on one file, in the normal form `crate::locks::LockTable` keeps.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LockRecord {
+    #[prost(message, repeated, tag = "1")]
+    pub locks: Vec<LockEntry>,
 }
 
 /// An unlinked file whose chunks still have to be removed.

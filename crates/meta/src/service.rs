@@ -203,6 +203,11 @@ impl Service for MetaService {
             Method::MetaRemoveXattr => unary(s, body, wait, |s, r: RemoveXattrReq| {
                 s.remove_xattr(InodeId(r.inode), &r.name).map(|()| EmptyResp {})
             }),
+            Method::MetaSetLock => unary(s, body, wait, |s, r: SetLockReq| s.set_lock(&lock_of(r.lock)?)),
+            Method::MetaGetLock => read_only(s, body, |s, r: GetLockReq| s.get_lock(&lock_of(r.lock)?)),
+            Method::MetaReleaseLocks => unary(s, body, wait, |s, r: ReleaseLocksReq| {
+                s.release_locks(InodeId(r.inode), r.client_id, &r.owners).map(|()| EmptyResp {})
+            }),
             other => {
                 let st = Status::new(
                     StatusCode::UnknownMethod,
@@ -212,6 +217,10 @@ impl Service for MetaService {
             }
         }
     }
+}
+
+fn lock_of(lock: Option<LockReq>) -> Result<LockReq, MetaError> {
+    lock.ok_or_else(|| MetaError::InvalidArgument("lock request without a lock".into()))
 }
 
 fn set_attrs(r: &SetAttrReq) -> SetAttrs {

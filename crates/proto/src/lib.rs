@@ -49,6 +49,9 @@ pub enum Method {
     MetaListXattr = 0x0215,
     MetaRemoveXattr = 0x0216,
     MetaMknod = 0x0217,
+    MetaSetLock = 0x0218,
+    MetaGetLock = 0x0219,
+    MetaReleaseLocks = 0x021a,
 
     StorageWrite = 0x0301,
     StorageBatchRead = 0x0302,
@@ -65,7 +68,7 @@ pub enum Method {
 }
 
 impl Method {
-    const ALL: [Method; 42] = [
+    const ALL: [Method; 45] = [
         Method::MgmtdRegisterNode,
         Method::MgmtdHeartbeat,
         Method::MgmtdGetRouting,
@@ -96,6 +99,9 @@ impl Method {
         Method::MetaListXattr,
         Method::MetaRemoveXattr,
         Method::MetaMknod,
+        Method::MetaSetLock,
+        Method::MetaGetLock,
+        Method::MetaReleaseLocks,
         Method::StorageWrite,
         Method::StorageBatchRead,
         Method::StorageTruncate,
@@ -147,6 +153,9 @@ impl Method {
             Method::MetaListXattr => "meta.list_xattr",
             Method::MetaRemoveXattr => "meta.remove_xattr",
             Method::MetaMknod => "meta.mknod",
+            Method::MetaSetLock => "meta.set_lock",
+            Method::MetaGetLock => "meta.get_lock",
+            Method::MetaReleaseLocks => "meta.release_locks",
             Method::StorageWrite => "storage.write",
             Method::StorageBatchRead => "storage.batch_read",
             Method::StorageTruncate => "storage.truncate",

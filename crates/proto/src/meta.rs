@@ -553,3 +553,103 @@ impl Rpc for MknodReq {
     const METHOD: Method = Method::MetaMknod;
     type Response = AttrResp;
 }
+
+/// What a byte-range lock request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum LockKind {
+    /// Shared (F_RDLCK).
+    Read = 0,
+    /// Exclusive (F_WRLCK).
+    Write = 1,
+    /// Give back (F_UNLCK).
+    Unlock = 2,
+}
+
+/// One byte-range lock of a file: bytes `start..=end` (`end` u64::MAX-ish for "to the end",
+/// as the kernel sends it). Locks belong to an owner of a client: the kernel's lock owner
+/// (a process for POSIX locks, an open file for flock) is only unique within one mount.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LockReq {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+    #[prost(uint64, tag = "2")]
+    pub client_id: u64,
+    #[prost(uint64, tag = "3")]
+    pub owner: u64,
+    #[prost(uint64, tag = "4")]
+    pub start: u64,
+    #[prost(uint64, tag = "5")]
+    pub end: u64,
+    #[prost(enumeration = "LockKind", tag = "6")]
+    pub kind: i32,
+    /// The locking process, reported to others by F_GETLK.
+    #[prost(uint32, tag = "7")]
+    pub pid: u32,
+}
+
+/// A lock of another owner that stands in the way.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LockHolder {
+    #[prost(uint64, tag = "1")]
+    pub start: u64,
+    #[prost(uint64, tag = "2")]
+    pub end: u64,
+    #[prost(enumeration = "LockKind", tag = "3")]
+    pub kind: i32,
+    #[prost(uint32, tag = "4")]
+    pub pid: u32,
+}
+
+/// `SetLock`: whether the change was made (a refused one changes nothing), and if not, a lock
+/// in the way. `GetLock`: the first lock in the way, if any.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LockResp {
+    #[prost(bool, tag = "1")]
+    pub granted: bool,
+    #[prost(message, optional, tag = "2")]
+    pub conflict: Option<LockHolder>,
+}
+
+/// Takes, changes or gives back a lock (POSIX semantics: an owner's new lock replaces its own
+/// locks on the same bytes; unlocking part of a lock splits it). Never waits: a client that
+/// wants to wait asks again.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetLockReq {
+    #[prost(message, optional, tag = "1")]
+    pub lock: Option<LockReq>,
+}
+
+impl Rpc for SetLockReq {
+    const METHOD: Method = Method::MetaSetLock;
+    type Response = LockResp;
+}
+
+/// F_GETLK: would this lock be granted? Changes nothing.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetLockReq {
+    #[prost(message, optional, tag = "1")]
+    pub lock: Option<LockReq>,
+}
+
+impl Rpc for GetLockReq {
+    const METHOD: Method = Method::MetaGetLock;
+    type Response = LockResp;
+}
+
+/// Gives back every lock that these owners of a client hold on a file (close of a descriptor
+/// for POSIX locks, last close of an open file for flock).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReleaseLocksReq {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+    #[prost(uint64, tag = "2")]
+    pub client_id: u64,
+    #[prost(uint64, repeated, tag = "3")]
+    pub owners: Vec<u64>,
+}
+
+impl Rpc for ReleaseLocksReq {
+    const METHOD: Method = Method::MetaReleaseLocks;
+    type Response = EmptyResp;
+}

@@ -12,6 +12,8 @@ pub enum StatusCode {
     Unavailable = 103,
     Busy = 104,
     Unsupported = 105,
+    /// A blocking call gave up because the calling thread has a signal to take (EINTR).
+    Interrupted = 106,
     // Transport (2xx)
     BadFrame = 200,
     FrameTooLarge = 201,
@@ -40,6 +42,8 @@ pub enum StatusCode {
     SpillLost = 412,
     /// The extended attribute does not exist (ENODATA).
     NoAttribute = 413,
+    /// A lock is held by another owner and the caller asked not to wait (EAGAIN).
+    LockConflict = 414,
     // Storage (5xx)
     NoSpace = 500,
     IoError = 501,
@@ -55,7 +59,7 @@ pub enum StatusCode {
 }
 
 impl StatusCode {
-    const ALL: [StatusCode; 38] = [
+    const ALL: [StatusCode; 40] = [
         StatusCode::Ok,
         StatusCode::Internal,
         StatusCode::InvalidArgument,
@@ -63,6 +67,7 @@ impl StatusCode {
         StatusCode::Unavailable,
         StatusCode::Busy,
         StatusCode::Unsupported,
+        StatusCode::Interrupted,
         StatusCode::BadFrame,
         StatusCode::FrameTooLarge,
         StatusCode::ChecksumMismatch,
@@ -85,6 +90,7 @@ impl StatusCode {
         StatusCode::InlineMoved,
         StatusCode::SpillLost,
         StatusCode::NoAttribute,
+        StatusCode::LockConflict,
         StatusCode::NoSpace,
         StatusCode::IoError,
         StatusCode::CorruptData,

@@ -315,3 +315,28 @@ mod network {
             .is_none());
     }
 }
+
+#[tokio::test]
+async fn locks_of_dead_clients_are_dropped_and_live_ones_kept() {
+    use ember_proto::meta::{LockKind, LockReq};
+    let (store, _, gc) = setup(Some(&[1]));
+    let (a, _, _) = create(&store, "a", 1);
+    let (b, _, _) = create(&store, "b", 99);
+    let lock = |inode: InodeId, client_id| LockReq {
+        inode: inode.0,
+        client_id,
+        owner: 7,
+        start: 0,
+        end: u64::MAX,
+        kind: LockKind::Write.into(),
+        pid: 1,
+    };
+    assert!(store.set_lock(&lock(a, 1)).unwrap().granted);
+    assert!(store.set_lock(&lock(b, 99)).unwrap().granted);
+    assert!(store.set_lock(&lock(a, 99)).unwrap().conflict.is_some());
+    let stats = gc.pass().await.unwrap();
+    assert_eq!(stats.stale_locks, 1);
+    assert!(store.set_lock(&lock(b, 2)).unwrap().granted, "the dead client's lock is gone");
+    assert!(!store.set_lock(&lock(a, 2)).unwrap().granted, "the live client's lock stays");
+    assert_eq!(store.lock_scan(None, 10).unwrap().len(), 2);
+}

@@ -107,6 +107,7 @@ impl MetaStore {
             }
             t.0.delete(&gc_key(ino));
             t.delete_inline(ino);
+            t.delete_locks(ino);
             for s in snapshot_sessions(t, ino)? {
                 t.0.delete(&session_key(ino, s.id));
             }

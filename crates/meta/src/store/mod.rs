@@ -9,6 +9,7 @@ mod dir;
 mod file;
 mod gc;
 mod inline;
+mod lock;
 mod rename;
 mod tx;
 mod xattr;

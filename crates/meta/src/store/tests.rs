@@ -845,3 +845,55 @@ fn rename_exchange_swaps_two_names_of_any_type() {
     assert_eq!(code(s.rename(ROOT, b"a", sub, b"inside", RENAME_EXCHANGE)), StatusCode::InvalidRename, "a directory into its own subtree");
     assert_eq!(code(s.rename(a, b"f", b, b"sub", RENAME_EXCHANGE | RENAME_NOREPLACE)), StatusCode::InvalidArgument);
 }
+
+fn lock_req(inode: u64, client_id: u64, owner: u64, range: (u64, u64), kind: ember_proto::meta::LockKind) -> ember_proto::meta::LockReq {
+    ember_proto::meta::LockReq { inode, client_id, owner, start: range.0, end: range.1, kind: kind.into(), pid: owner as u32 }
+}
+
+#[test]
+fn locks_conflict_between_owners_report_the_holder_and_go_with_release() {
+    use ember_proto::meta::LockKind::{Read, Unlock, Write};
+    let s = store();
+    let f = mkfile(&s, InodeId::ROOT, "f").inode;
+    assert!(s.set_lock(&lock_req(f, 1, 10, (0, 99), Write)).unwrap().granted);
+    let refused = s.set_lock(&lock_req(f, 2, 20, (50, 50), Read)).unwrap();
+    assert!(!refused.granted);
+    let holder = refused.conflict.unwrap();
+    assert_eq!((holder.start, holder.end, holder.kind, holder.pid), (0, 99, Write as i32, 10));
+    assert!(s.get_lock(&lock_req(f, 2, 20, (100, 200), Write)).unwrap().granted);
+    assert!(s.get_lock(&lock_req(f, 1, 10, (0, 5), Write)).unwrap().granted, "own locks are no conflict");
+
+    assert!(s.set_lock(&lock_req(f, 1, 10, (0, 49), Unlock)).unwrap().granted);
+    assert!(s.set_lock(&lock_req(f, 2, 20, (0, 49), Read)).unwrap().granted);
+    s.release_locks(InodeId(f), 1, &[10]).unwrap();
+    assert!(s.set_lock(&lock_req(f, 3, 30, (50, 99), Write)).unwrap().granted);
+    s.release_locks(InodeId(f), 2, &[20]).unwrap();
+    s.release_locks(InodeId(f), 3, &[30]).unwrap();
+    assert!(s.lock_scan(None, 10).unwrap().is_empty(), "an empty table leaves no record");
+}
+
+#[test]
+fn bad_lock_requests_are_refused() {
+    use ember_proto::meta::LockKind::Write;
+    let s = store();
+    let f = mkfile(&s, InodeId::ROOT, "f").inode;
+    assert_eq!(code(s.set_lock(&lock_req(f, 1, 1, (9, 3), Write))), StatusCode::InvalidArgument);
+    let mut bad_kind = lock_req(f, 1, 1, (0, 1), Write);
+    bad_kind.kind = 7;
+    assert_eq!(code(s.set_lock(&bad_kind)), StatusCode::InvalidArgument);
+    assert_eq!(code(s.set_lock(&lock_req(999_999, 1, 1, (0, 1), Write))), StatusCode::NotFound);
+    assert_eq!(code(s.set_lock(&lock_req(InodeId::ROOT.0, 1, 1, (0, 1), Write))), StatusCode::IsDirectory);
+}
+
+#[test]
+fn gc_of_a_locked_unlinked_file_removes_its_locks() {
+    use ember_proto::meta::LockKind::Write;
+    let s = store();
+    let Opened { attr, session, .. } = s.create(InodeId::ROOT, b"f", perm(), true, 1).unwrap();
+    assert!(s.set_lock(&lock_req(attr.inode, 1, 1, (0, 9), Write)).unwrap().granted);
+    s.unlink(InodeId::ROOT, b"f").unwrap();
+    s.close(InodeId(attr.inode), session, None, None).unwrap();
+    assert!(s.gc_claim(InodeId(attr.inode)).unwrap());
+    s.gc_finish(InodeId(attr.inode)).unwrap();
+    assert!(s.lock_scan(None, 10).unwrap().is_empty());
+}

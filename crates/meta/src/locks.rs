@@ -1,0 +1,245 @@
+//! The locks of one file as a plain value: POSIX byte-range semantics, no KV.
+//!
+//! Locks of one owner never overlap, and two of its locks of the same kind never touch (they
+//! are merged), so the table is the same whatever order an owner's requests came in. flock
+//! locks arrive from the kernel as whole-file locks whose owner is the open file, and follow
+//! the same rules.
+
+use crate::schema::{LockEntry, LockRecord};
+
+/// Who holds a lock: the kernel's owner id is only unique within one client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LockOwner {
+    pub client_id: u64,
+    pub owner: u64,
+}
+
+/// What a request does to its owner's locks on a range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockChange {
+    Read,
+    Write,
+    Unlock,
+}
+
+/// Bytes `start..=end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl ByteRange {
+    fn overlaps(self, e: &LockEntry) -> bool {
+        e.start <= self.end && self.start <= e.end
+    }
+
+    fn touches(self, e: &LockEntry) -> bool {
+        e.end.checked_add(1) == Some(self.start) || self.end.checked_add(1) == Some(e.start)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LockTable {
+    locks: Vec<LockEntry>,
+}
+
+fn held_by(e: &LockEntry, who: LockOwner) -> bool {
+    e.client_id == who.client_id && e.owner == who.owner
+}
+
+impl LockTable {
+    pub fn from_record(rec: LockRecord) -> Self {
+        LockTable { locks: rec.locks }
+    }
+
+    pub fn into_record(self) -> LockRecord {
+        LockRecord { locks: self.locks }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.locks.is_empty()
+    }
+
+    pub fn locks(&self) -> &[LockEntry] {
+        &self.locks
+    }
+
+    /// The first lock of another owner that a `change` of `range` by `who` would break.
+    pub fn conflict(&self, who: LockOwner, range: ByteRange, change: LockChange) -> Option<&LockEntry> {
+        if change == LockChange::Unlock {
+            return None;
+        }
+        let write = change == LockChange::Write;
+        self.locks.iter().find(|e| !held_by(e, who) && range.overlaps(e) && (write || e.write))
+    }
+
+    /// Applies `change` to `who`'s locks on `range`, without looking at other owners (the
+    /// caller checks [`conflict`](Self::conflict) first).
+    pub fn apply(&mut self, who: LockOwner, range: ByteRange, change: LockChange, pid: u32) {
+        let write = change == LockChange::Write;
+        let mut merged = range;
+        let mut kept = Vec::with_capacity(self.locks.len() + 2);
+        for e in self.locks.drain(..) {
+            let same_kind = change != LockChange::Unlock && e.write == write;
+            if !held_by(&e, who) || !(range.overlaps(&e) || (same_kind && range.touches(&e))) {
+                kept.push(e);
+            } else if same_kind {
+                merged.start = merged.start.min(e.start);
+                merged.end = merged.end.max(e.end);
+            } else {
+                if e.start < range.start {
+                    kept.push(LockEntry { end: range.start - 1, ..e.clone() });
+                }
+                if e.end > range.end {
+                    kept.push(LockEntry { start: range.end + 1, ..e });
+                }
+            }
+        }
+        if change != LockChange::Unlock {
+            kept.push(LockEntry { client_id: who.client_id, owner: who.owner, start: merged.start, end: merged.end, write, pid });
+        }
+        kept.sort_by_key(|e| (e.start, e.client_id, e.owner));
+        self.locks = kept;
+    }
+
+    /// Drops every lock of these owners of one client; returns whether any was held.
+    pub fn release_owners(&mut self, client_id: u64, owners: &[u64]) -> bool {
+        let before = self.locks.len();
+        self.locks.retain(|e| e.client_id != client_id || !owners.contains(&e.owner));
+        self.locks.len() != before
+    }
+
+    /// Drops every lock of the clients `gone` says are gone; returns how many.
+    pub fn release_clients(&mut self, gone: impl Fn(u64) -> bool) -> usize {
+        let before = self.locks.len();
+        self.locks.retain(|e| !gone(e.client_id));
+        before - self.locks.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: LockOwner = LockOwner { client_id: 1, owner: 10 };
+    const B: LockOwner = LockOwner { client_id: 1, owner: 11 };
+    /// Same kernel owner id as `A`, another mount.
+    const C: LockOwner = LockOwner { client_id: 2, owner: 10 };
+
+    fn r(start: u64, end: u64) -> ByteRange {
+        ByteRange { start, end }
+    }
+
+    fn ranges(t: &LockTable) -> Vec<(u64, u64, bool)> {
+        t.locks().iter().map(|e| (e.start, e.end, e.write)).collect()
+    }
+
+    #[test]
+    fn unlocking_the_middle_splits_and_neighbours_of_one_kind_merge() {
+        let mut t = LockTable::default();
+        t.apply(A, r(0, 99), LockChange::Write, 1);
+        t.apply(A, r(40, 59), LockChange::Unlock, 1);
+        assert_eq!(ranges(&t), vec![(0, 39, true), (60, 99, true)]);
+        t.apply(A, r(40, 59), LockChange::Write, 1);
+        assert_eq!(ranges(&t), vec![(0, 99, true)]);
+        t.apply(A, r(50, u64::MAX), LockChange::Read, 1);
+        assert_eq!(ranges(&t), vec![(0, 49, true), (50, u64::MAX, false)]);
+    }
+
+    #[test]
+    fn owners_conflict_by_kind_and_clients_keep_owners_apart() {
+        let mut t = LockTable::default();
+        t.apply(A, r(0, 9), LockChange::Read, 1);
+        assert!(t.conflict(B, r(5, 5), LockChange::Read).is_none());
+        assert_eq!(t.conflict(B, r(5, 20), LockChange::Write).map(|e| e.pid), Some(1));
+        assert!(t.conflict(B, r(10, 20), LockChange::Write).is_none());
+        assert!(t.conflict(A, r(0, 9), LockChange::Write).is_none(), "an owner upgrades its own lock");
+        assert!(t.conflict(C, r(0, 0), LockChange::Write).is_some(), "the same owner id on another client is someone else");
+        assert!(t.conflict(B, r(0, 9), LockChange::Unlock).is_none());
+    }
+
+    #[test]
+    fn release_drops_only_the_named_owners_and_clients() {
+        let mut t = LockTable::default();
+        t.apply(A, r(0, 9), LockChange::Write, 1);
+        t.apply(B, r(20, 29), LockChange::Write, 2);
+        t.apply(C, r(40, 49), LockChange::Read, 3);
+        assert!(!t.release_owners(1, &[99]));
+        assert!(t.release_owners(1, &[10]));
+        assert_eq!(ranges(&t), vec![(20, 29, true), (40, 49, false)]);
+        assert_eq!(t.release_clients(|c| c == 2), 1);
+        assert_eq!(ranges(&t), vec![(20, 29, true)]);
+    }
+
+    /// Per byte of a small file, what each owner holds: the reference the table is checked
+    /// against.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    enum Held {
+        None,
+        Read,
+        Write,
+    }
+
+    const BYTES: usize = 48;
+    const OWNERS: [LockOwner; 3] = [A, B, C];
+
+    fn held_bytes(t: &LockTable, who: LockOwner) -> [Held; BYTES] {
+        let mut out = [Held::None; BYTES];
+        for e in t.locks().iter().filter(|e| held_by(e, who)) {
+            for b in e.start..=e.end.min(BYTES as u64 - 1) {
+                assert_eq!(out[b as usize], Held::None, "overlapping locks of one owner: {t:?}");
+                out[b as usize] = if e.write { Held::Write } else { Held::Read };
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn random_requests_match_a_per_byte_model() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut t = LockTable::default();
+        let mut model = [[Held::None; BYTES]; 3];
+        for step in 0..20_000 {
+            let who = next(3) as usize;
+            let start = next(BYTES as u64);
+            let end = (start + next(12)).min(BYTES as u64 - 1);
+            let (change, held) = match next(3) {
+                0 => (LockChange::Read, Held::Read),
+                1 => (LockChange::Write, Held::Write),
+                _ => (LockChange::Unlock, Held::None),
+            };
+            let range = r(start, end);
+            let model_conflict = (0..3).filter(|&o| o != who).any(|o| {
+                (start..=end).any(|b| match model[o][b as usize] {
+                    Held::None => false,
+                    Held::Read => change == LockChange::Write,
+                    Held::Write => change != LockChange::Unlock,
+                })
+            });
+            assert_eq!(t.conflict(OWNERS[who], range, change).is_some(), model_conflict, "step {step}");
+            if model_conflict {
+                continue;
+            }
+            t.apply(OWNERS[who], range, change, who as u32);
+            for b in start..=end {
+                model[who][b as usize] = held;
+            }
+            for (o, bytes) in model.iter().enumerate() {
+                assert_eq!(&held_bytes(&t, OWNERS[o]), bytes, "step {step}, owner {o}");
+            }
+            let mut sorted = t.locks().to_vec();
+            sorted.sort_by_key(|e| (e.client_id, e.owner, e.start));
+            for w in sorted.windows(2) {
+                let touch = w[0].end + 1 == w[1].start && w[0].write == w[1].write;
+                assert!(!(held_by(&w[0], LockOwner { client_id: w[1].client_id, owner: w[1].owner }) && touch), "unmerged neighbours at step {step}: {t:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! File locks in the KV: one `LOCK` record per locked file holds its whole [`LockTable`], read
+//! serializably, so two clients locking the same file never both win. Requests never wait
+//! here; a client that wants to wait asks again. Locks of clients that are gone are dropped by
+//! GC ([`MetaStore::drop_client_locks`]).
+
+use std::collections::HashSet;
+
+use ember_proto::meta::{LockHolder, LockKind, LockReq, LockResp};
+use ember_types::{FileType, InodeId};
+
+use super::{MetaStore, Tx};
+use crate::locks::{ByteRange, LockChange, LockOwner, LockTable};
+use crate::schema::{decode, encode, id_from_key, key_after, lock_key, prefix_end, LockEntry, LockRecord, LOCK_PREFIX};
+use crate::MetaError;
+
+/// A decoded, checked lock request.
+struct Request {
+    ino: InodeId,
+    who: LockOwner,
+    range: ByteRange,
+    change: LockChange,
+    pid: u32,
+}
+
+fn request(req: &LockReq) -> Result<Request, MetaError> {
+    let change = match LockKind::try_from(req.kind) {
+        Ok(LockKind::Read) => LockChange::Read,
+        Ok(LockKind::Write) => LockChange::Write,
+        Ok(LockKind::Unlock) => LockChange::Unlock,
+        Err(_) => return Err(MetaError::InvalidArgument(format!("lock kind {}", req.kind))),
+    };
+    if req.start > req.end {
+        return Err(MetaError::InvalidArgument(format!("lock range {}..={}", req.start, req.end)));
+    }
+    Ok(Request {
+        ino: InodeId(req.inode),
+        who: LockOwner { client_id: req.client_id, owner: req.owner },
+        range: ByteRange { start: req.start, end: req.end },
+        change,
+        pid: req.pid,
+    })
+}
+
+fn holder(e: &LockEntry) -> LockHolder {
+    let kind = if e.write { LockKind::Write } else { LockKind::Read };
+    LockHolder { start: e.start, end: e.end, kind: kind.into(), pid: e.pid }
+}
+
+impl Tx<'_> {
+    fn locks(&mut self, ino: InodeId) -> Result<LockTable, MetaError> {
+        let rec = self.0.get(&lock_key(ino))?.map(|v| decode::<LockRecord>("lock record", &v)).transpose()?;
+        Ok(LockTable::from_record(rec.unwrap_or_default()))
+    }
+
+    fn put_locks(&mut self, ino: InodeId, table: LockTable) {
+        if table.is_empty() {
+            self.0.delete(&lock_key(ino));
+        } else {
+            self.0.set(&lock_key(ino), &encode(&table.into_record()));
+        }
+    }
+
+    /// The locks of a file that exists and can be locked through the mount.
+    fn lockable(&mut self, ino: InodeId) -> Result<LockTable, MetaError> {
+        if self.require_inode(ino)?.kind()? == FileType::Directory {
+            return Err(MetaError::IsDirectory(ino));
+        }
+        self.locks(ino)
+    }
+
+    pub fn delete_locks(&mut self, ino: InodeId) {
+        self.0.delete(&lock_key(ino));
+    }
+}
+
+impl MetaStore {
+    /// Takes, changes or gives back a lock unless another owner's lock is in the way.
+    pub fn set_lock(&self, req: &LockReq) -> Result<LockResp, MetaError> {
+        let r = request(req)?;
+        self.run(|t| {
+            let mut table = t.lockable(r.ino)?;
+            if let Some(e) = table.conflict(r.who, r.range, r.change) {
+                return Ok(LockResp { granted: false, conflict: Some(holder(e)) });
+            }
+            table.apply(r.who, r.range, r.change, r.pid);
+            t.put_locks(r.ino, table);
+            Ok(LockResp { granted: true, conflict: None })
+        })
+    }
+
+    /// F_GETLK: the lock in the way of `req`, if any.
+    pub fn get_lock(&self, req: &LockReq) -> Result<LockResp, MetaError> {
+        let r = request(req)?;
+        self.run(|t| {
+            let table = t.lockable(r.ino)?;
+            let conflict = table.conflict(r.who, r.range, r.change).map(holder);
+            Ok(LockResp { granted: conflict.is_none(), conflict })
+        })
+    }
+
+    /// Gives back every lock these owners of `client_id` hold on `ino`.
+    pub fn release_locks(&self, ino: InodeId, client_id: u64, owners: &[u64]) -> Result<(), MetaError> {
+        self.run(|t| {
+            let mut table = t.locks(ino)?;
+            if table.release_owners(client_id, owners) {
+                t.put_locks(ino, table);
+            }
+            Ok(())
+        })
+    }
+
+    /// Up to `limit` locked files after `after`, each with the clients holding its locks
+    /// (snapshot: what GC checks against the live clients).
+    pub fn lock_scan(&self, after: Option<InodeId>, limit: usize) -> Result<Vec<(InodeId, HashSet<u64>)>, MetaError> {
+        let begin = after.map_or_else(|| LOCK_PREFIX.to_vec(), |a| key_after(&lock_key(a)));
+        self.run(|t| {
+            let rows = t.0.snapshot_scan(&begin, &prefix_end(LOCK_PREFIX), limit)?;
+            rows.iter()
+                .map(|(k, v)| {
+                    let ino = id_from_key(k).ok_or_else(|| MetaError::Corrupt("lock key".into()))?;
+                    let rec: LockRecord = decode("lock record", v)?;
+                    Ok((ino, rec.locks.iter().map(|e| e.client_id).collect()))
+                })
+                .collect()
+        })
+    }
+
+    /// Drops the locks on `ino` of the clients in `gone`; returns how many were dropped.
+    pub fn drop_client_locks(&self, ino: InodeId, gone: &HashSet<u64>) -> Result<usize, MetaError> {
+        self.run(|t| {
+            let mut table = t.locks(ino)?;
+            let dropped = table.release_clients(|c| gone.contains(&c));
+            if dropped > 0 {
+                t.put_locks(ino, table);
+            }
+            Ok(dropped)
+        })
+    }
+}
