@@ -63,6 +63,10 @@ pub struct MgmtdArgs {
     /// How chains replicate: fan-out (parallel) or chain (store and forward, the baseline).
     #[arg(long, value_parser = ["fan-out", "chain"])]
     pub replication_mode: Option<String>,
+    /// A client (mount) that has not renewed its session for this long is gone: its open
+    /// files and locks are released.
+    #[arg(long)]
+    pub client_session_timeout_ms: Option<u64>,
 }
 
 impl MgmtdArgs {
@@ -71,6 +75,7 @@ impl MgmtdArgs {
         set(&mut c.listen, self.listen);
         set(&mut c.metrics_listen, self.metrics_listen);
         set(&mut c.data_dir, self.data);
+        set(&mut c.client_session_timeout_ms, self.client_session_timeout_ms);
         if self.manual_chains {
             c.auto_create_chains = false;
         }

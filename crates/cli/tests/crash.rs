@@ -71,7 +71,7 @@ fn periodic_metadata_loses_nothing_to_kill9_of_meta() {
         return;
     }
     let _slot = SLOTS.acquire();
-    let spec = Spec { storage_nodes: 1, targets: 1, replicas: 1, chain_mode: false, periodic_meta: true };
+    let spec = Spec { storage_nodes: 1, targets: 1, replicas: 1, chain_mode: false, periodic_meta: true, client_session_timeout_ms: None };
     let mut cluster = Cluster::start_spec(bin(), spec);
     let mut mount = cluster.mount();
     let (open, want) = write_and_acknowledge(&mount.path);

@@ -63,7 +63,7 @@ async fn worker(client: Arc<EmberClient>, inode: InodeId, layout: Layout, id: u6
 #[test]
 fn reads_and_writes_of_one_block_stay_linearizable_through_failovers() {
     let bin = Path::new(env!("CARGO_BIN_EXE_ember"));
-    let mut cluster = Cluster::start_spec(bin, Spec { storage_nodes: 3, targets: 1, replicas: 3, chain_mode: false, periodic_meta: false });
+    let mut cluster = Cluster::start_spec(bin, Spec { storage_nodes: 3, targets: 1, replicas: 3, chain_mode: false, periodic_meta: false, client_session_timeout_ms: None });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let client = rt.block_on(EmberClient::connect(ClientConfig::new(&cluster.mgmtd_addr))).unwrap();
     let create = CreateReq {

@@ -23,7 +23,7 @@ fn start() -> Cluster {
 
 fn start_in(chain_mode: bool) -> Cluster {
     let bin = Path::new(env!("CARGO_BIN_EXE_ember"));
-    Cluster::start_spec(bin, Spec { storage_nodes: NODES, targets: 1, replicas: NODES, chain_mode, periodic_meta: false })
+    Cluster::start_spec(bin, Spec { storage_nodes: NODES, targets: 1, replicas: NODES, chain_mode, periodic_meta: false, client_session_timeout_ms: None })
 }
 
 /// Waits until every target is SERVING and up to date.

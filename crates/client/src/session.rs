@@ -10,6 +10,7 @@ use ember_proto::mgmtd::ExtendClientSessionReq;
 
 use crate::EmberClient;
 
+/// Longest pause between two extensions; a shorter session timeout makes it a third of that.
 const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// A random non-zero id: `RandomState` is seeded from the OS per process.
@@ -28,11 +29,16 @@ pub(crate) fn spawn_keepalive(client: &Arc<EmberClient>) {
         loop {
             let Some(c) = weak.upgrade() else { return };
             let req = ExtendClientSessionReq { client_id: c.client_id, description: c.config.description.clone() };
-            if let Err(e) = c.routing.mgmtd().unary(&req).await {
-                tracing::debug!(error = %e, "client session keep-alive failed");
+            let mut pause = KEEPALIVE;
+            match c.routing.mgmtd().unary(&req).await {
+                Ok(resp) if resp.session_timeout_ms > 0 => {
+                    pause = pause.min(Duration::from_millis(resp.session_timeout_ms) / 3);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "client session keep-alive failed"),
             }
             drop(c);
-            tokio::time::sleep(KEEPALIVE).await;
+            tokio::time::sleep(pause).await;
         }
     });
 }

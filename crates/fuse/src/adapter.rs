@@ -5,18 +5,19 @@ use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ember_proto::meta::{Attr, XattrSetMode};
+use ember_proto::meta::{Attr, LockKind, XattrSetMode};
 use ember_types::{FileType, Status};
 use fuser::{
-    Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock,
+    Notifier, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::Instrument;
 
+use crate::vfs::LockSpec;
 use crate::Vfs;
 
 /// Largest read/write the kernel sends in one request (the kernel's own ceiling here).
@@ -27,26 +28,20 @@ pub struct EmberFs {
     vfs: Arc<Vfs>,
     rt: tokio::runtime::Handle,
     ttl: Duration,
+    /// Set once the session runs: how this mount drops what the kernel cached of a file.
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl EmberFs {
-    pub fn new(vfs: Arc<Vfs>, rt: tokio::runtime::Handle, ttl: Duration) -> Self {
-        EmberFs { vfs, rt, ttl }
+    pub fn new(vfs: Arc<Vfs>, rt: tokio::runtime::Handle, ttl: Duration, notifier: Arc<OnceLock<Notifier>>) -> Self {
+        EmberFs { vfs, rt, ttl, notifier }
     }
 
     /// Runs one operation to completion on the runtime (fuser worker threads block here).
     fn run<T>(&self, op: &'static str, fut: impl Future<Output = Result<T, Status>>) -> Result<T, Errno> {
         let started = Instant::now();
         let span = tracing::debug_span!("fuse", op);
-        let result = self.rt.block_on(fut.instrument(span));
-        let reg = ember_telemetry::global();
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        reg.inc("ember_fuse_ops_total", &format!("op=\"{op}\",result=\"{outcome}\""), 1);
-        reg.observe("ember_fuse_op_seconds", &format!("op=\"{op}\""), started.elapsed());
-        result.map_err(|st| {
-            tracing::debug!(op, error = %st, "fuse op failed");
-            Errno::from_i32(crate::errno_of(&st))
-        })
+        observe(op, started, self.rt.block_on(fut.instrument(span)))
     }
 
     fn file_attr(&self, a: &Attr) -> FileAttr {
@@ -82,6 +77,40 @@ impl EmberFs {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
+    }
+}
+
+/// Counts and times one finished operation, and turns its error into an errno.
+fn observe<T>(op: &'static str, started: Instant, result: Result<T, Status>) -> Result<T, Errno> {
+    let reg = ember_telemetry::global();
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    reg.inc("ember_fuse_ops_total", &format!("op=\"{op}\",result=\"{outcome}\""), 1);
+    reg.observe("ember_fuse_op_seconds", &format!("op=\"{op}\""), started.elapsed());
+    result.map_err(|st| {
+        tracing::debug!(op, error = %st, "fuse op failed");
+        Errno::from_i32(crate::errno_of(&st))
+    })
+}
+
+/// After a read or write lock is granted: the kernel forgets the file's attributes and pages,
+/// so the holder reads what the lock's last holder wrote.
+fn forget_cached(notifier: &OnceLock<Notifier>, ino: INodeNo, spec: &LockSpec) {
+    if spec.kind == LockKind::Unlock {
+        return;
+    }
+    if let Some(n) = notifier.get() {
+        if let Err(e) = n.inval_inode(ino, 0, 0) {
+            tracing::debug!(%ino, error = %e, "cannot drop the kernel's cache of a locked file");
+        }
+    }
+}
+
+fn lock_kind(typ: i32) -> Option<LockKind> {
+    match typ {
+        libc::F_RDLCK => Some(LockKind::Read),
+        libc::F_WRLCK => Some(LockKind::Write),
+        libc::F_UNLCK => Some(LockKind::Unlock),
+        _ => None,
     }
 }
 
@@ -134,6 +163,10 @@ impl Filesystem for EmberFs {
         // The kernel may refuse a larger value; the nearest it accepts is fine.
         let _ = config.set_max_write(MAX_IO);
         let _ = config.set_max_readahead(MAX_IO);
+        // Locks go to meta (so they hold across mounts) instead of staying in this kernel.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS) {
+            tracing::warn!(?missing, "kernel lacks lock support; locks will only hold within this mount");
+        }
         Ok(())
     }
 
@@ -327,8 +360,68 @@ impl Filesystem for EmberFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        Self::empty(reply, self.run("flush", self.vfs.flush(fh.0)));
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+        Self::empty(reply, self.run("flush", self.vfs.close(fh.0, lock_owner.0)));
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let Some(kind) = lock_kind(typ) else { return reply.error(Errno::EINVAL) };
+        let spec = LockSpec { owner: lock_owner.0, start, end, kind, pid };
+        match self.run("getlk", self.vfs.getlk(fh.0, spec)) {
+            Ok(Some(c)) => {
+                let typ = if c.kind == LockKind::Write as i32 { libc::F_WRLCK } else { libc::F_RDLCK };
+                reply.locked(c.start, c.end, typ, c.pid)
+            }
+            Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(kind) = lock_kind(typ) else { return reply.error(Errno::EINVAL) };
+        let spec = LockSpec { owner: lock_owner.0, start, end, kind, pid };
+        if !sleep {
+            let r = self.run("setlk", self.vfs.setlk(fh.0, spec, false, || false));
+            if r.is_ok() {
+                forget_cached(&self.notifier, ino, &spec);
+            }
+            return Self::empty(reply, r);
+        }
+        // A wait can last: it goes on as a task, so it holds no FUSE thread. fuser answers the
+        // kernel's interrupts with ENOSYS, so a signal for the waiting thread is seen in /proc.
+        let (vfs, notifier) = (self.vfs.clone(), self.notifier.clone());
+        let thread = req.pid();
+        self.rt.spawn(async move {
+            let started = Instant::now();
+            let r = vfs.setlk(fh.0, spec, true, || crate::signals::pending(thread)).await;
+            if r.is_ok() {
+                forget_cached(&notifier, ino, &spec);
+            }
+            Self::empty(reply, observe("setlkw", started, r));
+        });
     }
 
     fn release(

@@ -19,6 +19,8 @@ pub fn errno_of(st: &Status) -> i32 {
         StatusCode::ChunkTooLarge => libc::EFBIG,
         StatusCode::NotSymlink => libc::EINVAL,
         StatusCode::NoAttribute => libc::ENODATA,
+        StatusCode::LockConflict => libc::EAGAIN,
+        StatusCode::Interrupted => libc::EINTR,
         _ => libc::EIO,
     }
 }

@@ -8,8 +8,9 @@
 mod adapter;
 mod errno;
 mod mount;
+mod signals;
 mod vfs;
 
 pub use errno::errno_of;
 pub use mount::{run_mount, MountConfig};
-pub use vfs::{DirEntry, Vfs, VfsConfig};
+pub use vfs::{DirEntry, LockSpec, Vfs, VfsConfig};

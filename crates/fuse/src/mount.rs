@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ember_client::{ClientConfig, EmberClient};
@@ -65,7 +65,9 @@ pub async fn run_mount(config: MountConfig, shutdown: impl Future<Output = ()>) 
     }
     let vfs_config = VfsConfig { write_buffer: config.write_buffer_bytes, ..VfsConfig::default() };
     let vfs = Arc::new(Vfs::new(client, vfs_config));
-    let fs = EmberFs::new(vfs, tokio::runtime::Handle::current(), Duration::from_millis(config.attr_ttl_ms));
+    let notifier = Arc::new(OnceLock::new());
+    let ttl = Duration::from_millis(config.attr_ttl_ms);
+    let fs = EmberFs::new(vfs, tokio::runtime::Handle::current(), ttl, notifier.clone());
     let options = vec![
         MountOption::FSName("ember".into()),
         MountOption::Subtype("ember".into()),
@@ -83,6 +85,7 @@ pub async fn run_mount(config: MountConfig, shutdown: impl Future<Output = ()>) 
         .await
         .map_err(|e| Status::internal(format!("mount task failed: {e}")))?
         .map_err(|e| Status::invalid(format!("mount {}: {e}", config.mountpoint.display())))?;
+    let _ = notifier.set(session.notifier());
     tracing::info!(mountpoint = %config.mountpoint.display(), "mounted");
     loop {
         tokio::select! {

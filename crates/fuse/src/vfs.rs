@@ -3,9 +3,10 @@
 
 mod dirty;
 mod inline;
+mod locks;
 mod xattr;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,6 +19,8 @@ use ember_types::{FileType, InodeId, Layout, Status, StatusCode};
 use dirty::DirtyExtents;
 use inline::InlineFile;
 use xattr::MissingXattrs;
+
+pub use locks::LockSpec;
 
 /// Written extents held before a flush; past this many, they are sent even if small.
 const MAX_DIRTY_EXTENTS: usize = 256;
@@ -58,6 +61,8 @@ struct InodeState {
     open_handles: usize,
     /// The bytes of an inline file; `None` for a chunked one.
     inline: Option<InlineFile>,
+    /// Lock owners that may hold locks on the file through this mount.
+    lock_owners: HashSet<u64>,
 }
 
 struct Handle {
@@ -65,6 +70,8 @@ struct Handle {
     session_id: u64,
     layout: Option<Layout>,
     state: Arc<tokio::sync::Mutex<InodeState>>,
+    /// Lock owners that locked through this handle (flock's owner is the open file).
+    lock_owners: Mutex<HashSet<u64>>,
 }
 
 pub struct Vfs {
@@ -301,7 +308,7 @@ impl Vfs {
             st.open_handles += 1;
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let handle = Handle { inode: InodeId(attr.inode), session_id, layout, state };
+        let handle = Handle { inode: InodeId(attr.inode), session_id, layout, state, lock_owners: Mutex::default() };
         lock(&self.handles).insert(fh, Arc::new(handle));
         Ok(fh)
     }
@@ -383,10 +390,20 @@ impl Vfs {
         Ok(())
     }
 
-    /// Drops a handle: flushes what is left and ends its session on meta.
+    /// close(2) of a descriptor: [`flush`](Self::flush), then the POSIX locks of the closing
+    /// process (`owner`) on the file are given back, after its data is out.
+    pub async fn close(&self, fh: u64, owner: u64) -> Result<(), Status> {
+        self.flush(fh).await?;
+        let h = self.handle(fh)?;
+        self.release_owner(&h, owner).await
+    }
+
+    /// Drops a handle: flushes what is left, gives back the locks taken through it and ends
+    /// its session on meta.
     pub async fn release(&self, fh: u64) -> Result<(), Status> {
         let flushed = self.flush(fh).await;
         let Some(h) = lock(&self.handles).remove(&fh) else { return flushed };
+        let flushed = flushed.and(self.release_handle_owners(&h).await);
         let last = {
             let mut st = h.state.lock().await;
             st.open_handles = st.open_handles.saturating_sub(1);

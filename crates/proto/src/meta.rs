@@ -609,6 +609,13 @@ pub struct LockResp {
     pub granted: bool,
     #[prost(message, optional, tag = "2")]
     pub conflict: Option<LockHolder>,
+    /// A granted read or write lock: the file as it is now, so that the new holder sees what
+    /// the last one wrote.
+    #[prost(message, optional, tag = "3")]
+    pub attr: Option<Attr>,
+    /// With `attr`, for an inline file: its bytes.
+    #[prost(bytes = "vec", optional, tag = "4")]
+    pub inline_data: Option<Vec<u8>>,
 }
 
 /// Takes, changes or gives back a lock (POSIX semantics: an owner's new lock replaces its own

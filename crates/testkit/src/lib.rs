@@ -197,6 +197,8 @@ pub struct Spec {
     pub chain_mode: bool,
     /// Metadata acknowledged once in the OS (`--meta-durability periodic`) instead of on disk.
     pub periodic_meta: bool,
+    /// mgmtd's client session timeout; `None` keeps its default.
+    pub client_session_timeout_ms: Option<u64>,
 }
 
 /// mgmtd, one meta server and `storage_nodes` storage nodes.
@@ -221,7 +223,7 @@ pub fn storage_role(i: usize) -> String {
 impl Cluster {
     /// One storage node with `targets` single-target chains.
     pub fn start(bin: &Path, targets: usize) -> Cluster {
-        Cluster::start_spec(bin, Spec { storage_nodes: 1, targets, replicas: 1, chain_mode: false, periodic_meta: false })
+        Cluster::start_spec(bin, Spec { storage_nodes: 1, targets, replicas: 1, chain_mode: false, periodic_meta: false, client_session_timeout_ms: None })
     }
 
     pub fn start_spec(bin: &Path, spec: Spec) -> Cluster {
@@ -238,6 +240,9 @@ impl Cluster {
         }
         if spec.chain_mode {
             args.extend(["--replication-mode".into(), "chain".into()]);
+        }
+        if let Some(ms) = spec.client_session_timeout_ms {
+            args.extend(["--client-session-timeout-ms".into(), ms.to_string()]);
         }
         let mut mgmtd = Proc::spawn(bin, "mgmtd", args, logs.join("mgmtd.log"));
         let mgmtd_addr = wait_addr(&dir.path().join("mgmtd/mgmtd.addr"), &mut mgmtd);
@@ -424,27 +429,94 @@ pub fn lazy_unmount(path: &Path) {
     }
 }
 
-/// Runs `f` in a child process as user and group `uid` (no supplementary groups) and returns
-/// its result as the child's exit status (0-255): how a test, running as root, acts as
-/// another user. `f` runs in a forked copy of a threaded process, so it must not allocate:
-/// prepare paths and buffers before, and make plain system calls in it.
-pub fn as_user(uid: u32, f: impl FnOnce() -> i32) -> i32 {
-    // SAFETY: the child only drops its ids, runs `f` (plain system calls, by contract) and
-    // exits without unwinding.
-    unsafe {
-        let pid = libc::fork();
+/// A forked copy of this process running `f`, whose result is the child's exit status
+/// (0-255): a process of its own, with its own POSIX lock owner and signals. `f` runs in a
+/// forked copy of a threaded process, so it must not allocate: prepare paths and buffers
+/// before, and make plain system calls in it. Dropping it kills the child.
+pub struct Forked {
+    pid: libc::pid_t,
+    reaped: bool,
+}
+
+impl Forked {
+    pub fn start(f: impl FnOnce() -> i32) -> Forked {
+        // SAFETY: the child runs `f` (plain system calls, by contract) and exits without
+        // unwinding.
+        let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
-            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setresgid(uid, uid, uid) != 0 || libc::setresuid(uid, uid, uid) != 0 {
-                libc::_exit(255);
-            }
-            libc::_exit(f());
+            unsafe { libc::_exit(f()) };
         }
-        let mut status = 0;
-        libc::waitpid(pid, &mut status, 0);
-        assert!(libc::WIFEXITED(status), "child did not exit");
+        Forked { pid, reaped: false }
+    }
+
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
+    /// The exit status if the child has ended; panics if a signal ended it.
+    pub fn try_wait(&mut self) -> Option<i32> {
+        self.reap(libc::WNOHANG).map(|status| {
+            assert!(libc::WIFEXITED(status), "child was killed by signal {}", libc::WTERMSIG(status));
+            libc::WEXITSTATUS(status)
+        })
+    }
+
+    pub fn wait(mut self) -> i32 {
+        let status = self.reap(0).expect("waitpid");
+        assert!(libc::WIFEXITED(status), "child was killed by signal {}", libc::WTERMSIG(status));
         libc::WEXITSTATUS(status)
     }
+
+    /// Sends SIGKILL and waits up to `limit` for the child to be gone; returns whether it is.
+    pub fn kill9(&mut self, limit: Duration) -> bool {
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let deadline = Instant::now() + limit;
+        while self.reap(libc::WNOHANG).is_none() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    fn reap(&mut self, flags: i32) -> Option<i32> {
+        if self.reaped {
+            return None;
+        }
+        let mut status = 0;
+        if unsafe { libc::waitpid(self.pid, &mut status, flags) } != self.pid {
+            return None;
+        }
+        self.reaped = true;
+        Some(status)
+    }
+}
+
+impl Drop for Forked {
+    fn drop(&mut self) {
+        if !self.reaped {
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            self.reap(0);
+        }
+    }
+}
+
+/// Runs `f` in a child process as user and group `uid` (no supplementary groups) and returns
+/// its result: how a test, running as root, acts as another user. `f` is bound as in
+/// [`Forked::start`].
+pub fn as_user(uid: u32, f: impl FnOnce() -> i32) -> i32 {
+    Forked::start(move || {
+        // SAFETY: plain system calls in the forked child.
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setresgid(uid, uid, uid) != 0 || libc::setresuid(uid, uid, uid) != 0 {
+                return 255;
+            }
+        }
+        f()
+    })
+    .wait()
 }
 
 /// Resident set size of a process in KiB, from /proc.

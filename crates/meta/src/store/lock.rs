@@ -10,7 +10,9 @@ use ember_types::{FileType, InodeId};
 
 use super::{MetaStore, Tx};
 use crate::locks::{ByteRange, LockChange, LockOwner, LockTable};
-use crate::schema::{decode, encode, id_from_key, key_after, lock_key, prefix_end, LockEntry, LockRecord, LOCK_PREFIX};
+use crate::schema::{
+    decode, encode, id_from_key, key_after, lock_key, prefix_end, InodeRecord, LockEntry, LockRecord, LOCK_PREFIX,
+};
 use crate::MetaError;
 
 /// A decoded, checked lock request.
@@ -60,12 +62,22 @@ impl Tx<'_> {
         }
     }
 
-    /// The locks of a file that exists and can be locked through the mount.
-    fn lockable(&mut self, ino: InodeId) -> Result<LockTable, MetaError> {
-        if self.require_inode(ino)?.kind()? == FileType::Directory {
+    /// A file that exists and can be locked through the mount, and its locks.
+    fn lockable(&mut self, ino: InodeId) -> Result<(InodeRecord, LockTable), MetaError> {
+        let rec = self.require_inode(ino)?;
+        if rec.kind()? == FileType::Directory {
             return Err(MetaError::IsDirectory(ino));
         }
-        self.locks(ino)
+        Ok((rec, self.locks(ino)?))
+    }
+
+    /// What a granted lock's reply carries: the attributes and an inline file's bytes.
+    fn granted(&mut self, ino: InodeId, rec: &InodeRecord, change: LockChange) -> Result<LockResp, MetaError> {
+        if change == LockChange::Unlock {
+            return Ok(LockResp { granted: true, ..Default::default() });
+        }
+        let inline_data = if rec.inline_limit > 0 { Some(self.inline(ino)?.data) } else { None };
+        Ok(LockResp { granted: true, conflict: None, attr: Some(self.attr(ino, rec)?), inline_data })
     }
 
     pub fn delete_locks(&mut self, ino: InodeId) {
@@ -78,13 +90,13 @@ impl MetaStore {
     pub fn set_lock(&self, req: &LockReq) -> Result<LockResp, MetaError> {
         let r = request(req)?;
         self.run(|t| {
-            let mut table = t.lockable(r.ino)?;
+            let (rec, mut table) = t.lockable(r.ino)?;
             if let Some(e) = table.conflict(r.who, r.range, r.change) {
-                return Ok(LockResp { granted: false, conflict: Some(holder(e)) });
+                return Ok(LockResp { granted: false, conflict: Some(holder(e)), ..Default::default() });
             }
             table.apply(r.who, r.range, r.change, r.pid);
             t.put_locks(r.ino, table);
-            Ok(LockResp { granted: true, conflict: None })
+            t.granted(r.ino, &rec, r.change)
         })
     }
 
@@ -92,9 +104,9 @@ impl MetaStore {
     pub fn get_lock(&self, req: &LockReq) -> Result<LockResp, MetaError> {
         let r = request(req)?;
         self.run(|t| {
-            let table = t.lockable(r.ino)?;
+            let (_, table) = t.lockable(r.ino)?;
             let conflict = table.conflict(r.who, r.range, r.change).map(holder);
-            Ok(LockResp { granted: conflict.is_none(), conflict })
+            Ok(LockResp { granted: conflict.is_none(), conflict, ..Default::default() })
         })
     }
 
