@@ -393,9 +393,11 @@ impl Vfs {
     /// close(2) of a descriptor: [`flush`](Self::flush), then the POSIX locks of the closing
     /// process (`owner`) on the file are given back, after its data is out.
     pub async fn close(&self, fh: u64, owner: u64) -> Result<(), Status> {
-        self.flush(fh).await?;
+        let flushed = self.flush(fh).await;
         let h = self.handle(fh)?;
-        self.release_owner(&h, owner).await
+        // The locks go even if the data could not: close(2) releases them whatever it reports.
+        let released = self.release_owner(&h, owner).await;
+        flushed.and(released)
     }
 
     /// Drops a handle: flushes what is left, gives back the locks taken through it and ends
