@@ -333,15 +333,20 @@ impl ChunkEngine {
         if images.is_empty() {
             return Ok(old.map(|m| m.info()).unwrap_or_default());
         }
-        let new = self.write_new_blocks(images.images().clone())?;
+        let zero = zero_blocks(images);
+        let stored = match zero.iter().any(|z| *z) {
+            true => data_images(images, &zero),
+            false => images.images().clone(),
+        };
+        let new = if stored.is_empty() { None } else { Some(self.write_new_blocks(stored)?) };
         let mut meta = old.clone().unwrap_or_default();
-        let replaced = install_blocks(&mut meta, images.first(), &new, images.crcs());
+        let replaced = install_blocks(&mut meta, images.first(), &zero, new.as_ref(), images.crcs());
         meta.version += 1;
         meta.len = images.len();
         if let Some(r) = request {
             meta.note_request(r);
         }
-        self.commit_and_release(chunk, &meta, old.is_none(), &replaced, Some(&new))?;
+        self.commit_and_release(chunk, &meta, old.is_none(), &replaced, new.as_ref())?;
         Ok(meta.info())
     }
 
@@ -838,14 +843,45 @@ impl NewBlocks {
     }
 }
 
-/// Points logical blocks `first..` at the new physical blocks, whose images have `crcs`;
-/// returns the replaced ones.
-fn install_blocks(meta: &mut ChunkMeta, first: u32, new: &NewBlocks, crcs: &[u32]) -> Vec<u64> {
+/// CRC32C of a block of zeros.
+fn zero_block_crc() -> u32 {
+    static CRC: OnceLock<u32> = OnceLock::new();
+    *CRC.get_or_init(|| crc32c::crc32c(&[0u8; BS as usize]))
+}
+
+/// Which images are all zeros. Those are stored as holes (which read as zeros), so zeroing a
+/// range (fallocate's PUNCH_HOLE and ZERO_RANGE, or a program writing zeros) frees its blocks on
+/// every replica alike. The CRC, computed anyway, spares scanning blocks that hold data.
+fn zero_blocks(images: &BlockImages) -> Vec<bool> {
+    let zero_crc = zero_block_crc();
+    images
+        .images()
+        .chunks_exact(BS as usize)
+        .zip(images.crcs())
+        .map(|(img, &crc)| crc == zero_crc && img.iter().all(|&b| b == 0))
+        .collect()
+}
+
+/// The images that are not all zeros, back to back.
+fn data_images(images: &BlockImages, zero: &[bool]) -> Bytes {
+    let blocks = images.images().chunks_exact(BS as usize).zip(zero);
+    Bytes::from(blocks.filter(|(_, z)| !**z).flat_map(|(img, _)| img.iter().copied()).collect::<Vec<u8>>())
+}
+
+/// Points logical blocks `first..` at the new physical blocks (one per image that is not
+/// all zeros, in order; the images have `crcs`) or, where `zero` says so, at nothing; returns
+/// the replaced physical blocks.
+fn install_blocks(meta: &mut ChunkMeta, first: u32, zero: &[bool], new: Option<&NewBlocks>, crcs: &[u32]) -> Vec<u64> {
+    let mut fresh = new.into_iter().flat_map(|n| n.phys.iter().copied());
     let mut replaced = Vec::new();
-    for (k, (&phys, &crc)) in new.phys.iter().zip(crcs).enumerate() {
-        if let Some(old) = meta.blocks.insert(first + k as u32, BlockRef { phys, crc }) {
-            replaced.push(old.phys);
-        }
+    for (k, (&is_zero, &crc)) in zero.iter().zip(crcs).enumerate() {
+        let l = first + k as u32;
+        let stored = if is_zero { None } else { fresh.next() };
+        let old = match stored {
+            Some(phys) => meta.blocks.insert(l, BlockRef { phys, crc }),
+            None => meta.blocks.remove(&l),
+        };
+        replaced.extend(old.map(|o| o.phys));
     }
     replaced
 }

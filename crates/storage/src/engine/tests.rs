@@ -841,3 +841,42 @@ fn a_format_1_target_is_upgraded_and_an_unknown_format_refused() {
     let err = ChunkEngine::open(dir.path(), small_opts()).err().unwrap();
     assert!(err.to_string().contains("unsupported engine format"), "{err}");
 }
+
+#[test]
+fn zeroed_blocks_become_holes_on_every_replica_and_free_their_space() {
+    let (d, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (e, replica) = (open(d.path()), open(d2.path()));
+    let c = cid(77, 0);
+    let data = pattern(9, 8 * B);
+    let base = |e: &ChunkEngine| e.chunk_info(c).unwrap().map_or(0, |i| i.version);
+    let images = e.block_images(c, 0, Bytes::from(data.clone())).unwrap();
+    e.write_blocks_at(c, 0, &images, None).unwrap();
+    replica.write_blocks_at(c, 0, &images, None).unwrap();
+
+    // Zeros over blocks 2..6, starting and ending inside blocks 1 and 6: the partial edge
+    // blocks keep their other bytes, the whole ones go.
+    let (off, len) = (B + 100, 5 * B);
+    let images = e.block_images(c, off as u32, Bytes::from(vec![0u8; len])).unwrap();
+    let v = base(&e);
+    e.write_blocks_at(c, v, &images, None).unwrap();
+    replica.write_blocks_at(c, v, &images, None).unwrap();
+    let mut expect = data.clone();
+    expect[off..off + len].fill(0);
+    for eng in [&e, &replica] {
+        assert_eq!(eng.read(c, 0, u32::MAX).unwrap(), expect);
+        let mapped: Vec<u32> = meta(eng, c).blocks.keys().copied().collect();
+        assert_eq!(mapped, vec![0, 1, 6, 7]);
+        eng.settle(0).unwrap();
+        assert_eq!(eng.stats().used_blocks, 4, "the zeroed blocks were freed");
+        assert_eq!(eng.chunk_info(c).unwrap().unwrap().len, (8 * B) as u32, "the length stays");
+    }
+    assert_eq!(e.block_map(c).unwrap(), replica.block_map(c).unwrap());
+
+    // A write of zeros into a hole or a new chunk stores nothing, and reads back as zeros.
+    e.write(c, (3 * B) as u32, &vec![0u8; B]).unwrap();
+    let fresh = cid(78, 0);
+    e.write(fresh, 0, &vec![0u8; 3 * B]).unwrap();
+    assert_eq!(e.read(fresh, 0, u32::MAX).unwrap(), vec![0u8; 3 * B]);
+    e.settle(0).unwrap();
+    assert_eq!(e.stats().used_blocks, 4);
+}
