@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use bytes::Bytes;
-use ember_proto::storage::{BatchReadReq, ChunkRef, ReadIo, TruncateReq, WriteReq};
+use ember_proto::storage::{BatchReadReq, ChunkRef, ReadIo, SyncBlocksReq, TruncateReq, WriteReq};
 use ember_proto::routing::RoutingTable;
 use ember_types::{ChainId, ChunkSpan, InodeId, Layout, Status, StatusCode};
 use tokio::task::JoinSet;
@@ -144,12 +144,26 @@ impl EmberClient {
         Ok(())
     }
 
+    /// The logical 4 KiB blocks that chunk `index` of the file stores (the others are holes),
+    /// and the chunk's length; `None` if the chunk does not exist. Asked of the chain's primary,
+    /// which holds every acknowledged write.
+    pub async fn stored_blocks(&self, inode: InodeId, layout: &Layout, index: u32) -> Result<Option<(u32, Vec<u32>)>, Status> {
+        let span = layout.spans(inode, u64::from(index) * u64::from(layout.chunk_size), 1).map_err(|e| Status::invalid(e.to_string()))?;
+        let span = *span.first().ok_or_else(|| Status::internal("a one-byte range maps to no chunk"))?;
+        let resp = self
+            .with_route(span.chain, Retry::Idempotent, |table| route(table, &span).map(|(c, addr)| (addr, c)), |addr, c| async move {
+                self.peer(&addr).unary(&SyncBlocksReq { chunk: Some(c) }).await
+            })
+            .await?;
+        Ok(resp.exists.then_some((resp.len, resp.blocks)))
+    }
+
     /// Resolves a route with `plan`, runs `call`, and retries both while routing changes.
-    async fn with_route<A, R, F, Fut>(&self, chain: ChainId, retry: Retry, plan: F, call: impl Fn(A, R) -> Fut) -> Result<(), Status>
+    async fn with_route<A, R, T, F, Fut>(&self, chain: ChainId, retry: Retry, plan: F, call: impl Fn(A, R) -> Fut) -> Result<T, Status>
     where
         A: Clone + PartialEq,
         F: Fn(&RoutingTable) -> Result<(A, R), Status>,
-        Fut: std::future::Future<Output = Result<(), Status>>,
+        Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.config.retry_for;
         let mut backoff = Backoff::new();

@@ -12,12 +12,12 @@ use ember_proto::meta::{Attr, LockKind, XattrSetMode};
 use ember_types::{FileType, Status};
 use fuser::{
     Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock,
-    Notifier, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::Instrument;
 
-use crate::vfs::LockSpec;
+use crate::vfs::{LockSpec, SeekFor};
 use crate::Vfs;
 
 /// Largest read/write the kernel sends in one request (the kernel's own ceiling here).
@@ -362,6 +362,23 @@ impl Filesystem for EmberFs {
 
     fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
         Self::empty(reply, self.run("flush", self.vfs.close(fh.0, lock_owner.0)));
+    }
+
+    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        Self::empty(reply, self.run("fallocate", self.vfs.fallocate(fh.0, offset, length, mode)));
+    }
+
+    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let want = match whence {
+            libc::SEEK_DATA => SeekFor::Data,
+            libc::SEEK_HOLE => SeekFor::Hole,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let Ok(offset) = u64::try_from(offset) else { return reply.error(Errno::ENXIO) };
+        match self.run("lseek", self.vfs.seek(fh.0, offset, want)) {
+            Ok(at) => reply.offset(at as i64),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn getlk(

@@ -21,6 +21,7 @@ pub fn errno_of(st: &Status) -> i32 {
         StatusCode::NoAttribute => libc::ENODATA,
         StatusCode::LockConflict => libc::EAGAIN,
         StatusCode::Interrupted => libc::EINTR,
+        StatusCode::NoSuchOffset => libc::ENXIO,
         _ => libc::EIO,
     }
 }

@@ -2,6 +2,7 @@
 //! buffers and directory listings on top of `EmberClient`.
 
 mod dirty;
+mod holes;
 mod inline;
 mod locks;
 mod xattr;
@@ -20,6 +21,7 @@ use dirty::DirtyExtents;
 use inline::InlineFile;
 use xattr::MissingXattrs;
 
+pub use holes::SeekFor;
 pub use locks::LockSpec;
 
 /// Written extents held before a flush; past this many, they are sent even if small.

@@ -44,6 +44,8 @@ pub enum StatusCode {
     NoAttribute = 413,
     /// A lock is held by another owner and the caller asked not to wait (EAGAIN).
     LockConflict = 414,
+    /// A seek for data or a hole starts past the end of the data (ENXIO).
+    NoSuchOffset = 415,
     // Storage (5xx)
     NoSpace = 500,
     IoError = 501,
@@ -59,7 +61,7 @@ pub enum StatusCode {
 }
 
 impl StatusCode {
-    const ALL: [StatusCode; 40] = [
+    const ALL: [StatusCode; 41] = [
         StatusCode::Ok,
         StatusCode::Internal,
         StatusCode::InvalidArgument,
@@ -91,6 +93,7 @@ impl StatusCode {
         StatusCode::SpillLost,
         StatusCode::NoAttribute,
         StatusCode::LockConflict,
+        StatusCode::NoSuchOffset,
         StatusCode::NoSpace,
         StatusCode::IoError,
         StatusCode::CorruptData,
