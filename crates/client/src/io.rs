@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use bytes::Bytes;
-use ember_proto::storage::{BatchReadReq, ChunkRef, ReadIo, SyncBlocksReq, TruncateReq, WriteReq};
+use ember_proto::storage::{BatchReadReq, ChunkRef, CopyReq, ReadIo, SyncBlocksReq, TruncateReq, WriteReq};
 use ember_proto::routing::RoutingTable;
 use ember_types::{ChainId, ChunkSpan, InodeId, Layout, Status, StatusCode};
 use tokio::task::JoinSet;
@@ -144,6 +144,41 @@ impl EmberClient {
         Ok(())
     }
 
+    /// Copies `len` bytes at `src_offset` of one file to `dst_offset` of another (or the same),
+    /// storage to storage: each piece is sent to the primary of its destination chunk, which
+    /// reads the source chunk itself. Returns once every piece is durable. The caller clips
+    /// `len` to the source's length; bytes the source chunks do not hold copy as zeros.
+    pub async fn copy_range(self: &Arc<Self>, src: (InodeId, &Layout, u64), dst: (InodeId, &Layout, u64), len: u64) -> Result<(), Status> {
+        let pieces = copy_pieces(src, dst, len)?;
+        let mut tasks = JoinSet::new();
+        for (from, to) in pieces {
+            let me = self.clone();
+            tasks.spawn(async move { me.copy_piece(from, to).await });
+        }
+        let mut first_err = None;
+        while let Some(joined) = tasks.join_next().await {
+            let result = joined.map_err(|e| Status::internal(format!("copy task failed: {e}"))).and_then(|r| r);
+            if let Err(e) = result {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    async fn copy_piece(&self, from: ChunkSpan, to: ChunkSpan) -> Result<(), Status> {
+        let (_turn, request) = self.chunk_turn(to.chunk).await;
+        let plan = |table: &RoutingTable| {
+            let (chunk, addr) = route(table, &to)?;
+            let (src, _) = route(table, &from)?;
+            let req = CopyReq { chunk: Some(chunk), offset: to.offset, src: Some(src.clone()), src_offset: from.offset, len: to.len, request: Some(request) };
+            Ok(((addr, src.target_id, src.chain_version), req))
+        };
+        self.with_route(to.chain, Retry::Idempotent, plan, |(addr, _, _), req| async move {
+            self.peer(&addr).unary(&req).await.map(|_| ())
+        })
+        .await
+    }
+
     /// The logical 4 KiB blocks that chunk `index` of the file stores (the others are holes),
     /// and the chunk's length; `None` if the chunk does not exist. Asked of the chain's primary,
     /// which holds every acknowledged write.
@@ -257,6 +292,27 @@ fn primary_ref(table: &RoutingTable, inode: InodeId, chain: ChainId) -> Result<(
     let span = ChunkSpan { chunk: ember_types::ChunkId::new(inode, 0), chain, offset: 0, len: 0, buf_offset: 0 };
     let (c, addr) = route(table, &span)?;
     Ok((addr, c))
+}
+
+/// Splits a copy into (source, destination) spans of equal length that each stay inside one
+/// chunk of either file.
+fn copy_pieces(src: (InodeId, &Layout, u64), dst: (InodeId, &Layout, u64), len: u64) -> Result<Vec<(ChunkSpan, ChunkSpan)>, Status> {
+    let bad = |e: ember_types::LayoutError| Status::invalid(e.to_string());
+    let (src_cs, dst_cs) = (u64::from(src.1.chunk_size), u64::from(dst.1.chunk_size));
+    let mut pieces = Vec::new();
+    let mut done = 0u64;
+    while done < len {
+        let (s, d) = (src.2 + done, dst.2 + done);
+        let take = (len - done).min(src_cs - s % src_cs).min(dst_cs - d % dst_cs) as usize;
+        let from = src.1.spans(src.0, s, take).map_err(bad)?;
+        let to = dst.1.spans(dst.0, d, take).map_err(bad)?;
+        match (from.as_slice(), to.as_slice()) {
+            ([f], [t]) => pieces.push((*f, *t)),
+            _ => return Err(Status::internal("a copy piece crosses a chunk boundary")),
+        }
+        done += take as u64;
+    }
+    Ok(pieces)
 }
 
 fn plan_reads(table: &RoutingTable, spans: &[ChunkSpan], spread: Option<u64>) -> Result<ReadPlan, Status> {

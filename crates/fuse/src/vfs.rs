@@ -1,6 +1,7 @@
 //! The file system as the kernel sees it, minus the kernel: inodes, open handles, write
 //! buffers and directory listings on top of `EmberClient`.
 
+mod copy;
 mod dirty;
 mod holes;
 mod inline;

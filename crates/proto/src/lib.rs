@@ -65,10 +65,11 @@ pub enum Method {
     StorageSyncDone = 0x030a,
     StorageSyncBlocks = 0x030b,
     StorageCommittedVersion = 0x030c,
+    StorageCopy = 0x030d,
 }
 
 impl Method {
-    const ALL: [Method; 45] = [
+    const ALL: [Method; 46] = [
         Method::MgmtdRegisterNode,
         Method::MgmtdHeartbeat,
         Method::MgmtdGetRouting,
@@ -114,6 +115,7 @@ impl Method {
         Method::StorageSyncDone,
         Method::StorageSyncBlocks,
         Method::StorageCommittedVersion,
+        Method::StorageCopy,
     ];
 
     pub fn from_u16(v: u16) -> Option<Method> {
@@ -168,6 +170,7 @@ impl Method {
             Method::StorageSyncDone => "storage.sync_done",
             Method::StorageSyncBlocks => "storage.sync_blocks",
             Method::StorageCommittedVersion => "storage.committed_version",
+            Method::StorageCopy => "storage.copy",
         }
     }
 }

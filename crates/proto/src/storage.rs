@@ -54,6 +54,31 @@ impl Rpc for WriteReq {
     type Response = WriteResp;
 }
 
+/// Copies `len` bytes at `src_offset` of chunk `src` to `offset` of `chunk`, storage to storage
+/// (copy_file_range): the receiving chain's primary reads them from the node routing gives for
+/// `src.target_id` and writes them as it would a client's write (replicated, recognised on
+/// retry by `request`). Bytes past the source chunk's end are zeros. Answered like a write.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CopyReq {
+    #[prost(message, optional, tag = "1")]
+    pub chunk: Option<ChunkRef>,
+    #[prost(uint32, tag = "2")]
+    pub offset: u32,
+    #[prost(message, optional, tag = "3")]
+    pub src: Option<ChunkRef>,
+    #[prost(uint32, tag = "4")]
+    pub src_offset: u32,
+    #[prost(uint32, tag = "5")]
+    pub len: u32,
+    #[prost(message, optional, tag = "6")]
+    pub request: Option<RequestRef>,
+}
+
+impl Rpc for CopyReq {
+    const METHOD: Method = Method::StorageCopy;
+    type Response = WriteResp;
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ReadIo {
     #[prost(message, optional, tag = "1")]

@@ -123,6 +123,10 @@ impl StorageService {
                 to_the_end(async move { me.write(r, req.payload).await }).await
             }
             Some(Method::StorageBatchRead) => self.batch_read(decode_body(body)?).await,
+            Some(Method::StorageCopy) => {
+                let (me, r) = (self.clone(), decode_body(body)?);
+                to_the_end(async move { me.copy(r).await }).await
+            }
             Some(Method::StorageTruncate) => {
                 let (me, r) = (self.clone(), decode_body(body)?);
                 to_the_end(async move { me.truncate(r).await }).await
@@ -192,6 +196,42 @@ impl StorageService {
         let info = self.commit_change(&c, chunk, local, change).await?;
         tracing::debug!(%chunk, version = info.version, request = ?request, "write committed");
         Ok(Response::msg(&WriteResp { version: info.version, chunk_len: info.len }))
+    }
+
+    /// copy_file_range on storage: fetches the source bytes (from this node if it holds the
+    /// source target) and writes them like a client write, so they never pass through a client.
+    async fn copy(&self, r: CopyReq) -> Result<Response, Status> {
+        let src = r.src.ok_or_else(|| Status::invalid("copy without a source chunk"))?;
+        if u64::from(r.len) > MAX_BATCH_READ_BYTES {
+            return Err(Status::invalid(format!("copy of {} bytes exceeds {MAX_BATCH_READ_BYTES}", r.len)));
+        }
+        let io = ReadIo { chunk: Some(src.clone()), offset: r.src_offset, len: r.len };
+        let mut data = if self.targets.contains_key(&TargetId(src.target_id)) {
+            self.read_one(io).await?
+        } else {
+            self.read_remote(&src, io).await?
+        };
+        data.resize(r.len as usize, 0);
+        let write = WriteReq { chunk: r.chunk, offset: r.offset, crc32c: crc32c::crc32c(&data), request: r.request };
+        self.write(write, Bytes::from(data)).await
+    }
+
+    /// One read from the node that holds `src`'s target.
+    async fn read_remote(&self, src: &ChunkRef, io: ReadIo) -> Result<Vec<u8>, Status> {
+        let addr = self
+            .routing
+            .get()
+            .target_address(TargetId(src.target_id))
+            .map(str::to_owned)
+            .ok_or_else(|| Status::new(StatusCode::RoutingStale, format!("source target {} has no node", src.target_id)))?;
+        let (resp, payload) = self.peers.get(&addr).call(&BatchReadReq { ios: vec![io] }, Bytes::new()).await?;
+        let result = resp.results.first().ok_or_else(|| Status::internal("batch read answered without a result"))?;
+        if result.status != 0 {
+            let code = u16::try_from(result.status).map_or(StatusCode::Internal, StatusCode::from_u16);
+            return Err(Status::new(code, format!("reading the copy's source: {}", result.message)));
+        }
+        let len = (result.len as usize).min(payload.len());
+        Ok(payload[..len].to_vec())
     }
 
     /// Takes the chunk's lock for a change and checks again after the wait: the chunk is
