@@ -17,7 +17,7 @@ use fuser::{
 };
 use tracing::Instrument;
 
-use crate::vfs::{LockSpec, SeekFor};
+use crate::vfs::{Creator, LockSpec, SeekFor};
 use crate::Vfs;
 
 /// Largest read/write the kernel sends in one request (the kernel's own ceiling here).
@@ -30,11 +30,14 @@ pub struct EmberFs {
     ttl: Duration,
     /// Set once the session runs: how this mount drops what the kernel cached of a file.
     notifier: Arc<OnceLock<Notifier>>,
+    /// Whether the kernel enforces POSIX ACLs; if not, none may be set (it would protect
+    /// nothing).
+    acls: bool,
 }
 
 impl EmberFs {
     pub fn new(vfs: Arc<Vfs>, rt: tokio::runtime::Handle, ttl: Duration, notifier: Arc<OnceLock<Notifier>>) -> Self {
-        EmberFs { vfs, rt, ttl, notifier }
+        EmberFs { vfs, rt, ttl, notifier, acls: false }
     }
 
     /// Runs one operation to completion on the runtime (fuser worker threads block here).
@@ -105,6 +108,12 @@ fn forget_cached(notifier: &OnceLock<Notifier>, ino: INodeNo, spec: &LockSpec) {
     }
 }
 
+/// The caller of a create, mkdir or mknod. The mode arrives unmasked (FUSE_DONT_MASK): meta
+/// applies the umask, unless the parent's default ACL takes its place.
+fn creator(req: &Request, umask: u32) -> Creator {
+    Creator { uid: req.uid(), gid: req.gid(), umask }
+}
+
 fn lock_kind(typ: i32) -> Option<LockKind> {
     match typ {
         libc::F_RDLCK => Some(LockKind::Read),
@@ -167,6 +176,13 @@ impl Filesystem for EmberFs {
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS) {
             tracing::warn!(?missing, "kernel lacks lock support; locks will only hold within this mount");
         }
+        // The kernel enforces POSIX ACLs, which meta keeps; creates arrive without the umask
+        // applied, since a default ACL replaces it.
+        self.acls = config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_ok();
+        if !self.acls {
+            tracing::warn!("kernel lacks POSIX ACL support; setting ACLs is refused");
+        }
+        let _ = config.add_capabilities(InitFlags::FUSE_DONT_MASK);
         Ok(())
     }
 
@@ -233,6 +249,9 @@ impl Filesystem for EmberFs {
         if position != 0 {
             return reply.error(Errno::EINVAL);
         }
+        if !self.acls && n.as_bytes().starts_with(b"system.posix_acl_") {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         Self::empty(reply, self.run("setxattr", self.vfs.setxattr(ino.0, name(n), value, mode)));
     }
 
@@ -258,7 +277,7 @@ impl Filesystem for EmberFs {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
-        let perm = mode & !umask & 0o7777;
+        let (perm, who) = (mode & 0o7777, creator(req, umask));
         let special = match mode & libc::S_IFMT {
             libc::S_IFREG => None,
             libc::S_IFIFO => Some(FileType::Fifo),
@@ -268,11 +287,11 @@ impl Filesystem for EmberFs {
             _ => return reply.error(Errno::EINVAL),
         };
         if let Some(kind) = special {
-            let r = self.run("mknod", self.vfs.mknod(parent.0, name(n), kind, perm, req.uid(), req.gid(), rdev));
+            let r = self.run("mknod", self.vfs.mknod(parent.0, name(n), kind, perm, who, rdev));
             return self.entry(reply, r);
         }
         let r = self.run("mknod", async {
-            let (attr, fh) = self.vfs.create(parent.0, name(n), perm, req.uid(), req.gid(), libc::O_EXCL).await?;
+            let (attr, fh) = self.vfs.create(parent.0, name(n), perm, who, libc::O_EXCL).await?;
             self.vfs.release(fh).await?;
             Ok(attr)
         });
@@ -280,8 +299,7 @@ impl Filesystem for EmberFs {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let perm = mode & !umask & 0o7777;
-        let r = self.run("mkdir", self.vfs.mkdir(parent.0, name(n), perm, req.uid(), req.gid()));
+        let r = self.run("mkdir", self.vfs.mkdir(parent.0, name(n), mode & 0o7777, creator(req, umask)));
         self.entry(reply, r);
     }
 
@@ -525,8 +543,7 @@ impl Filesystem for EmberFs {
     }
 
     fn create(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
-        let perm = mode & !umask & 0o7777;
-        match self.run("create", self.vfs.create(parent.0, name(n), perm, req.uid(), req.gid(), flags)) {
+        match self.run("create", self.vfs.create(parent.0, name(n), mode & 0o7777, creator(req, umask), flags)) {
             Ok((a, fh)) => reply.created(&self.ttl, &self.file_attr(&a), Generation(0), FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }

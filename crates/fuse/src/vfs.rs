@@ -43,6 +43,15 @@ impl Default for VfsConfig {
     }
 }
 
+/// Who creates an inode: its owner, and the umask, which meta applies unless the parent
+/// directory has a default ACL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Creator {
+    pub uid: u32,
+    pub gid: u32,
+    pub umask: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
     pub name: Vec<u8>,
@@ -146,8 +155,8 @@ impl Vfs {
         Ok(self.local_view(attr).await)
     }
 
-    pub async fn mkdir(&self, parent: u64, name: &[u8], mode: u32, uid: u32, gid: u32) -> Result<Attr, Status> {
-        let r = MkdirReq { parent, name: name.to_vec(), mode, uid, gid };
+    pub async fn mkdir(&self, parent: u64, name: &[u8], mode: u32, who: Creator) -> Result<Attr, Status> {
+        let r = MkdirReq { parent, name: name.to_vec(), mode, uid: who.uid, gid: who.gid, umask: who.umask };
         attr_of(self.client.meta(&r, Retry::OnlyIfNotSent).await?)
     }
 
@@ -177,9 +186,9 @@ impl Vfs {
         attr_of(self.client.meta(&r, Retry::OnlyIfNotSent).await?)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub async fn mknod(&self, parent: u64, name: &[u8], kind: FileType, mode: u32, uid: u32, gid: u32, rdev: u32) -> Result<Attr, Status> {
-        let r = MknodReq { parent, name: name.to_vec(), file_type: u32::from(kind.to_u8()), mode, uid, gid, rdev };
+    pub async fn mknod(&self, parent: u64, name: &[u8], kind: FileType, mode: u32, who: Creator, rdev: u32) -> Result<Attr, Status> {
+        let file_type = u32::from(kind.to_u8());
+        let r = MknodReq { parent, name: name.to_vec(), file_type, mode, uid: who.uid, gid: who.gid, rdev, umask: who.umask };
         attr_of(self.client.meta(&r, Retry::OnlyIfNotSent).await?)
     }
 
@@ -278,9 +287,10 @@ impl Vfs {
     }
 
     /// Creates and opens a regular file.
-    pub async fn create(&self, parent: u64, name: &[u8], mode: u32, uid: u32, gid: u32, flags: i32) -> Result<(Attr, u64), Status> {
+    pub async fn create(&self, parent: u64, name: &[u8], mode: u32, who: Creator, flags: i32) -> Result<(Attr, u64), Status> {
         let exclusive = flags & libc::O_EXCL != 0;
-        let r = CreateReq { parent, name: name.to_vec(), mode, uid, gid, exclusive, client_id: self.client.client_id() };
+        let client_id = self.client.client_id();
+        let r = CreateReq { parent, name: name.to_vec(), mode, uid: who.uid, gid: who.gid, exclusive, client_id, umask: who.umask };
         let retry = if exclusive { Retry::OnlyIfNotSent } else { Retry::Idempotent };
         let resp = self.client.meta(&r, retry).await?;
         let attr = resp.attr.ok_or_else(|| Status::internal("create replied without attributes"))?;

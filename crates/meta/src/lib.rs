@@ -7,11 +7,13 @@
 //! * [`ids`]: inode ids from persistent sharded counters, handed out in blocks;
 //! * [`MetaStore`]: every file-system operation as a plain synchronous call, testable over
 //!   `MemKv` without a network;
+//! * [`acl`]: POSIX ACLs in their xattr form, kept in step with the mode;
 //! * [`locks`]: POSIX and flock locks of one file as a plain value, kept in `LOCK` records;
 //! * [`gc`]: background removal of unlinked files' chunks once no live session holds them, and
 //!   of locks whose client is gone;
 //! * [`MetaService`]: the RPC adapter; [`run_meta`]: the whole process.
 
+pub mod acl;
 pub mod chains;
 mod error;
 pub mod gc;

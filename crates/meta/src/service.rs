@@ -121,7 +121,7 @@ impl Service for MetaService {
                 s.getattr(InodeId(r.inode)).map(attr)
             }),
             Method::MetaCreate => unary(s, body, wait, |s, r: CreateReq| {
-                let perm = Perm::new(r.mode, r.uid, r.gid);
+                let perm = Perm::new(r.mode, r.uid, r.gid).with_umask(r.umask);
                 s.create(InodeId(r.parent), &r.name, perm, r.exclusive, r.client_id)
                     .map(opened)
             }),
@@ -137,7 +137,7 @@ impl Service for MetaService {
                     .map(attr)
             }),
             Method::MetaMkdir => unary(s, body, wait, |s, r: MkdirReq| {
-                s.mkdir(InodeId(r.parent), &r.name, Perm::new(r.mode, r.uid, r.gid))
+                s.mkdir(InodeId(r.parent), &r.name, Perm::new(r.mode, r.uid, r.gid).with_umask(r.umask))
                     .map(attr)
             }),
             Method::MetaRmdir => unary(s, body, wait, |s, r: RmdirReq| {
@@ -165,7 +165,8 @@ impl Service for MetaService {
                     .ok()
                     .and_then(FileType::from_u8)
                     .ok_or_else(|| MetaError::InvalidArgument(format!("file type {}", r.file_type)))?;
-                s.mknod(InodeId(r.parent), &r.name, kind, Perm::new(r.mode, r.uid, r.gid), r.rdev).map(attr)
+                let perm = Perm::new(r.mode, r.uid, r.gid).with_umask(r.umask);
+                s.mknod(InodeId(r.parent), &r.name, kind, perm, r.rdev).map(attr)
             }),
             Method::MetaSymlink => unary(s, body, wait, |s, r: SymlinkReq| {
                 s.symlink(InodeId(r.parent), &r.name, &r.target, r.uid, r.gid)

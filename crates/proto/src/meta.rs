@@ -101,6 +101,9 @@ pub struct CreateReq {
     pub exclusive: bool,
     #[prost(uint64, tag = "7")]
     pub client_id: u64,
+    /// The creator's umask, applied by meta unless the parent has a default ACL.
+    #[prost(uint32, tag = "8")]
+    pub umask: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -181,6 +184,9 @@ pub struct MkdirReq {
     pub uid: u32,
     #[prost(uint32, tag = "5")]
     pub gid: u32,
+    /// As `CreateReq::umask`.
+    #[prost(uint32, tag = "6")]
+    pub umask: u32,
 }
 
 impl Rpc for MkdirReq {
@@ -547,6 +553,9 @@ pub struct MknodReq {
     pub gid: u32,
     #[prost(uint32, tag = "7")]
     pub rdev: u32,
+    /// As `CreateReq::umask`.
+    #[prost(uint32, tag = "8")]
+    pub umask: u32,
 }
 
 impl Rpc for MknodReq {

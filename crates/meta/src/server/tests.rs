@@ -136,8 +136,7 @@ async fn serves_rpcs_registers_and_keeps_data_across_restart() {
             parent: 1,
             name: b"d".to_vec(),
             mode: 0o755,
-            uid: 0,
-            gid: 0,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -48,12 +48,14 @@ impl MetaStore {
             let parent_rec = require_free_name(t, parent, name)?;
             let ino = once(&mut new_id, || self.ids.allocate())?;
             let now = now_ns();
-            let rec = InodeRecord {
+            let (perm, acls) = super::xattr::new_inode_acls(t, parent, &parent_rec, perm, true)?;
+            let mut rec = InodeRecord {
                 parent: parent.0,
                 name: name.to_vec(),
                 dir_inline_max: parent_rec.dir_inline_max,
                 ..new_record(FileType::Directory, perm, now)
             };
+            super::xattr::put_inherited(t, ino, &mut rec, &acls);
             t.put_inode(ino, &rec);
             t.init_dir_attrs(ino, now);
             t.put_entry(parent, name, ino, FileType::Directory);
@@ -141,11 +143,13 @@ impl MetaStore {
         }
         let mut new_id = None;
         self.run(|t| {
-            require_free_name(t, parent, name)?;
+            let parent_rec = require_free_name(t, parent, name)?;
             let ino = once(&mut new_id, || self.ids.allocate())?;
             let now = now_ns();
             let rdev = if matches!(kind, FileType::CharDevice | FileType::BlockDevice) { rdev } else { 0 };
-            let rec = InodeRecord { rdev, ..new_record(kind, perm, now) };
+            let (perm, acls) = super::xattr::new_inode_acls(t, parent, &parent_rec, perm, false)?;
+            let mut rec = InodeRecord { rdev, ..new_record(kind, perm, now) };
+            super::xattr::put_inherited(t, ino, &mut rec, &acls);
             t.put_inode(ino, &rec);
             t.put_entry(parent, name, ino, kind);
             t.touch_dir(parent, now);

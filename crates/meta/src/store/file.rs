@@ -74,7 +74,9 @@ impl MetaStore {
             let ino = once(&mut new_id, || self.ids.allocate())?;
             let layout = once(&mut layout, || self.chains.layout())?;
             let inline_limit = dir.dir_inline_max.unwrap_or(self.inline_max);
-            let rec = InodeRecord { inline_limit, ..new_file(&layout, perm, now) };
+            let (perm, acls) = super::xattr::new_inode_acls(t, parent, &dir, perm, false)?;
+            let mut rec = InodeRecord { inline_limit, ..new_file(&layout, perm, now) };
+            super::xattr::put_inherited(t, ino, &mut rec, &acls);
             t.put_inode(ino, &rec);
             t.put_entry(parent, name, ino, FileType::File);
             t.touch_dir(parent, now);
@@ -166,6 +168,9 @@ impl MetaStore {
                 }
             }
             apply_setattr(ino, &mut rec, &attrs, now)?;
+            if attrs.mode.is_some() {
+                super::xattr::chmod_acl(t, ino, &rec)?;
+            }
             if rec.kind()? == FileType::Directory {
                 if let Some(m) = attrs.mtime_ns {
                     t.set_dir_mtime(ino, m);

@@ -58,17 +58,23 @@ impl Default for StoreConfig {
     }
 }
 
-/// Owner and permission bits of a new inode.
+/// Owner and permission bits of a new inode, and the creator's umask: applied unless the
+/// parent directory has a default ACL, which takes its place.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Perm {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    pub umask: u32,
 }
 
 impl Perm {
     pub fn new(mode: u32, uid: u32, gid: u32) -> Self {
-        Perm { mode, uid, gid }
+        Perm { mode, uid, gid, umask: 0 }
+    }
+
+    pub fn with_umask(self, umask: u32) -> Self {
+        Perm { umask: umask & 0o777, ..self }
     }
 }
 

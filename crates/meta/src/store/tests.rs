@@ -721,7 +721,7 @@ fn xattrs_are_set_read_listed_and_removed_with_the_errors_linux_gives() {
     assert_eq!(code(s.get_xattr(f, b"user.b")), StatusCode::NoAttribute);
     assert_eq!(code(s.get_xattr(ROOT, b"user.a")), StatusCode::NoAttribute);
 
-    for bad in [&b"system.posix_acl_access"[..], b"os2.name", b"user."] {
+    for bad in [&b"system.other"[..], b"os2.name", b"user."] {
         assert_eq!(code(s.set_xattr(f, bad, b"v", Upsert)), StatusCode::Unsupported, "{}", String::from_utf8_lossy(bad));
     }
     assert_eq!(code(s.set_xattr(f, b"", b"v", Upsert)), StatusCode::InvalidArgument);
@@ -896,4 +896,59 @@ fn gc_of_a_locked_unlinked_file_removes_its_locks() {
     assert!(s.gc_claim(InodeId(attr.inode)).unwrap());
     s.gc_finish(InodeId(attr.inode)).unwrap();
     assert!(s.lock_scan(None, 10).unwrap().is_empty());
+}
+
+/// An ACL value as the kernel sends it: (tag, perm, id) entries after the version header.
+fn acl_value(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+const NO_ID: u32 = u32::MAX;
+
+#[test]
+fn an_access_acl_sets_the_mode_and_chmod_rewrites_it() {
+    use ember_proto::meta::XattrSetMode::Upsert;
+    let s = store();
+    let f = InodeId(mkfile(&s, InodeId::ROOT, "f").inode);
+    let with_user = acl_value(&[(0x01, 6, NO_ID), (0x02, 4, 1000), (0x04, 0, NO_ID), (0x10, 4, NO_ID), (0x20, 0, NO_ID)]);
+    s.set_xattr(f, crate::acl::ACCESS, &with_user, Upsert).unwrap();
+    assert_eq!(s.getattr(f).unwrap().mode & 0o777, 0o640, "the group class is the mask");
+    assert_eq!(s.get_xattr(f, crate::acl::ACCESS).unwrap(), with_user);
+    s.setattr(f, SetAttrs { mode: Some(0o600), ..Default::default() }).unwrap();
+    let after = crate::acl::Acl::decode(&s.get_xattr(f, crate::acl::ACCESS).unwrap()).unwrap();
+    assert_eq!(after.mode_bits(), 0o600, "chmod reached the ACL's mask");
+    // An ACL the mode says all of is the mode: nothing stays stored.
+    let minimal = acl_value(&[(0x01, 7, NO_ID), (0x04, 5, NO_ID), (0x20, 1, NO_ID)]);
+    s.set_xattr(f, crate::acl::ACCESS, &minimal, Upsert).unwrap();
+    assert_eq!(s.getattr(f).unwrap().mode & 0o777, 0o751);
+    assert_eq!(code(s.get_xattr(f, crate::acl::ACCESS)), StatusCode::NoAttribute);
+    assert_eq!(code(s.set_xattr(f, crate::acl::ACCESS, &[2, 0, 0, 0, 1], Upsert)), StatusCode::InvalidArgument);
+    assert_eq!(code(s.set_xattr(f, crate::acl::DEFAULT, &minimal, Upsert)), StatusCode::InvalidArgument, "default ACLs are for directories");
+    assert_eq!(code(s.set_xattr(f, b"system.other", b"x", Upsert)), StatusCode::Unsupported);
+}
+
+#[test]
+fn new_inodes_take_the_default_acl_instead_of_the_umask() {
+    use ember_proto::meta::XattrSetMode::Upsert;
+    let s = store();
+    let d = mkdir(&s, InodeId::ROOT, "d");
+    let default = acl_value(&[(0x01, 7, NO_ID), (0x02, 7, 1000), (0x04, 5, NO_ID), (0x10, 7, NO_ID), (0x20, 0, NO_ID)]);
+    s.set_xattr(d, crate::acl::DEFAULT, &default, Upsert).unwrap();
+    let umask = Perm::new(0o666, 0, 0).with_umask(0o077);
+    let f = s.create(d, b"f", umask, true, 1).unwrap().attr;
+    assert_eq!(f.mode & 0o777, 0o660, "the umask gives way to the default ACL");
+    let access = crate::acl::Acl::decode(&s.get_xattr(InodeId(f.inode), crate::acl::ACCESS).unwrap()).unwrap();
+    assert_eq!(access.mode_bits(), 0o660);
+    let sub = s.mkdir(d, b"sub", Perm::new(0o777, 0, 0).with_umask(0o077)).unwrap();
+    assert_eq!(sub.mode & 0o777, 0o770);
+    assert_eq!(s.get_xattr(InodeId(sub.inode), crate::acl::DEFAULT).unwrap(), default, "a directory passes the default on");
+    let plain = s.create(InodeId::ROOT, b"plain", umask, true, 1).unwrap().attr;
+    assert_eq!(plain.mode & 0o777, 0o600, "without a default ACL the umask applies");
+    assert_eq!(code(s.get_xattr(InodeId(plain.inode), crate::acl::ACCESS)), StatusCode::NoAttribute);
 }

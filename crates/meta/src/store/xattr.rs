@@ -2,15 +2,18 @@
 //!
 //! The `user.`, `trusted.` and `security.` namespaces are stored as given; the kernel has
 //! already checked the caller's right to them (the mount uses `default_permissions`).
-//! `system.` (POSIX ACLs) is refused until ACLs are enforced, so that no program believes an
-//! ACL it set protects anything. `ember.dir.inline_max` reads and sets a directory's inline
-//! limit for the files created in it; it is not listed, so copying a tree elsewhere does not
-//! carry it.
+//! POSIX ACLs (`system.posix_acl_access`, `system.posix_acl_default`) are stored the same way
+//! once checked, and kept in step with the mode (see [`crate::acl`]): setting an access ACL
+//! sets the mode bits, chmod rewrites the ACL, and new inodes take their directory's default
+//! ACL. Other `system.` names are refused. `ember.dir.inline_max` reads and sets a directory's
+//! inline limit for the files created in it; it is not listed, so copying a tree elsewhere
+//! does not carry it.
 
 use ember_proto::meta::XattrSetMode;
 use ember_types::{FileType, InodeId};
 
-use super::{now_ns, MetaStore, Tx, MAX_INLINE};
+use super::{now_ns, MetaStore, Perm, Tx, MAX_INLINE};
+use crate::acl::{self, Acl};
 use crate::schema::{prefix_end, xattr_key, xattr_prefix, InodeRecord};
 use crate::MetaError;
 
@@ -33,6 +36,8 @@ type Stored = Vec<(Vec<u8>, Vec<u8>)>;
 enum XattrName {
     Stored,
     DirInlineMax,
+    AclAccess,
+    AclDefault,
 }
 
 fn classify(name: &[u8]) -> Result<XattrName, MetaError> {
@@ -40,14 +45,14 @@ fn classify(name: &[u8]) -> Result<XattrName, MetaError> {
     if name.is_empty() || name.len() > NAME_MAX || name.contains(&0) {
         return Err(MetaError::InvalidArgument(format!("extended attribute name {:?}", shown())));
     }
-    if name == DIR_INLINE_MAX {
-        return Ok(XattrName::DirInlineMax);
+    match name {
+        DIR_INLINE_MAX => return Ok(XattrName::DirInlineMax),
+        acl::ACCESS => return Ok(XattrName::AclAccess),
+        acl::DEFAULT => return Ok(XattrName::AclDefault),
+        _ => {}
     }
     if STORED_NAMESPACES.iter().any(|ns| name.len() > ns.len() && name.starts_with(ns)) {
         return Ok(XattrName::Stored);
-    }
-    if name.starts_with(b"system.") {
-        return Err(MetaError::Unsupported(format!("{} (POSIX ACLs are not supported yet)", shown())));
     }
     Err(MetaError::Unsupported(format!("extended attribute namespace of {}", shown())))
 }
@@ -63,8 +68,8 @@ impl MetaStore {
             let rec = t.require_inode(ino)?;
             match kind {
                 XattrName::DirInlineMax => rec.dir_inline_max.map(|v| v.to_string().into_bytes()).ok_or_else(|| missing(ino, name)),
-                XattrName::Stored if !rec.has_xattrs => Err(missing(ino, name)),
-                XattrName::Stored => t.0.get(&xattr_key(ino, name))?.ok_or_else(|| missing(ino, name)),
+                _ if !rec.has_xattrs => Err(missing(ino, name)),
+                _ => t.0.get(&xattr_key(ino, name))?.ok_or_else(|| missing(ino, name)),
             }
         })
     }
@@ -83,14 +88,21 @@ impl MetaStore {
                     rec.dir_inline_max = Some(parse_inline_max(ino, &rec, value)?);
                     existed
                 }
-                XattrName::Stored => {
-                    let others = stored(t, ino, &rec)?;
-                    let existed = others.iter().any(|(n, _)| n == name);
-                    check_mode(ino, name, mode, existed)?;
-                    check_room(others.iter().filter(|(n, _)| n != name), name, value)?;
-                    t.0.set(&xattr_key(ino, name), value);
-                    rec.has_xattrs = true;
-                    existed
+                XattrName::Stored => put_value(t, ino, &mut rec, name, Some(value), mode)?,
+                XattrName::AclAccess => {
+                    let acl = Acl::decode(value)?;
+                    if !acl.is_empty() {
+                        rec.mode = (rec.mode & !0o777) | acl.mode_bits();
+                    }
+                    let keep = !acl.is_empty() && !acl.is_minimal();
+                    put_value(t, ino, &mut rec, name, keep.then(|| acl.encode()).as_deref(), mode)?
+                }
+                XattrName::AclDefault => {
+                    if rec.kind()? != FileType::Directory {
+                        return Err(MetaError::InvalidArgument(format!("inode {ino}: default ACLs are for directories")));
+                    }
+                    let acl = Acl::decode(value)?;
+                    put_value(t, ino, &mut rec, name, (!acl.is_empty()).then(|| acl.encode()).as_deref(), mode)?
                 }
             };
             tracing::debug!(%ino, name = %String::from_utf8_lossy(name), existed, "set an extended attribute");
@@ -121,6 +133,8 @@ impl MetaStore {
                     }
                     t.0.delete(&key);
                 }
+                // Removing an ACL that is not there succeeds, as on ext4 (`setfacl -b`).
+                XattrName::AclAccess | XattrName::AclDefault => t.0.delete(&xattr_key(ino, name)),
             }
             changed(t, ino, rec)
         })
@@ -152,6 +166,66 @@ fn parse_inline_max(ino: InodeId, rec: &InodeRecord, value: &[u8]) -> Result<u32
                 String::from_utf8_lossy(value)
             ))
         })
+}
+
+/// Sets (`Some`) or deletes (`None`: an ACL the mode says all of) one stored attribute after
+/// checking the set mode and the inode's room; returns whether it existed.
+fn put_value(t: &mut Tx<'_>, ino: InodeId, rec: &mut InodeRecord, name: &[u8], value: Option<&[u8]>, mode: XattrSetMode) -> Result<bool, MetaError> {
+    let others = stored(t, ino, rec)?;
+    let existed = others.iter().any(|(n, _)| n == name);
+    check_mode(ino, name, mode, existed)?;
+    let key = xattr_key(ino, name);
+    match value {
+        Some(value) => {
+            check_room(others.iter().filter(|(n, _)| n != name), name, value)?;
+            t.0.set(&key, value);
+            rec.has_xattrs = true;
+        }
+        None => t.0.delete(&key),
+    }
+    Ok(existed)
+}
+
+/// chmod of an inode: its access ACL, if it has one, takes the new bits.
+pub(super) fn chmod_acl(t: &mut Tx<'_>, ino: InodeId, rec: &InodeRecord) -> Result<(), MetaError> {
+    if !rec.has_xattrs {
+        return Ok(());
+    }
+    let key = xattr_key(ino, acl::ACCESS);
+    if let Some(v) = t.0.get(&key)? {
+        let mut a = Acl::decode(&v).map_err(|e| MetaError::Corrupt(format!("stored ACL of inode {ino}: {e}")))?;
+        a.chmod(rec.mode);
+        t.0.set(&key, &a.encode());
+    }
+    Ok(())
+}
+
+/// The mode and ACLs of an inode created in `parent` with `perm`: with a default ACL in the
+/// parent, the new inode's access ACL comes from it (and a directory inherits the default ACL
+/// itself), and the umask does not apply; without one, the umask does.
+pub(super) fn new_inode_acls(t: &mut Tx<'_>, parent: InodeId, parent_rec: &InodeRecord, perm: Perm, dir: bool) -> Result<(Perm, Stored), MetaError> {
+    let default = if parent_rec.has_xattrs { t.0.get(&xattr_key(parent, acl::DEFAULT))? } else { None };
+    let Some(value) = default else {
+        return Ok((Perm { mode: perm.mode & !perm.umask, ..perm }, Vec::new()));
+    };
+    let default = Acl::decode(&value).map_err(|e| MetaError::Corrupt(format!("stored default ACL of inode {parent}: {e}")))?;
+    let (access, bits) = default.inherit(perm.mode);
+    let mut acls = Vec::new();
+    if !access.is_minimal() {
+        acls.push((acl::ACCESS.to_vec(), access.encode()));
+    }
+    if dir {
+        acls.push((acl::DEFAULT.to_vec(), value));
+    }
+    Ok((Perm { mode: (perm.mode & !0o777) | bits, umask: 0, ..perm }, acls))
+}
+
+/// Stores a new inode's inherited ACLs; sets `has_xattrs` on its record when there are any.
+pub(super) fn put_inherited(t: &mut Tx<'_>, ino: InodeId, rec: &mut InodeRecord, acls: &Stored) {
+    for (name, value) in acls {
+        t.0.set(&xattr_key(ino, name), value);
+        rec.has_xattrs = true;
+    }
 }
 
 /// Refuses a value that would make the inode's attributes unlistable or larger than allowed.

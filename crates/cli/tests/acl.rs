@@ -1,0 +1,133 @@
+//! POSIX ACLs through the real mount, enforced by the kernel for another user: access ACLs,
+//! chmod's effect on them, default ACLs in place of the umask, and setuid cleared when another
+//! user writes.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use ember_testkit::{as_user, fuse_available, Cluster, Forked, Slots};
+
+static SLOTS: Slots = Slots::new(2);
+const USER: u32 = 4242;
+const NO_ID: u32 = u32::MAX;
+const USER_OBJ: u16 = 0x01;
+const NAMED_USER: u16 = 0x02;
+const GROUP_OBJ: u16 = 0x04;
+const MASK: u16 = 0x10;
+const OTHER: u16 = 0x20;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ember"))
+}
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+fn set_acl(p: &Path, name: &str, value: &[u8]) {
+    let (path, name) = (cpath(p), CString::new(name).unwrap());
+    let r = unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    assert_eq!(r, 0, "setxattr {name:?}: {}", std::io::Error::last_os_error());
+}
+
+/// 0 if `USER` can open `p` for reading, else the errno.
+fn user_reads(p: &Path) -> i32 {
+    let path = cpath(p);
+    as_user(USER, || {
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+        if fd < 0 {
+            return std::io::Error::last_os_error().raw_os_error().unwrap_or(255);
+        }
+        unsafe { libc::close(fd) };
+        0
+    })
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn access_and_default_acls_are_enforced_and_kept_with_the_mode() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let (a, b) = (cluster.mount(), cluster.mount());
+    let f = a.join("f");
+    fs::write(&f, b"secret").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(user_reads(&f), libc::EACCES);
+
+    // A named-user entry lets the user in; the mask is the group class of the mode.
+    set_acl(&f, "system.posix_acl_access", &acl(&[(USER_OBJ, 6, NO_ID), (NAMED_USER, 4, USER), (GROUP_OBJ, 0, NO_ID), (MASK, 4, NO_ID), (OTHER, 0, NO_ID)]));
+    assert_eq!(mode(&f), 0o640);
+    assert_eq!(user_reads(&f), 0, "the ACL grants the read");
+    assert_eq!(user_reads(&b.join("f")), 0, "and on another mount");
+
+    // chmod narrows the mask, which now keeps the named user out.
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(user_reads(&f), libc::EACCES, "chmod must reach the ACL's mask");
+
+    // A default ACL replaces the umask for new files and is inherited by new directories.
+    let d = a.join("shared");
+    fs::create_dir(&d).unwrap();
+    set_acl(&d, "system.posix_acl_default", &acl(&[(USER_OBJ, 7, NO_ID), (NAMED_USER, 7, USER), (GROUP_OBJ, 5, NO_ID), (MASK, 7, NO_ID), (OTHER, 0, NO_ID)]));
+    let (file, sub) = (cpath(&d.join("new")), cpath(&d.join("sub")));
+    let made = Forked::start(|| unsafe {
+        libc::umask(0o077);
+        let fd = libc::open(file.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o666);
+        i32::from(fd < 0 || libc::mkdir(sub.as_ptr(), 0o777) != 0)
+    });
+    assert_eq!(made.wait(), 0);
+    assert_eq!(mode(&d.join("new")), 0o660, "the default ACL, not the umask, sets the group class");
+    assert_eq!(user_reads(&d.join("new")), 0, "the inherited ACL grants the named user");
+    assert_eq!(mode(&d.join("sub")), 0o770);
+    fs::write(d.join("sub/deeper"), b"x").unwrap();
+    assert_eq!(user_reads(&d.join("sub/deeper")), 0, "the default ACL passed to the subdirectory");
+
+    // Without a default ACL the umask applies as usual.
+    let plain = cpath(&a.join("plain"));
+    let made = Forked::start(|| unsafe {
+        libc::umask(0o027);
+        let fd = libc::open(plain.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o666);
+        i32::from(fd < 0)
+    });
+    assert_eq!(made.wait(), 0);
+    assert_eq!(mode(&a.join("plain")), 0o640);
+}
+
+#[test]
+fn a_write_by_another_user_clears_setuid_and_setgid() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let a = cluster.mount();
+    let f = a.join("tool");
+    fs::write(&f, b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o6777)).unwrap();
+    assert_eq!(mode(&f), 0o6777);
+    let path = cpath(&f);
+    let wrote = as_user(USER, || unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_APPEND);
+        i32::from(fd < 0 || libc::write(fd, b"x".as_ptr().cast(), 1) != 1)
+    });
+    assert_eq!(wrote, 0);
+    assert_eq!(mode(&f), 0o777, "a write by someone else must drop setuid and setgid");
+}
