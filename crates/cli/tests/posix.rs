@@ -527,3 +527,79 @@ fn create(p: &std::ffi::CStr) -> i32 {
     unsafe { libc::close(fd) };
     0
 }
+
+fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    r.unwrap_err().raw_os_error().unwrap_or(0)
+}
+
+#[test]
+fn errors_and_open_flags_are_the_ones_linux_gives() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let (m, other) = (cluster.mount(), cluster.mount());
+    let (dir, file) = (m.join("d"), m.join("f"));
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("inside"), b"x").unwrap();
+    fs::write(&file, b"data").unwrap();
+
+    assert_eq!(errno_of(fs::write(m.join("n".repeat(256).as_str()), b"")), libc::ENAMETOOLONG);
+    std::os::unix::fs::symlink("loop2", m.join("loop1")).unwrap();
+    std::os::unix::fs::symlink("loop1", m.join("loop2")).unwrap();
+    assert_eq!(errno_of(fs::read(m.join("loop1"))), libc::ELOOP);
+    assert_eq!(errno_of(fs::remove_dir(&dir)), libc::ENOTEMPTY);
+    assert_eq!(errno_of(fs::rename(&file, other.join("f2"))), libc::EXDEV, "another mount is another file system");
+    assert_eq!(errno_of(fs::OpenOptions::new().write(true).open(&dir)), libc::EISDIR);
+    assert_eq!(errno_of(fs::remove_file(&dir)), libc::EISDIR);
+    assert_eq!(errno_of(fs::read(file.join("below"))), libc::ENOTDIR);
+    assert_eq!(errno_of(fs::remove_dir(&file)), libc::ENOTDIR);
+    assert_eq!(errno_of(fs::create_dir(&dir)), libc::EEXIST);
+    assert_eq!(errno_of(fs::OpenOptions::new().write(true).create_new(true).open(&file)), libc::EEXIST);
+    fs::create_dir(m.join("empty")).unwrap();
+    assert_eq!(errno_of(fs::rename(m.join("empty"), &dir)), libc::ENOTEMPTY);
+    assert_eq!(errno_of(fs::rename(m.join("empty"), &file)), libc::ENOTDIR);
+    assert_eq!(errno_of(fs::rename(&file, m.join("empty"))), libc::EISDIR);
+
+    // O_APPEND: every write lands at the end, whatever another descriptor wrote meanwhile.
+    let mut first = fs::OpenOptions::new().append(true).open(&file).unwrap();
+    let mut second = fs::OpenOptions::new().append(true).open(&file).unwrap();
+    first.write_all(b"-one").unwrap();
+    second.write_all(b"-two").unwrap();
+    first.write_all(b"-three").unwrap();
+    drop((first, second));
+    assert_eq!(fs::read(&file).unwrap(), b"data-one-two-three");
+}
+
+#[test]
+fn supplementary_groups_grant_group_access() {
+    if !fuse_available() {
+        return;
+    }
+    const USER: u32 = 4243;
+    const GROUP: u32 = 4244;
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let m = cluster.mount();
+    let f = m.join("team");
+    fs::write(&f, b"for the team").unwrap();
+    std::os::unix::fs::chown(&f, Some(0), Some(GROUP)).unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
+    let path = std::ffi::CString::new(f.as_os_str().as_encoded_bytes()).unwrap();
+    let reads = |groups: &'static [libc::gid_t]| {
+        ember_testkit::Forked::start(|| unsafe {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setresgid(USER, USER, USER) != 0 || libc::setresuid(USER, USER, USER) != 0 {
+                return 255;
+            }
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+            if fd < 0 {
+                return std::io::Error::last_os_error().raw_os_error().unwrap_or(254);
+            }
+            0
+        })
+        .wait()
+    };
+    assert_eq!(reads(&[GROUP]), 0, "a supplementary group of the caller owns the file");
+    assert_eq!(reads(&[]), libc::EACCES);
+}
