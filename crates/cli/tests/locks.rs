@@ -151,6 +151,15 @@ fn flock_holds_per_open_file_across_mounts_and_goes_with_the_last_close() {
 
 extern "C" fn ignore_signal(_: i32) {}
 
+/// A child process waiting (F_SETLKW) for a write lock on the whole of `fd`; it exits with 0
+/// once it has it, or with the errno.
+fn wait_for_lock(fd: i32) -> Forked {
+    Forked::start(move || match fcntl_lock(fd, libc::F_SETLKW, libc::F_WRLCK, 0, 0) {
+        Ok(()) => 0,
+        Err(e) => e,
+    })
+}
+
 #[test]
 fn a_blocking_lock_waits_for_its_holder_and_a_signal_or_kill_ends_the_wait() {
     if !fuse_available() {
@@ -166,10 +175,7 @@ fn a_blocking_lock_waits_for_its_holder_and_a_signal_or_kill_ends_the_wait() {
     let wfd = waiter_file.as_raw_fd();
 
     // Granted once the holder lets go.
-    let mut waiter = Forked::start(|| match fcntl_lock(wfd, libc::F_SETLKW, libc::F_WRLCK, 0, 0) {
-        Ok(()) => 0,
-        Err(e) => e,
-    });
+    let mut waiter = wait_for_lock(wfd);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(waiter.try_wait(), None, "the waiter must still wait while the lock is held");
     fcntl_lock(held.as_raw_fd(), libc::F_SETLK, libc::F_UNLCK, 0, 0).unwrap();
@@ -192,10 +198,7 @@ fn a_blocking_lock_waits_for_its_holder_and_a_signal_or_kill_ends_the_wait() {
     assert_eq!(interrupted.wait(), 0, "the wait must end with EINTR");
 
     // kill -9 ends it too, and the dead waiter holds nothing afterwards.
-    let mut killed = Forked::start(|| match fcntl_lock(wfd, libc::F_SETLKW, libc::F_WRLCK, 0, 0) {
-        Ok(()) => 0,
-        Err(e) => e,
-    });
+    let mut killed = wait_for_lock(wfd);
     std::thread::sleep(Duration::from_millis(300));
     assert!(killed.kill9(Duration::from_secs(10)), "a waiter killed with SIGKILL must die");
     fcntl_lock(held.as_raw_fd(), libc::F_SETLK, libc::F_UNLCK, 0, 0).unwrap();

@@ -36,14 +36,7 @@ impl EmberClient {
                 tasks.spawn(async move { me.write_span(span, part).await });
             }
         }
-        let mut first_err = None;
-        while let Some(joined) = tasks.join_next().await {
-            let result = joined.map_err(|e| Status::internal(format!("write task failed: {e}"))).and_then(|r| r);
-            if let Err(e) = result {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        first_error(tasks, "write").await
     }
 
     async fn write_span(&self, span: ChunkSpan, data: Bytes) -> Result<(), Status> {
@@ -155,14 +148,7 @@ impl EmberClient {
             let me = self.clone();
             tasks.spawn(async move { me.copy_piece(from, to).await });
         }
-        let mut first_err = None;
-        while let Some(joined) = tasks.join_next().await {
-            let result = joined.map_err(|e| Status::internal(format!("copy task failed: {e}"))).and_then(|r| r);
-            if let Err(e) = result {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        first_error(tasks, "copy").await
     }
 
     async fn copy_piece(&self, from: ChunkSpan, to: ChunkSpan) -> Result<(), Status> {
@@ -248,6 +234,19 @@ impl EmberClient {
             wait = STALLED / 2;
         }
     }
+}
+
+/// Waits for every task (a started storage change runs to its end) and returns the first
+/// failure, if any.
+async fn first_error(mut tasks: JoinSet<Result<(), Status>>, what: &str) -> Result<(), Status> {
+    let mut first_err = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.map_err(|e| Status::internal(format!("{what} task failed: {e}"))).and_then(|r| r);
+        if let Err(e) = result {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
 }
 
 /// How long a storage request may go unanswered before the client checks whether routing has

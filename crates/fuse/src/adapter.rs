@@ -114,13 +114,15 @@ fn creator(req: &Request, umask: u32) -> Creator {
     Creator { uid: req.uid(), gid: req.gid(), umask }
 }
 
-fn lock_kind(typ: i32) -> Option<LockKind> {
-    match typ {
-        libc::F_RDLCK => Some(LockKind::Read),
-        libc::F_WRLCK => Some(LockKind::Write),
-        libc::F_UNLCK => Some(LockKind::Unlock),
-        _ => None,
-    }
+/// A kernel lock request; `None` for an unknown lock type.
+fn lock_spec(owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32) -> Option<LockSpec> {
+    let kind = match typ {
+        libc::F_RDLCK => LockKind::Read,
+        libc::F_WRLCK => LockKind::Write,
+        libc::F_UNLCK => LockKind::Unlock,
+        _ => return None,
+    };
+    Some(LockSpec { owner: owner.0, start, end, kind, pid })
 }
 
 fn kernel_type(kind: FileType) -> fuser::FileType {
@@ -433,8 +435,7 @@ impl Filesystem for EmberFs {
         pid: u32,
         reply: ReplyLock,
     ) {
-        let Some(kind) = lock_kind(typ) else { return reply.error(Errno::EINVAL) };
-        let spec = LockSpec { owner: lock_owner.0, start, end, kind, pid };
+        let Some(spec) = lock_spec(lock_owner, start, end, typ, pid) else { return reply.error(Errno::EINVAL) };
         match self.run("getlk", self.vfs.getlk(fh.0, spec)) {
             Ok(Some(c)) => {
                 let typ = if c.kind == LockKind::Write as i32 { libc::F_WRLCK } else { libc::F_RDLCK };
@@ -458,8 +459,7 @@ impl Filesystem for EmberFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let Some(kind) = lock_kind(typ) else { return reply.error(Errno::EINVAL) };
-        let spec = LockSpec { owner: lock_owner.0, start, end, kind, pid };
+        let Some(spec) = lock_spec(lock_owner, start, end, typ, pid) else { return reply.error(Errno::EINVAL) };
         if !sleep {
             let r = self.run("setlk", self.vfs.setlk(fh.0, spec, false, || false));
             if r.is_ok() {
