@@ -1,6 +1,6 @@
 //! POSIX ACLs through the real mount, enforced by the kernel for another user: access ACLs,
 //! chmod's effect on them, default ACLs in place of the umask, and setuid cleared when another
-//! user writes.
+//! user writes or truncates, and on chown.
 
 use std::ffi::CString;
 use std::fs;
@@ -112,7 +112,7 @@ fn access_and_default_acls_are_enforced_and_kept_with_the_mode() {
 }
 
 #[test]
-fn a_write_by_another_user_clears_setuid_and_setgid() {
+fn a_write_truncate_or_chown_clears_setuid_and_setgid() {
     if !fuse_available() {
         return;
     }
@@ -130,4 +130,13 @@ fn a_write_by_another_user_clears_setuid_and_setgid() {
     });
     assert_eq!(wrote, 0);
     assert_eq!(mode(&f), 0o777, "a write by someone else must drop setuid and setgid");
+
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o6777)).unwrap();
+    let cut = as_user(USER, || unsafe { i32::from(libc::truncate(path.as_ptr(), 1) != 0) });
+    assert_eq!(cut, 0);
+    assert_eq!(mode(&f), 0o777, "a truncate by someone else must drop setuid and setgid");
+
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o6755)).unwrap();
+    std::os::unix::fs::chown(&f, Some(USER), None).unwrap();
+    assert_eq!(mode(&f) & 0o6000, 0, "chown drops setuid and setgid");
 }
