@@ -4,11 +4,10 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use ember_testkit::{as_user, fuse_available, Cluster, Forked, Slots};
+use ember_testkit::{as_user, cpath, fuse_available, Cluster, Forked, Slots};
 
 static SLOTS: Slots = Slots::new(2);
 const USER: u32 = 4242;
@@ -21,10 +20,6 @@ const OTHER: u16 = 0x20;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ember"))
-}
-
-fn cpath(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).unwrap()
 }
 
 fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {

@@ -6,17 +6,13 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ember_testkit::{fuse_available, random_bytes, Cluster, Slots};
+use ember_testkit::{errno, fuse_available, random_bytes, Cluster, Slots};
 
 static SLOTS: Slots = Slots::new(2);
 const B: u64 = 4096;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ember"))
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
 fn fallocate(f: &File, mode: i32, offset: u64, len: u64) -> Result<(), i32> {

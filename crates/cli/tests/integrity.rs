@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use ember_testkit::{fuse_available, random_bytes, Cluster, Slots, Spec, TestRng};
+use ember_testkit::{errno, fuse_available, random_bytes, Cluster, Slots, Spec, TestRng};
 
 static SLOTS: Slots = Slots::new(2);
 /// Files stay below this size: six 1 MiB chunks, over two chains.
@@ -18,10 +18,6 @@ const OPS: u64 = 100_000;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ember"))
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
 /// A page-aligned buffer, as O_DIRECT wants one.

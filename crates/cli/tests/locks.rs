@@ -8,16 +8,12 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ember_testkit::{fuse_available, Cluster, Forked, Slots, Spec};
+use ember_testkit::{cpath, errno, fuse_available, Cluster, Forked, Slots, Spec};
 
 static SLOTS: Slots = Slots::new(2);
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ember"))
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
 fn open_rw(p: &Path) -> File {
@@ -219,7 +215,7 @@ fn locks_of_a_killed_process_and_of_a_dead_mount_are_released() {
     let fd = local.as_raw_fd();
 
     // A process holding a lock is killed: the kernel closes its files, which gives it back.
-    let path = std::ffi::CString::new(a.join("f").into_os_string().into_encoded_bytes()).unwrap();
+    let path = cpath(&a.join("f"));
     let mut ready = [0i32; 2];
     assert_eq!(unsafe { libc::pipe(ready.as_mut_ptr()) }, 0);
     let mut holder = Forked::start(|| unsafe {

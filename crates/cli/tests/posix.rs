@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use ember_testkit::{as_user, fuse_available, random_bytes, Cluster, Slots, TestRng};
+use ember_testkit::{as_user, cpath, errno, fuse_available, random_bytes, Cluster, Slots, TestRng};
 use sha2::{Digest, Sha256};
 
 static SLOTS: Slots = Slots::new(2);
@@ -504,14 +504,6 @@ fn a_sticky_directory_protects_other_users_files() {
     assert!(mine.exists());
 }
 
-fn cpath(p: &Path) -> std::ffi::CString {
-    std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str())).unwrap()
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
-}
-
 fn unlink(p: &std::ffi::CStr) -> i32 {
     // SAFETY: a valid path.
     if unsafe { libc::unlink(p.as_ptr()) } == 0 { 0 } else { errno() }
@@ -586,7 +578,7 @@ fn supplementary_groups_grant_group_access() {
     fs::write(&f, b"for the team").unwrap();
     std::os::unix::fs::chown(&f, Some(0), Some(GROUP)).unwrap();
     fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
-    let path = std::ffi::CString::new(f.as_os_str().as_encoded_bytes()).unwrap();
+    let path = cpath(&f);
     let reads = |groups: &'static [libc::gid_t]| {
         ember_testkit::Forked::start(|| unsafe {
             if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setresgid(USER, USER, USER) != 0 || libc::setresuid(USER, USER, USER) != 0 {

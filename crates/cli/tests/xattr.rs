@@ -3,11 +3,10 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
-use ember_testkit::{as_user, fuse_available, random_bytes, storage_role, Cluster, Slots};
+use ember_testkit::{as_user, cpath, errno, fuse_available, random_bytes, storage_role, Cluster, Slots};
 
 static SLOTS: Slots = Slots::new(2);
 
@@ -17,14 +16,6 @@ fn bin() -> &'static Path {
 
 fn c(s: impl AsRef<[u8]>) -> CString {
     CString::new(s.as_ref()).unwrap()
-}
-
-fn cpath(p: &Path) -> CString {
-    c(p.as_os_str().as_bytes())
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
 /// setxattr(2): Ok or the errno.

@@ -519,6 +519,18 @@ pub fn as_user(uid: u32, f: impl FnOnce() -> i32) -> i32 {
     .wait()
 }
 
+/// The errno of the last failed system call of this thread (0 if none is known). Allocates
+/// nothing, so a [`Forked`] child may call it.
+pub fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// A path as a C string, for calling libc directly.
+pub fn cpath(p: &Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).expect("a path has no NUL byte")
+}
+
 /// Resident set size of a process in KiB, from /proc.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -864,8 +864,11 @@ fn zero_blocks(images: &BlockImages) -> Vec<bool> {
 
 /// The images that are not all zeros, back to back.
 fn data_images(images: &BlockImages, zero: &[bool]) -> Bytes {
-    let blocks = images.images().chunks_exact(BS as usize).zip(zero);
-    Bytes::from(blocks.filter(|(_, z)| !**z).flat_map(|(img, _)| img.iter().copied()).collect::<Vec<u8>>())
+    let mut out = Vec::with_capacity(images.images().len());
+    for (img, _) in images.images().chunks_exact(BS as usize).zip(zero).filter(|(_, z)| !**z) {
+        out.extend_from_slice(img);
+    }
+    Bytes::from(out)
 }
 
 /// Points logical blocks `first..` at the new physical blocks (one per image that is not
