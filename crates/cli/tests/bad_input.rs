@@ -6,12 +6,15 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
+use bytes::Bytes;
 use ember_net::{FrameHeader, FrameKind, RpcClient, HEADER_LEN};
 use ember_proto::meta::GetAttrReq;
 use ember_proto::mgmtd::GetRoutingReq;
-use ember_proto::storage::SpaceInfoReq;
+use ember_proto::routing::RoutingTable;
+use ember_proto::storage::{BatchReadReq, ChunkRef, ReadIo, SpaceInfoReq, WritePiece, WriteReq};
 use ember_proto::Method;
 use ember_testkit::{rss_kib, Cluster, Slots};
+use ember_types::StatusCode;
 
 static SLOTS: Slots = Slots::new(1);
 
@@ -87,5 +90,29 @@ fn services_survive_garbage_truncated_and_oversized_frames() {
         assert_eq!(root.attr.unwrap().inode, 1);
         let storage = RpcClient::new(services[2].0.clone());
         assert_eq!(storage.unary(&SpaceInfoReq {}).await.unwrap().targets.len(), 1);
+        refuses_malformed_write_pieces(&mgmtd, &storage).await;
     });
+}
+
+/// A write whose pieces do not describe its payload, or overlap, is refused whole.
+async fn refuses_malformed_write_pieces(mgmtd: &RpcClient, storage: &RpcClient) {
+    let routing = mgmtd.unary(&GetRoutingReq { known_version: 0 }).await.unwrap().routing.unwrap();
+    let chain = RoutingTable::new(routing).info.chains[0].clone();
+    let chunk = ChunkRef { inode: 7, index: 0, chain_id: chain.chain_id, chain_version: chain.version, target_id: chain.targets[0] };
+    let piece = |offset, len| WritePiece { offset, len };
+    let cases = [
+        (vec![piece(0, 10), piece(100, 10)], 15, "of 20 bytes with a payload of 15"),
+        (vec![piece(0, 10), piece(5, 10)], 20, "overlaps"),
+        (vec![piece(100, 10), piece(0, 10)], 20, "overlaps or precedes"),
+    ];
+    for (pieces, len, says) in cases {
+        let payload = Bytes::from(vec![1u8; len]);
+        let req = WriteReq { chunk: Some(chunk.clone()), offset: 0, crc32c: crc32c::crc32c(&payload), request: None, pieces };
+        let err = storage.call(&req, payload).await.unwrap_err();
+        assert_eq!(err.code, StatusCode::InvalidArgument, "{err}");
+        assert!(err.message.contains(says), "{err}");
+    }
+    let read = BatchReadReq { ios: vec![ReadIo { chunk: Some(chunk), offset: 0, len: 200 }] };
+    let (resp, _) = storage.call(&read, Bytes::new()).await.unwrap();
+    assert_eq!(resp.results[0].len, 0, "nothing of a refused write was stored");
 }

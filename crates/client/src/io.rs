@@ -6,12 +6,16 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use bytes::Bytes;
-use ember_proto::storage::{BatchReadReq, ChunkRef, CopyReq, ReadIo, SyncBlocksReq, TruncateReq, WriteReq};
+use ember_proto::storage::{BatchReadReq, ChunkRef, CopyReq, ReadIo, SyncBlocksReq, TruncateReq, WritePiece, WriteReq};
 use ember_proto::routing::RoutingTable;
-use ember_types::{ChainId, ChunkSpan, InodeId, Layout, Status, StatusCode};
+use ember_types::{ChainId, ChunkId, ChunkSpan, InodeId, Layout, Status, StatusCode};
 use tokio::task::JoinSet;
 
 use crate::{should_retry, Backoff, EmberClient, Retry};
+
+/// Most bytes of pieces gathered into one write of a chunk (a single larger piece still goes
+/// alone).
+pub const MAX_WRITE_BYTES: usize = 4 << 20;
 
 /// Reads of one request grouped by the storage node that will serve them.
 struct ReadPlan {
@@ -24,32 +28,56 @@ impl EmberClient {
         self.write_extents(inode, layout, vec![(offset, data)]).await
     }
 
-    /// Writes disjoint `(offset, bytes)` extents, all chunk writes at once; returns once every
-    /// one is durable on storage.
+    /// Writes disjoint `(offset, bytes)` extents in offset order, all chunks at once; returns
+    /// once every one is durable on storage. The pieces that fall in one chunk travel in one
+    /// write (up to [`MAX_WRITE_BYTES`]), so scattered small writes cost storage one request,
+    /// one commit and one journal sync per chunk rather than one per piece.
     pub async fn write_extents(self: &Arc<Self>, inode: InodeId, layout: &Layout, extents: Vec<(u64, Bytes)>) -> Result<(), Status> {
-        let mut tasks = JoinSet::new();
+        let mut by_chunk: BTreeMap<ChunkId, Vec<(ChunkSpan, Bytes)>> = BTreeMap::new();
         for (offset, data) in extents {
             let spans = layout.spans(inode, offset, data.len()).map_err(|e| Status::invalid(e.to_string()))?;
             for span in spans {
                 let part = data.slice(span.buf_offset..span.buf_offset + span.len as usize);
-                let me = self.clone();
-                tasks.spawn(async move { me.write_span(span, part).await });
+                by_chunk.entry(span.chunk).or_default().push((span, part));
             }
+        }
+        let mut tasks = JoinSet::new();
+        for pieces in by_chunk.into_values() {
+            let me = self.clone();
+            tasks.spawn(async move {
+                for group in write_groups(pieces) {
+                    me.write_pieces(group).await?;
+                }
+                Ok(())
+            });
         }
         first_error(tasks, "write").await
     }
 
-    async fn write_span(&self, span: ChunkSpan, data: Bytes) -> Result<(), Status> {
-        let crc = crc32c::crc32c(&data);
+    /// One write of pieces of one chunk, in offset order.
+    async fn write_pieces(&self, pieces: Vec<(ChunkSpan, Bytes)>) -> Result<(), Status> {
+        let Some((span, _)) = pieces.first().cloned() else { return Ok(()) };
+        let (payload, parts) = match &pieces[..] {
+            [(_, data)] => (data.clone(), Vec::new()),
+            _ => {
+                let mut payload = Vec::with_capacity(pieces.iter().map(|(_, d)| d.len()).sum());
+                for (_, data) in &pieces {
+                    payload.extend_from_slice(data);
+                }
+                let parts = pieces.iter().map(|(s, _)| WritePiece { offset: s.offset, len: s.len }).collect();
+                (Bytes::from(payload), parts)
+            }
+        };
+        let crc = crc32c::crc32c(&payload);
         let (_turn, request) = self.chunk_turn(span.chunk).await;
         let request = Some(request);
         self.with_route(span.chain, Retry::Idempotent, |table| {
             let (chunk, addr) = route(table, &span)?;
-            let req = WriteReq { chunk: Some(chunk), offset: span.offset, crc32c: crc, request };
+            let req = WriteReq { chunk: Some(chunk), offset: span.offset, crc32c: crc, request, pieces: parts.clone() };
             Ok((addr, req))
         }, |addr, req| {
             let peer = self.peer(&addr);
-            let payload = data.clone();
+            let payload = payload.clone();
             async move { peer.call(&req, payload).await.map(|_| ()) }
         })
         .await
@@ -234,6 +262,26 @@ impl EmberClient {
             wait = STALLED / 2;
         }
     }
+}
+
+/// Consecutive runs of pieces of at most [`MAX_WRITE_BYTES`] each.
+fn write_groups(pieces: Vec<(ChunkSpan, Bytes)>) -> Vec<Vec<(ChunkSpan, Bytes)>> {
+    let mut groups: Vec<Vec<(ChunkSpan, Bytes)>> = Vec::new();
+    let mut bytes = 0;
+    for piece in pieces {
+        let len = piece.1.len();
+        match groups.last_mut() {
+            Some(group) if bytes + len <= MAX_WRITE_BYTES => {
+                group.push(piece);
+                bytes += len;
+            }
+            _ => {
+                groups.push(vec![piece]);
+                bytes = len;
+            }
+        }
+    }
+    groups
 }
 
 /// Waits for every task (a started storage change runs to its end) and returns the first

@@ -68,8 +68,10 @@ struct InodeState {
     size: u64,
     /// Highest end written by this client and not yet reported to meta.
     unreported_end: Option<u64>,
-    /// A failed background flush, reported by the next flush/fsync/close.
+    /// A failed flush, reported by the next write, flush, fsync or close.
     error: Option<Status>,
+    /// The flush started when the buffer filled, still sending while new writes gather.
+    in_flight: Option<tokio::task::JoinHandle<Result<(), Status>>>,
     open_handles: usize,
     /// The bytes of an inline file; `None` for a chunked one.
     inline: Option<InlineFile>,
@@ -357,19 +359,30 @@ impl Vfs {
             return Ok(data.len() as u32);
         }
         if st.dirty.bytes() + data.len() > self.config.write_buffer || st.dirty.count() >= MAX_DIRTY_EXTENTS {
-            self.flush_buffer(h.inode, layout, &mut st).await?;
+            self.start_flush(h.inode, layout, &mut st).await?;
         }
         st.dirty.insert(offset, data);
         let end = offset + data.len() as u64;
         st.size = st.size.max(end);
         st.unreported_end = Some(st.unreported_end.unwrap_or(0).max(end));
         if st.dirty.bytes() >= self.config.write_buffer {
-            self.flush_buffer(h.inode, layout, &mut st).await?;
+            self.start_flush(h.inode, layout, &mut st).await?;
         }
         Ok(data.len() as u32)
     }
 
+    /// Sends everything buffered and waits until storage has it.
     async fn flush_buffer(&self, inode: InodeId, layout: &Layout, st: &mut InodeState) -> Result<(), Status> {
+        self.start_flush(inode, layout, st).await?;
+        settle_in_flight(st).await
+    }
+
+    /// Starts sending what is buffered and returns while it is on its way, so the writer goes
+    /// on filling a fresh buffer (write-behind). One flush at a time is in flight: the next
+    /// waits for it, which keeps overlapping writes in order and bounds the memory held to
+    /// two buffers.
+    async fn start_flush(&self, inode: InodeId, layout: &Layout, st: &mut InodeState) -> Result<(), Status> {
+        settle_in_flight(st).await?;
         if st.dirty.is_empty() {
             return Ok(());
         }
@@ -377,10 +390,8 @@ impl Vfs {
             self.spill(inode, layout, st).await?;
         }
         let extents = st.dirty.take().into_iter().map(|(offset, bytes)| (offset, Bytes::from(bytes))).collect();
-        if let Err(e) = self.client.write_extents(inode, layout, extents).await {
-            st.error = Some(e.clone());
-            return Err(e);
-        }
+        let (client, layout) = (self.client.clone(), layout.clone());
+        st.in_flight = Some(tokio::spawn(async move { client.write_extents(inode, &layout, extents).await }));
         Ok(())
     }
 
@@ -390,6 +401,8 @@ impl Vfs {
         let h = self.handle(fh)?;
         let Some(layout) = h.layout.as_ref() else { return Ok(()) };
         let mut st = h.state.lock().await;
+        // A failure of the flush in flight lands in `error`, reported just below.
+        let _ = settle_in_flight(&mut st).await;
         if let Some(e) = st.error.take() {
             return Err(e);
         }
@@ -466,6 +479,17 @@ impl Vfs {
     pub fn releasedir(&self, fh: u64) {
         lock(&self.dirs).remove(&fh);
     }
+}
+
+/// Waits for the flush in flight, if any; its failure is kept to be reported again by the
+/// next flush, fsync or close, since the writes it carried are lost.
+async fn settle_in_flight(st: &mut InodeState) -> Result<(), Status> {
+    let Some(task) = st.in_flight.take() else { return Ok(()) };
+    let result = task.await.unwrap_or_else(|e| Err(Status::internal(format!("flush task failed: {e}"))));
+    if let Err(e) = &result {
+        st.error = Some(e.clone());
+    }
+    result
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

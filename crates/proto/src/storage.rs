@@ -30,6 +30,19 @@ pub struct WriteReq {
     /// The same on every retry of this write, so an applied write is not applied again.
     #[prost(message, optional, tag = "4")]
     pub request: Option<RequestRef>,
+    /// Several pieces of the chunk written at once: the payload holds their bytes back to
+    /// back, the pieces in offset order and apart, and `offset` is unused. Empty for a write
+    /// of one piece.
+    #[prost(message, repeated, tag = "5")]
+    pub pieces: Vec<WritePiece>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WritePiece {
+    #[prost(uint32, tag = "1")]
+    pub offset: u32,
+    #[prost(uint32, tag = "2")]
+    pub len: u32,
 }
 
 /// A client's id for one request: (client id, sequence number of the client).
@@ -212,6 +225,10 @@ pub struct ReplicateReq {
     /// A write: the CRC32C of each image.
     #[prost(uint32, repeated, tag = "10")]
     pub block_crcs: Vec<u32>,
+    /// A write of several runs of blocks: (first block, count) of each, flattened; empty
+    /// when the images are one run from `first_block`.
+    #[prost(uint32, repeated, tag = "11")]
+    pub block_runs: Vec<u32>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

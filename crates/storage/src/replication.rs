@@ -60,7 +60,10 @@ impl Change {
         };
         match &self.body {
             ChangeBody::Write(images) => {
-                req.first_block = images.first();
+                match images.runs() {
+                    [(first, _)] => req.first_block = *first,
+                    runs => req.block_runs = runs.iter().flat_map(|&(first, n)| [first, n]).collect(),
+                }
                 req.chunk_len = images.len();
                 req.block_crcs = images.crcs().to_vec();
                 (req, images.images().clone())
@@ -460,7 +463,8 @@ impl StorageService {
         let info = match r.truncate_to {
             Some(len) => blocking(move || engine.truncate_at(chunk, base, len, request)).await?,
             None => {
-                let images = BlockImages::received(r.first_block, r.chunk_len, payload, r.block_crcs).map_err(|e| e.status())?;
+                let runs = received_runs(r.first_block, &r.block_runs, r.block_crcs.len())?;
+                let images = BlockImages::received(runs, r.chunk_len, payload, r.block_crcs).map_err(|e| e.status())?;
                 blocking(move || engine.write_blocks_at(chunk, base, &images, request)).await?
             }
         };
@@ -751,6 +755,18 @@ async fn remote_page(client: &RpcClient, target: &ChunkRef, after: Option<ChunkI
     Ok(page.into_iter().map(|s| (ChunkId::new(InodeId(s.inode), s.index), (s.version, s.len, s.digest))).collect())
 }
 
+/// The runs of blocks a replicated write carries (see `ReplicateReq::block_runs`).
+fn received_runs(first_block: u32, block_runs: &[u32], blocks: usize) -> Result<Vec<(u32, u32)>, Status> {
+    if block_runs.is_empty() {
+        let count = u32::try_from(blocks).map_err(|_| Status::invalid("too many block CRCs"))?;
+        return Ok(if count == 0 { Vec::new() } else { vec![(first_block, count)] });
+    }
+    if !block_runs.len().is_multiple_of(2) {
+        return Err(Status::invalid("block runs must come in (first, count) pairs"));
+    }
+    Ok(block_runs.chunks_exact(2).map(|p| (p[0], p[1])).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -775,3 +791,4 @@ mod tests {
         assert!(!mine.needs_page() && !theirs.needs_page());
     }
 }
+

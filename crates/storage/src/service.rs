@@ -181,12 +181,14 @@ impl StorageService {
             return Ok(Response::msg(&WriteResp { version: info.version, chunk_len: info.len }));
         }
         let base = start.version();
-        let images = if r.offset.is_multiple_of(BLOCK_SIZE) && payload.len().is_multiple_of(BLOCK_SIZE as usize) {
+        let pieces = write_pieces(r.offset, &r.pieces, payload)?;
+        let aligned = pieces.iter().all(|(offset, data)| offset.is_multiple_of(BLOCK_SIZE) && data.len().is_multiple_of(BLOCK_SIZE as usize));
+        let images = if aligned {
             // Block-aligned bytes are their own images: nothing to read, so no hop to the pool.
-            engine.block_images(chunk, r.offset, payload).map_err(|e| e.status())?
+            engine.block_images(chunk, &pieces).map_err(|e| e.status())?
         } else {
             let engine = engine.clone();
-            blocking(move || engine.block_images(chunk, r.offset, payload)).await?
+            blocking(move || engine.block_images(chunk, &pieces)).await?
         };
         let local = {
             let (engine, images) = (engine.clone(), images.clone());
@@ -212,7 +214,7 @@ impl StorageService {
             self.read_remote(&src, io).await?
         };
         data.resize(r.len as usize, 0);
-        let write = WriteReq { chunk: r.chunk, offset: r.offset, crc32c: crc32c::crc32c(&data), request: r.request };
+        let write = WriteReq { chunk: r.chunk, offset: r.offset, crc32c: crc32c::crc32c(&data), request: r.request, pieces: Vec::new() };
         self.write(write, Bytes::from(data)).await
     }
 
@@ -474,6 +476,27 @@ async fn to_the_end(change: impl std::future::Future<Output = Result<Response, S
 }
 
 /// Runs engine work on the blocking pool: every engine call may wait for an fsync.
+/// The (offset, bytes) pieces a write carries: its payload at `offset`, or the payload cut
+/// along `pieces`.
+fn write_pieces(offset: u32, pieces: &[WritePiece], payload: Bytes) -> Result<Vec<(u32, Bytes)>, Status> {
+    if pieces.is_empty() {
+        return Ok(vec![(offset, payload)]);
+    }
+    let total: u64 = pieces.iter().map(|p| u64::from(p.len)).sum();
+    if total != payload.len() as u64 {
+        return Err(Status::invalid(format!("write pieces of {total} bytes with a payload of {}", payload.len())));
+    }
+    let mut at = 0usize;
+    Ok(pieces
+        .iter()
+        .map(|p| {
+            let piece = (p.offset, payload.slice(at..at + p.len as usize));
+            at += p.len as usize;
+            piece
+        })
+        .collect())
+}
+
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::EngineError> + Send + 'static,
 ) -> Result<T, Status> {

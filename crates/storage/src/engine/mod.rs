@@ -251,16 +251,17 @@ impl ChunkEngine {
     pub fn write(&self, chunk: ChunkId, offset: u32, data: &[u8]) -> Result<ChunkInfo, EngineError> {
         let _guard = self.locks.write(chunk);
         let old = self.load(chunk)?;
-        let images = self.images_for(chunk, old.as_ref(), offset, Bytes::copy_from_slice(data))?;
+        let images = self.images_for(chunk, old.as_ref(), &[(offset, Bytes::copy_from_slice(data))])?;
         self.apply_images(chunk, old, &images, None)
     }
 
-    /// The block images a write of `data` at `offset` makes of the chunk as it is now. The
-    /// caller keeps the chunk from changing until it applies them (the service's chunk lock).
-    pub fn block_images(&self, chunk: ChunkId, offset: u32, data: Bytes) -> Result<BlockImages, EngineError> {
+    /// The block images a write of `pieces` ((offset, bytes), in offset order, apart) makes
+    /// of the chunk as it is now. The caller keeps the chunk from changing until it applies
+    /// them (the service's chunk lock).
+    pub fn block_images(&self, chunk: ChunkId, pieces: &[(u32, Bytes)]) -> Result<BlockImages, EngineError> {
         let _guard = self.locks.read(chunk);
         let old = self.load(chunk)?;
-        self.images_for(chunk, old.as_ref(), offset, data)
+        self.images_for(chunk, old.as_ref(), pieces)
     }
 
     /// Stores `images`, but only if the chunk is at `base_version` (0 = missing), so that every
@@ -304,22 +305,48 @@ impl ChunkEngine {
         Ok(self.load(chunk)?.map(|m| m.requests).unwrap_or_default())
     }
 
-    /// The images of a write of `data` at `offset` to a chunk stored as `meta`. A block-aligned
-    /// write is its own images; an unaligned one reads its edge blocks.
-    fn images_for(&self, chunk: ChunkId, meta: Option<&ChunkMeta>, offset: u32, data: Bytes) -> Result<BlockImages, EngineError> {
-        let end = self.check_end(u64::from(offset) + data.len() as u64, "write")?;
-        let current = meta.map_or(0, |m| m.len);
-        if data.is_empty() {
-            return Ok(BlockImages::computed(0, current, Bytes::new()));
+    /// The images of a write of `pieces` to a chunk stored as `meta`. One block-aligned piece
+    /// is its own images; otherwise the touched blocks are assembled, starting from the stored
+    /// bytes of blocks a piece covers only in part (two pieces may share such a block).
+    fn images_for(&self, chunk: ChunkId, meta: Option<&ChunkMeta>, pieces: &[(u32, Bytes)]) -> Result<BlockImages, EngineError> {
+        let pieces: Vec<&(u32, Bytes)> = pieces.iter().filter(|(_, data)| !data.is_empty()).collect();
+        let mut len = meta.map_or(0, |m| m.len);
+        let mut prev_end = 0u64;
+        for (offset, data) in &pieces {
+            if u64::from(*offset) < prev_end {
+                return Err(EngineError::InvalidArgument(format!("write piece at {offset} overlaps or precedes the one before")));
+            }
+            let end = self.check_end(u64::from(*offset) + data.len() as u64, "write")?;
+            prev_end = u64::from(end);
+            len = len.max(end);
         }
-        let aligned = offset.is_multiple_of(BLOCK_SIZE) && data.len().is_multiple_of(BS as usize);
-        let (first, images) = if aligned {
-            (offset / BLOCK_SIZE, data)
-        } else {
-            let (first, images) = self.build_images(chunk, meta, u64::from(offset), &data)?;
-            (first, Bytes::from(images))
-        };
-        Ok(BlockImages::computed(first, current.max(end), images))
+        if let [(offset, data)] = pieces[..] {
+            if offset.is_multiple_of(BLOCK_SIZE) && data.len().is_multiple_of(BS as usize) {
+                let run = (offset / BLOCK_SIZE, (data.len() / BS as usize) as u32);
+                return Ok(BlockImages::computed(vec![run], len, data.clone()));
+            }
+        }
+        let mut blocks: Vec<u32> = Vec::new();
+        let mut images: Vec<u8> = Vec::new();
+        for (offset, data) in pieces {
+            let (start, end) = (u64::from(*offset), u64::from(*offset) + data.len() as u64);
+            for l in (start / BS) as u32..=((end - 1) / BS) as u32 {
+                let block_start = u64::from(l) * BS;
+                if blocks.last() != Some(&l) {
+                    blocks.push(l);
+                    let whole = start <= block_start && end >= block_start + BS;
+                    match meta.and_then(|m| m.blocks.get(&l)).filter(|_| !whole) {
+                        Some(r) => images.extend_from_slice(&self.read_verified(chunk, &[(l, *r)])?),
+                        None => images.resize(images.len() + BS as usize, 0),
+                    }
+                }
+                let at = images.len() - BS as usize;
+                let (lo, hi) = (block_start.max(start), (block_start + BS).min(end));
+                images[at + (lo - block_start) as usize..at + (hi - block_start) as usize]
+                    .copy_from_slice(&data[(lo - start) as usize..(hi - start) as usize]);
+            }
+        }
+        Ok(BlockImages::computed(images::runs_of(&blocks), len, Bytes::from(images)))
     }
 
     /// Stores `images` over the chunk stored as `old` as its next version.
@@ -340,7 +367,7 @@ impl ChunkEngine {
         };
         let new = if stored.is_empty() { None } else { Some(self.write_new_blocks(stored)?) };
         let mut meta = old.clone().unwrap_or_default();
-        let replaced = install_blocks(&mut meta, images.first(), &zero, new.as_ref(), images.crcs());
+        let replaced = install_blocks(&mut meta, images.blocks(), &zero, new.as_ref(), images.crcs());
         meta.version += 1;
         meta.len = images.len();
         if let Some(r) = request {
@@ -603,33 +630,6 @@ impl ChunkEngine {
             .map_err(|e| EngineError::Corrupt(format!("chunk {chunk}: bad metadata record: {e}")))
     }
 
-    /// Builds the full images of the logical blocks touched by a write of `data` at `offset`.
-    /// Returns the first logical block index and the images back to back.
-    fn build_images(
-        &self,
-        chunk: ChunkId,
-        meta: Option<&ChunkMeta>,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(u32, Vec<u8>), EngineError> {
-        let end = offset + data.len() as u64;
-        let (first, last) = (offset / BS, (end - 1) / BS);
-        let mut images = vec![0u8; ((last - first + 1) * BS) as usize];
-        for (k, img) in images.chunks_exact_mut(BS as usize).enumerate() {
-            let l = first + k as u64;
-            let block_start = l * BS;
-            let whole = offset <= block_start && end >= block_start + BS;
-            // Partial edge block: keep the bytes the write does not cover. Holes stay zero.
-            if let (false, Some(r)) = (whole, meta.and_then(|m| m.blocks.get(&(l as u32)))) {
-                img.copy_from_slice(&self.read_verified(chunk, &[(l as u32, *r)])?);
-            }
-            let (lo, hi) = (block_start.max(offset), (block_start + BS).min(end));
-            img[(lo - block_start) as usize..(hi - block_start) as usize]
-                .copy_from_slice(&data[(lo - offset) as usize..(hi - offset) as usize]);
-        }
-        Ok((first as u32, images))
-    }
-
     /// Reads a physically contiguous run of blocks and verifies each block's CRC32C.
     fn read_verified(
         &self,
@@ -871,14 +871,13 @@ fn data_images(images: &BlockImages, zero: &[bool]) -> Bytes {
     Bytes::from(out)
 }
 
-/// Points logical blocks `first..` at the new physical blocks (one per image that is not
-/// all zeros, in order; the images have `crcs`) or, where `zero` says so, at nothing; returns
-/// the replaced physical blocks.
-fn install_blocks(meta: &mut ChunkMeta, first: u32, zero: &[bool], new: Option<&NewBlocks>, crcs: &[u32]) -> Vec<u64> {
+/// Points the logical `blocks` at the new physical blocks (one per image that is not all
+/// zeros, in order; the images have `crcs`) or, where `zero` says so, at nothing; returns the
+/// replaced physical blocks.
+fn install_blocks(meta: &mut ChunkMeta, blocks: impl Iterator<Item = u32>, zero: &[bool], new: Option<&NewBlocks>, crcs: &[u32]) -> Vec<u64> {
     let mut fresh = new.into_iter().flat_map(|n| n.phys.iter().copied());
     let mut replaced = Vec::new();
-    for (k, (&is_zero, &crc)) in zero.iter().zip(crcs).enumerate() {
-        let l = first + k as u32;
+    for (l, (&is_zero, &crc)) in blocks.zip(zero.iter().zip(crcs)) {
         let stored = if is_zero { None } else { fresh.next() };
         let old = match stored {
             Some(phys) => meta.blocks.insert(l, BlockRef { phys, crc }),

@@ -635,7 +635,7 @@ fn applied_requests_are_remembered_durably_and_travel_with_a_sync() {
 
 /// What a primary does with a write: build its block images here, then store them.
 fn write_at(e: &ChunkEngine, c: ChunkId, base: u64, off: u32, data: &[u8], request: Option<RequestId>) -> Result<ChunkInfo, EngineError> {
-    let images = e.block_images(c, off, Bytes::copy_from_slice(data))?;
+    let images = e.block_images(c, &[(off, Bytes::copy_from_slice(data))])?;
     e.write_blocks_at(c, base, &images, request)
 }
 
@@ -646,8 +646,8 @@ fn replicas_storing_the_primarys_block_images_end_identical() {
     let c = cid(41, 3);
     let ops: [(u32, &[u8]); 5] = [(0, b"aaaa"), (4094, b"bbbbbbbb"), (100, b"cc"), (9000, b"d"), (4096, &[7; 4096])];
     for (v, (off, data)) in ops.iter().enumerate() {
-        let images = a.block_images(c, *off, Bytes::copy_from_slice(data)).unwrap();
-        let wire = BlockImages::received(images.first(), images.len(), images.images().clone(), images.crcs().to_vec()).unwrap();
+        let images = a.block_images(c, &[(*off, Bytes::copy_from_slice(data))]).unwrap();
+        let wire = BlockImages::received(images.runs().to_vec(), images.len(), images.images().clone(), images.crcs().to_vec()).unwrap();
         assert_eq!(wire, images);
         a.write_blocks_at(c, v as u64, &images, None).unwrap();
         b.write_blocks_at(c, v as u64, &wire, None).unwrap();
@@ -668,24 +668,76 @@ fn replicas_storing_the_primarys_block_images_end_identical() {
 }
 
 #[test]
+fn a_write_of_many_pieces_matches_them_written_one_by_one_and_replicates_alike() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(d1.path()), open(d2.path()));
+    let c = cid(42, 1);
+    let mut model = pattern(3, 3 * B + 10);
+    write_at(&a, c, 0, 0, &model, None).unwrap();
+    write_at(&b, c, 0, 0, &model, None).unwrap();
+    let mut rng = 11u64;
+    let mut next = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    for round in 0..60u8 {
+        // Pieces in offset order and apart, some aligned, some sharing an edge block with the
+        // one before, some past the current end.
+        let mut pieces = Vec::new();
+        let mut at = next(3 * B as u64) as usize;
+        for _ in 0..1 + next(6) {
+            let len = if next(2) == 0 { B } else { 1 + next(B as u64 + 50) as usize };
+            let off = if next(2) == 0 { at.next_multiple_of(B) } else { at };
+            pieces.push((off as u32, Bytes::from(vec![round.wrapping_add(pieces.len() as u8 * 40); len])));
+            at = off + len + 1 + next(B as u64 / 2) as usize;
+        }
+        for (off, data) in &pieces {
+            let end = *off as usize + data.len();
+            if model.len() < end {
+                model.resize(end, 0);
+            }
+            model[*off as usize..end].copy_from_slice(data);
+        }
+        let images = a.block_images(c, &pieces).unwrap();
+        let wire = BlockImages::received(images.runs().to_vec(), images.len(), images.images().clone(), images.crcs().to_vec()).unwrap();
+        let v = a.chunk_info(c).unwrap().unwrap().version;
+        a.write_blocks_at(c, v, &images, None).unwrap();
+        b.write_blocks_at(c, v, &wire, None).unwrap();
+        assert_eq!(a.read(c, 0, u32::MAX).unwrap(), model, "round {round}: {:?}", images.runs());
+    }
+    assert_eq!(a.block_map(c).unwrap(), b.block_map(c).unwrap());
+    let overlapping = [(0, Bytes::from(vec![1u8; 10])), (5, Bytes::from(vec![2u8; 10]))];
+    assert_eq!(a.block_images(c, &overlapping).unwrap_err().status().code, StatusCode::InvalidArgument);
+    let unordered = [(B as u32, Bytes::from(vec![1u8; 10])), (0, Bytes::from(vec![2u8; 10]))];
+    assert_eq!(a.block_images(c, &unordered).unwrap_err().status().code, StatusCode::InvalidArgument);
+}
+
+#[test]
 fn received_block_images_are_checked_before_anything_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path());
     let c = cid(43, 0);
     let block = Bytes::from(vec![5u8; 4096]);
     let crc = crc32c::crc32c(&block);
+    let two = Bytes::from([&block[..], &block[..]].concat());
     let refused = [
-        (BlockImages::received(0, 4096, block.clone(), vec![crc ^ 1]), StatusCode::ChecksumMismatch),
-        (BlockImages::received(0, 4096, block.slice(..4000), vec![crc]), StatusCode::InvalidArgument),
-        (BlockImages::received(0, 4096, block.clone(), vec![]), StatusCode::InvalidArgument),
-        (BlockImages::received(1, 4096, block.clone(), vec![crc]), StatusCode::InvalidArgument),
+        (BlockImages::received(vec![(0, 1)], 4096, block.clone(), vec![crc ^ 1]), StatusCode::ChecksumMismatch),
+        (BlockImages::received(vec![(0, 1)], 4096, block.slice(..4000), vec![crc]), StatusCode::InvalidArgument),
+        (BlockImages::received(vec![(0, 1)], 4096, block.clone(), vec![]), StatusCode::InvalidArgument),
+        (BlockImages::received(vec![(1, 1)], 4096, block.clone(), vec![crc]), StatusCode::InvalidArgument),
+        (BlockImages::received(vec![(0, 2)], 8192, block.clone(), vec![crc]), StatusCode::InvalidArgument),
+        (BlockImages::received(vec![(1, 1), (0, 1)], 8192, two.clone(), vec![crc, crc]), StatusCode::InvalidArgument),
+        (BlockImages::received(vec![(0, 1), (0, 1)], 8192, two.clone(), vec![crc, crc]), StatusCode::InvalidArgument),
+        (BlockImages::received(vec![(0, 0), (1, 2)], 12288, two, vec![crc, crc]), StatusCode::InvalidArgument),
     ];
     for (outcome, code) in refused {
         assert_eq!(outcome.unwrap_err().status().code, code);
     }
-    let grown = BlockImages::received(0, 8192, block.clone(), vec![crc]).unwrap();
+    let grown = BlockImages::received(vec![(0, 1)], 8192, block.clone(), vec![crc]).unwrap();
     e.write_blocks_at(c, 0, &grown, None).unwrap();
-    let shrinking = BlockImages::received(0, 4096, block, vec![crc]).unwrap();
+    let shrinking = BlockImages::received(vec![(0, 1)], 4096, block, vec![crc]).unwrap();
     let err = e.write_blocks_at(c, 1, &shrinking, None).unwrap_err();
     assert_eq!(err.status().code, StatusCode::InvalidArgument, "{err}");
     assert_eq!(e.chunk_info(c).unwrap().map(|i| (i.version, i.len)), Some((1, 8192)));
@@ -849,14 +901,14 @@ fn zeroed_blocks_become_holes_on_every_replica_and_free_their_space() {
     let c = cid(77, 0);
     let data = pattern(9, 8 * B);
     let base = |e: &ChunkEngine| e.chunk_info(c).unwrap().map_or(0, |i| i.version);
-    let images = e.block_images(c, 0, Bytes::from(data.clone())).unwrap();
+    let images = e.block_images(c, &[(0, Bytes::from(data.clone()))]).unwrap();
     e.write_blocks_at(c, 0, &images, None).unwrap();
     replica.write_blocks_at(c, 0, &images, None).unwrap();
 
     // Zeros over blocks 2..6, starting and ending inside blocks 1 and 6: the partial edge
     // blocks keep their other bytes, the whole ones go.
     let (off, len) = (B + 100, 5 * B);
-    let images = e.block_images(c, off as u32, Bytes::from(vec![0u8; len])).unwrap();
+    let images = e.block_images(c, &[(off as u32, Bytes::from(vec![0u8; len]))]).unwrap();
     let v = base(&e);
     e.write_blocks_at(c, v, &images, None).unwrap();
     replica.write_blocks_at(c, v, &images, None).unwrap();
