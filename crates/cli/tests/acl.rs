@@ -1,6 +1,6 @@
 //! POSIX ACLs through the real mount, enforced by the kernel for another user: access ACLs,
-//! chmod's effect on them, default ACLs in place of the umask, and setuid cleared when another
-//! user writes or truncates, and on chown.
+//! chmod's effect on them, default ACLs in place of the umask, and setuid, setgid and file
+//! capabilities dropped when another user writes, truncates or fallocates, and on chown.
 
 use std::ffi::CString;
 use std::fs;
@@ -119,11 +119,7 @@ fn a_write_truncate_or_chown_clears_setuid_and_setgid() {
     fs::set_permissions(&f, fs::Permissions::from_mode(0o6777)).unwrap();
     assert_eq!(mode(&f), 0o6777);
     let path = cpath(&f);
-    let wrote = as_user(USER, || unsafe {
-        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_APPEND);
-        i32::from(fd < 0 || libc::write(fd, b"x".as_ptr().cast(), 1) != 1)
-    });
-    assert_eq!(wrote, 0);
+    assert_eq!(as_user(USER, || append_byte(&path)), 0);
     assert_eq!(mode(&f), 0o777, "a write by someone else must drop setuid and setgid");
 
     fs::set_permissions(&f, fs::Permissions::from_mode(0o6777)).unwrap();
@@ -134,4 +130,65 @@ fn a_write_truncate_or_chown_clears_setuid_and_setgid() {
     fs::set_permissions(&f, fs::Permissions::from_mode(0o6755)).unwrap();
     std::os::unix::fs::chown(&f, Some(USER), None).unwrap();
     assert_eq!(mode(&f) & 0o6000, 0, "chown drops setuid and setgid");
+    std::os::unix::fs::chown(&f, Some(0), None).unwrap();
+
+    // Setgid without group execute marks mandatory locking: a write keeps it.
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o2766)).unwrap();
+    assert_eq!(as_user(USER, || append_byte(&path)), 0);
+    assert_eq!(mode(&f), 0o2766, "setgid without group execute must stay");
+
+    // Root has CAP_FSETID: its writes keep both bits.
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o6777)).unwrap();
+    assert_eq!(append_byte(&path), 0);
+    assert_eq!(mode(&f), 0o6777, "a write by root keeps setuid and setgid");
+
+    let fallocated = as_user(USER, || unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+        i32::from(fd < 0 || libc::fallocate(fd, 0, 0, 8192) != 0)
+    });
+    assert_eq!(fallocated, 0);
+    assert_eq!(mode(&f), 0o777, "fallocate by someone else must drop setuid and setgid");
+}
+
+#[test]
+fn any_write_drops_the_file_capability() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let a = cluster.mount();
+    let f = a.join("ping");
+    fs::write(&f, vec![1u8; 100_000]).unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o777)).unwrap();
+    // struct vfs_cap_data, revision 2: CAP_NET_RAW (13) permitted.
+    let mut cap = 0x0200_0000u32.to_le_bytes().to_vec();
+    for word in [1u32 << 13, 0, 0, 0] {
+        cap.extend_from_slice(&word.to_le_bytes());
+    }
+    let path = cpath(&f);
+    set_acl(&f, "security.capability", &cap);
+    assert_eq!(as_user(USER, || append_byte(&path)), 0);
+    assert!(!has_xattr(&f, "security.capability"), "a write by someone else must drop the capability");
+    // As on ext4, even root's write drops it (CAP_FSETID keeps only setuid and setgid).
+    set_acl(&f, "security.capability", &cap);
+    assert!(has_xattr(&f, "security.capability"));
+    assert_eq!(append_byte(&path), 0);
+    assert!(!has_xattr(&f, "security.capability"), "a write by root must drop the capability too");
+    assert_eq!(fs::metadata(&f).unwrap().len(), 100_002);
+}
+
+/// 0 if one byte could be appended to `path`.
+fn append_byte(path: &CString) -> i32 {
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_APPEND);
+        let failed = fd < 0 || libc::write(fd, b"x".as_ptr().cast(), 1) != 1;
+        libc::close(fd);
+        i32::from(failed)
+    }
+}
+
+fn has_xattr(p: &Path, name: &str) -> bool {
+    let (path, name) = (cpath(p), CString::new(name).unwrap());
+    unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
 }

@@ -17,7 +17,7 @@ use fuser::{
 };
 use tracing::Instrument;
 
-use crate::vfs::{Creator, LockSpec, SeekFor};
+use crate::vfs::{Creator, Kill, LockSpec, SeekFor};
 use crate::Vfs;
 
 /// Largest read/write the kernel sends in one request (the kernel's own ceiling here).
@@ -33,11 +33,14 @@ pub struct EmberFs {
     /// Whether the kernel enforces POSIX ACLs; if not, none may be set (it would protect
     /// nothing).
     acls: bool,
+    /// Whether this mount drops setuid, setgid and capabilities on changes
+    /// (FUSE_HANDLE_KILLPRIV_V2) instead of the kernel.
+    kills_privileges: bool,
 }
 
 impl EmberFs {
     pub fn new(vfs: Arc<Vfs>, rt: tokio::runtime::Handle, ttl: Duration, notifier: Arc<OnceLock<Notifier>>) -> Self {
-        EmberFs { vfs, rt, ttl, notifier, acls: false }
+        EmberFs { vfs, rt, ttl, notifier, acls: false, kills_privileges: false }
     }
 
     /// Runs one operation to completion on the runtime (fuser worker threads block here).
@@ -45,6 +48,22 @@ impl EmberFs {
         let started = Instant::now();
         let span = tracing::debug_span!("fuse", op);
         observe(op, started, self.rt.block_on(fut.instrument(span)))
+    }
+
+    /// Before a write, fallocate or copy into the file: its capability goes, and with `setid`
+    /// (the caller lacks CAP_FSETID) its setuid and setgid; the kernel then forgets the
+    /// attributes it cached. The kernel does this itself unless it handed it to this mount.
+    /// (The kernel flags writes; for fallocate and copy_file_range root stands for CAP_FSETID.)
+    async fn before_change(&self, ino: INodeNo, fh: FileHandle, setid: bool) -> Result<(), Status> {
+        if self.kills_privileges && self.vfs.drop_privileges(fh.0, setid).await? {
+            if let Some(n) = self.notifier.get() {
+                // A negative offset: the attributes only, not the pages (a write may hold them).
+                if let Err(e) = n.inval_inode(ino, -1, 0) {
+                    tracing::debug!(%ino, error = %e, "cannot drop the kernel's attributes of a file");
+                }
+            }
+        }
+        Ok(())
     }
 
     fn file_attr(&self, a: &Attr) -> FileAttr {
@@ -185,6 +204,8 @@ impl Filesystem for EmberFs {
             tracing::warn!("kernel lacks POSIX ACL support; setting ACLs is refused");
         }
         let _ = config.add_capabilities(InitFlags::FUSE_DONT_MASK);
+        // Without it the kernel asks for `security.capability` before every write.
+        self.kills_privileges = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2).is_ok();
         Ok(())
     }
 
@@ -210,7 +231,7 @@ impl Filesystem for EmberFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -227,7 +248,14 @@ impl Filesystem for EmberFs {
         reply: ReplyAttr,
     ) {
         let mode = mode.map(|m| m & 0o7777);
-        let fut = self.vfs.setattr(ino.0, mode, uid, gid, size, atime.map(ns_of), mtime.map(ns_of));
+        // The kernel's FATTR_KILL_SUIDGID does not reach us through fuser, so its rule is
+        // applied here: a truncate without CAP_FSETID (taken to be root's) and any chown.
+        let chown = uid.is_some() || gid.is_some();
+        let kill = Kill {
+            setid: self.kills_privileges && (chown || (size.is_some() && req.uid() != 0)),
+            capability: self.kills_privileges && (chown || size.is_some()),
+        };
+        let fut = self.vfs.setattr(ino.0, mode, uid, gid, size, atime.map(ns_of), mtime.map(ns_of), kill);
         match self.run("setattr", fut) {
             Ok(a) => reply.attr(&self.ttl, &self.file_attr(&a)),
             Err(e) => reply.error(e),
@@ -365,16 +393,21 @@ impl Filesystem for EmberFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.run("write", self.vfs.write(fh.0, offset, data)) {
+        let setid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        let fut = async {
+            self.before_change(ino, fh, setid).await?;
+            self.vfs.write(fh.0, offset, data).await
+        };
+        match self.run("write", fut) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
         }
@@ -384,17 +417,21 @@ impl Filesystem for EmberFs {
         Self::empty(reply, self.run("flush", self.vfs.close(fh.0, lock_owner.0)));
     }
 
-    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
-        Self::empty(reply, self.run("fallocate", self.vfs.fallocate(fh.0, offset, length, mode)));
+    fn fallocate(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        let fut = async {
+            self.before_change(ino, fh, req.uid() != 0).await?;
+            self.vfs.fallocate(fh.0, offset, length, mode).await
+        };
+        Self::empty(reply, self.run("fallocate", fut));
     }
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
@@ -404,7 +441,11 @@ impl Filesystem for EmberFs {
         if !flags.is_empty() {
             return reply.error(Errno::EINVAL);
         }
-        match self.run("copy_file_range", self.vfs.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)) {
+        let fut = async {
+            self.before_change(ino_out, fh_out, req.uid() != 0).await?;
+            self.vfs.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len).await
+        };
+        match self.run("copy_file_range", fut) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
         }

@@ -13,4 +13,4 @@ mod vfs;
 
 pub use errno::errno_of;
 pub use mount::{run_mount, MountConfig};
-pub use vfs::{Creator, DirEntry, LockSpec, SeekFor, Vfs, VfsConfig};
+pub use vfs::{Creator, DirEntry, Kill, LockSpec, SeekFor, Vfs, VfsConfig};

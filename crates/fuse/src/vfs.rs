@@ -6,6 +6,7 @@ mod dirty;
 mod holes;
 mod inline;
 mod locks;
+mod privileges;
 mod xattr;
 
 use std::collections::{HashMap, HashSet};
@@ -43,6 +44,13 @@ impl Default for VfsConfig {
     }
 }
 
+/// What a setattr drops besides what it sets (see `vfs::privileges`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Kill {
+    pub setid: bool,
+    pub capability: bool,
+}
+
 /// Who creates an inode: its owner, and the umask, which meta applies unless the parent
 /// directory has a default ACL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +74,8 @@ struct InodeState {
     dirty: DirtyExtents,
     /// Length as this client sees it: the size at open, grown by writes, set by truncate.
     size: u64,
+    /// Mode bits as meta last told this client.
+    mode: u32,
     /// Highest end written by this client and not yet reported to meta.
     unreported_end: Option<u64>,
     /// A failed flush, reported by the next write, flush, fsync or close.
@@ -141,7 +151,9 @@ impl Vfs {
     async fn local_view(&self, mut attr: Attr) -> Attr {
         let state = lock(&self.inodes).get(&attr.inode).cloned();
         if let Some(state) = state {
-            attr.size = attr.size.max(state.lock().await.size);
+            let mut st = state.lock().await;
+            attr.size = attr.size.max(st.size);
+            st.mode = attr.mode;
         }
         attr
     }
@@ -213,6 +225,7 @@ impl Vfs {
         size: Option<u64>,
         atime_ns: Option<i64>,
         mtime_ns: Option<i64>,
+        kill: Kill,
     ) -> Result<Attr, Status> {
         let mut attempts = 0;
         let resp = loop {
@@ -220,7 +233,8 @@ impl Vfs {
                 Some(new_size) => self.truncate(inode, new_size).await?,
                 None => false,
             };
-            let r = SetAttrReq { inode, mode, uid, gid, size, atime_ns, mtime_ns, size_inline };
+            let (kill_setid, drop_capability) = (kill.setid, kill.capability);
+            let r = SetAttrReq { inode, mode, uid, gid, size, atime_ns, mtime_ns, size_inline, kill_setid, drop_capability };
             match self.client.meta(&r, Retry::Idempotent).await {
                 // Another client moved the file to chunks meanwhile: cut the chunks instead.
                 Err(e) if e.code == StatusCode::InlineMoved && attempts < 3 => attempts += 1,
@@ -318,6 +332,7 @@ impl Vfs {
             let mut st = state.lock().await;
             if st.open_handles == 0 {
                 st.size = attr.size;
+                st.mode = attr.mode;
                 st.inline = inline.map(|data| InlineFile::new(data, attr.inline_limit));
             }
             st.open_handles += 1;

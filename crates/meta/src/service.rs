@@ -233,5 +233,7 @@ fn set_attrs(r: &SetAttrReq) -> SetAttrs {
         atime_ns: r.atime_ns,
         mtime_ns: r.mtime_ns,
         size_inline: r.size_inline,
+        kill_setid: r.kill_setid,
+        drop_capability: r.drop_capability,
     }
 }

@@ -317,6 +317,13 @@ pub struct SetAttrReq {
     /// `InlineMoved` if the file has moved to chunks meanwhile.
     #[prost(bool, tag = "8")]
     pub size_inline: bool,
+    /// Someone without CAP_FSETID changes the file: drop setuid, and setgid if the group may
+    /// execute (directories keep theirs).
+    #[prost(bool, tag = "9")]
+    pub kill_setid: bool,
+    /// The file's data or owner changes: drop `security.capability`, whoever changes it.
+    #[prost(bool, tag = "10")]
+    pub drop_capability: bool,
 }
 
 impl Rpc for SetAttrReq {

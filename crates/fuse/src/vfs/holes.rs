@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use ember_types::{InodeId, Layout, Status, StatusCode, BLOCK_SIZE};
 
-use super::{Handle, Vfs};
+use super::{Handle, Kill, Vfs};
 
 const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
 const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE;
@@ -58,7 +58,7 @@ impl Vfs {
             self.zero_range(fh, &h, offset, zero_end).await?;
         }
         if !op.keep_size && end > size {
-            self.setattr(h.inode.0, None, None, None, Some(end), None, None).await?;
+            self.setattr(h.inode.0, None, None, None, Some(end), None, None, Kill::default()).await?;
         }
         Ok(())
     }

@@ -37,12 +37,12 @@ fn fresh(at: Option<&Instant>) -> bool {
 }
 
 impl MissingXattrs {
-    fn known_missing(&self, inode: u64, name: &[u8]) -> bool {
+    pub(super) fn known_missing(&self, inode: u64, name: &[u8]) -> bool {
         let m = lock(&self.0);
         fresh(m.inodes.get(&inode)) || fresh(m.names.get(&(inode, name.to_vec())))
     }
 
-    fn note(&self, inode: u64, name: &[u8]) {
+    pub(super) fn note(&self, inode: u64, name: &[u8]) {
         let mut m = lock(&self.0);
         if m.names.len() >= MISSING_MAX {
             m.names.clear();

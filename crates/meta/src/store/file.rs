@@ -168,6 +168,12 @@ impl MetaStore {
                 }
             }
             apply_setattr(ino, &mut rec, &attrs, now)?;
+            if attrs.kill_setid && rec.kind()? != FileType::Directory {
+                rec.mode = without_setid(rec.mode);
+            }
+            if attrs.drop_capability {
+                super::xattr::drop_capability(t, ino, &rec);
+            }
             if attrs.mode.is_some() {
                 super::xattr::chmod_acl(t, ino, &rec)?;
             }
@@ -214,6 +220,13 @@ fn apply_setattr(
     }
     rec.ctime_ns = now;
     Ok(())
+}
+
+/// The mode after a change by someone without CAP_FSETID: no setuid, and no setgid if the
+/// group may execute (setgid without it marks mandatory locking, which stays).
+fn without_setid(mode: u32) -> u32 {
+    let setgid = if mode & 0o010 != 0 { 0o2000 } else { 0 };
+    mode & !(0o4000 | setgid)
 }
 
 fn new_file(layout: &Layout, perm: Perm, now: i64) -> InodeRecord {

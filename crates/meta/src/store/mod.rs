@@ -89,6 +89,10 @@ pub struct SetAttrs {
     pub mtime_ns: Option<i64>,
     /// The size is for the file's inline form (see `SetAttrReq::size_inline`).
     pub size_inline: bool,
+    /// See `SetAttrReq::kill_setid`.
+    pub kill_setid: bool,
+    /// See `SetAttrReq::drop_capability`.
+    pub drop_capability: bool,
 }
 
 /// Inline limit of new files unless configured otherwise.

@@ -387,6 +387,8 @@ fn setattr_fields_are_visible() {
         atime_ns: Some(1_000),
         mtime_ns: Some(2_000),
         size_inline: true,
+        kill_setid: false,
+        drop_capability: false,
     };
     let a = s.setattr(f, set).unwrap();
     assert_eq!(
@@ -418,6 +420,27 @@ fn setattr_fields_are_visible() {
         .unwrap();
     assert_eq!((da.mtime_ns, da.mode), (5_000, 0o700));
     assert_eq!(s.getattr(d).unwrap().mtime_ns, 5_000);
+}
+
+#[test]
+fn killing_privileges_drops_setuid_group_executable_setgid_and_the_capability() {
+    use ember_proto::meta::XattrSetMode::Upsert;
+    let s = store();
+    let f = InodeId(mkfile(&s, ROOT, "f").inode);
+    let kill = SetAttrs { kill_setid: true, ..SetAttrs::default() };
+    s.set_xattr(f, b"security.capability", b"cap", Upsert).unwrap();
+    s.set_xattr(f, b"user.keep", b"1", Upsert).unwrap();
+    for (mode, after) in [(0o6755, 0o755), (0o6745, 0o2745), (0o4700, 0o700), (0o2710, 0o710), (0o644, 0o644)] {
+        s.setattr(f, SetAttrs { mode: Some(mode), ..SetAttrs::default() }).unwrap();
+        assert_eq!(s.setattr(f, kill).unwrap().mode & 0o7777, after, "{mode:o}");
+    }
+    assert_eq!(s.get_xattr(f, b"security.capability").unwrap(), b"cap", "kept without drop_capability");
+    s.setattr(f, SetAttrs { drop_capability: true, ..SetAttrs::default() }).unwrap();
+    assert_eq!(code(s.get_xattr(f, b"security.capability")), StatusCode::NoAttribute);
+    assert_eq!(s.get_xattr(f, b"user.keep").unwrap(), b"1");
+    let d = mkdir(&s, ROOT, "d");
+    s.setattr(d, SetAttrs { mode: Some(0o2775), ..SetAttrs::default() }).unwrap();
+    assert_eq!(s.setattr(d, kill).unwrap().mode & 0o7777, 0o2775, "a directory keeps its setgid");
 }
 
 #[test]

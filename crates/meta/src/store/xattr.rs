@@ -265,6 +265,13 @@ fn changed(t: &mut Tx<'_>, ino: InodeId, mut rec: InodeRecord) -> Result<(), Met
     Ok(())
 }
 
+/// Drops the file capability, as a change by someone without CAP_FSETID does on Linux.
+pub(super) fn drop_capability(t: &mut Tx<'_>, ino: InodeId, rec: &InodeRecord) {
+    if rec.has_xattrs {
+        t.0.delete(&xattr_key(ino, b"security.capability"));
+    }
+}
+
 /// Deletes every stored attribute of an inode being removed. Read as a snapshot: nothing can
 /// set one on an inode whose removal is committing (that set would conflict on the inode).
 pub(super) fn delete_all(t: &mut Tx<'_>, ino: InodeId, rec: &InodeRecord) -> Result<(), MetaError> {
