@@ -81,22 +81,41 @@ pub(crate) fn blocks_for(len: u64) -> u64 {
 
 impl ChunkMeta {
     pub fn encode(&self) -> Vec<u8> {
-        let extents = self.extents();
-        let mut out = Vec::with_capacity(
-            HEADER_LEN + extents.len() * EXTENT_HEADER_LEN + self.blocks.len() * 4,
-        );
+        let mut out = Vec::with_capacity(HEADER_LEN + self.blocks.len() * (EXTENT_HEADER_LEN + 4) + self.requests.len() * 16);
         out.push(FORMAT_V1);
         out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&self.len.to_le_bytes());
-        out.extend_from_slice(&(extents.len() as u32).to_le_bytes());
-        for (start, refs) in extents {
-            out.extend_from_slice(&start.to_le_bytes());
-            out.extend_from_slice(&(refs.len() as u32).to_le_bytes());
-            out.extend_from_slice(&refs[0].phys.to_le_bytes());
-            for r in refs {
-                out.extend_from_slice(&r.crc.to_le_bytes());
+        let count_at = out.len();
+        out.extend_from_slice(&0u32.to_le_bytes());
+        // Extents are written as they are found; each one's block count is filled in when
+        // the run ends (no intermediate list: this runs on every write).
+        let mut extents = 0u32;
+        let mut run: Option<(usize, u32, u64, u32)> = None; // (count offset, next l, next phys, count)
+        for (&l, r) in &self.blocks {
+            match run.as_mut() {
+                Some((_, next_l, next_p, n)) if l == *next_l && r.phys == *next_p => {
+                    *next_l += 1;
+                    *next_p += 1;
+                    *n += 1;
+                }
+                _ => {
+                    if let Some((at, _, _, n)) = run {
+                        out[at..at + 4].copy_from_slice(&n.to_le_bytes());
+                    }
+                    extents += 1;
+                    out.extend_from_slice(&l.to_le_bytes());
+                    let at = out.len();
+                    out.extend_from_slice(&0u32.to_le_bytes());
+                    out.extend_from_slice(&r.phys.to_le_bytes());
+                    run = Some((at, l + 1, r.phys + 1, 1));
+                }
             }
+            out.extend_from_slice(&r.crc.to_le_bytes());
         }
+        if let Some((at, _, _, n)) = run {
+            out[at..at + 4].copy_from_slice(&n.to_le_bytes());
+        }
+        out[count_at..count_at + 4].copy_from_slice(&extents.to_le_bytes());
         if !self.requests.is_empty() {
             out.extend_from_slice(&(self.requests.len() as u32).to_le_bytes());
             for r in &self.requests {
@@ -122,23 +141,6 @@ impl ChunkMeta {
         self.requests.iter().any(|r| r.client == request.client && r.seq >= request.seq)
     }
 
-    /// Groups the block map into maximal runs that are contiguous logically and physically.
-    fn extents(&self) -> Vec<(u32, Vec<BlockRef>)> {
-        let mut out: Vec<(u32, Vec<BlockRef>)> = Vec::new();
-        for (&l, &r) in &self.blocks {
-            if let Some((start, refs)) = out.last_mut() {
-                let next_l = u64::from(*start) + refs.len() as u64;
-                let next_p = refs.last().map(|p| p.phys + 1);
-                if u64::from(l) == next_l && Some(r.phys) == next_p {
-                    refs.push(r);
-                    continue;
-                }
-            }
-            out.push((l, vec![r]));
-        }
-        out
-    }
-
     /// Decodes a record; any malformed input is an error message, never a panic.
     pub fn decode(bytes: &[u8]) -> Result<ChunkMeta, String> {
         let mut r = Reader { buf: bytes };
@@ -150,7 +152,8 @@ impl ChunkMeta {
         let len = r.u32()?;
         let extent_count = r.u32()?;
         let limit = blocks_for(u64::from(len));
-        let mut blocks = BTreeMap::new();
+        // Collected in order, then built in one pass: cheaper than inserting one by one.
+        let mut blocks = Vec::new();
         let mut next_free_l = 0u64;
         for i in 0..extent_count {
             let start = u64::from(r.u32()?);
@@ -160,13 +163,7 @@ impl ChunkMeta {
             for k in 0..count {
                 let crc = r.u32()?;
                 // Both sums were range-checked by check_extent.
-                blocks.insert(
-                    (start + k) as u32,
-                    BlockRef {
-                        phys: phys + k,
-                        crc,
-                    },
-                );
+                blocks.push(((start + k) as u32, BlockRef { phys: phys + k, crc }));
             }
             next_free_l = start + count;
         }
@@ -183,7 +180,7 @@ impl ChunkMeta {
         if !r.buf.is_empty() {
             return Err(format!("{} trailing bytes", r.buf.len()));
         }
-        Ok(ChunkMeta { version, len, blocks, requests })
+        Ok(ChunkMeta { version, len, blocks: BTreeMap::from_iter(blocks), requests })
     }
 }
 
