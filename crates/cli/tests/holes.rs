@@ -111,3 +111,54 @@ fn fallocate_modes_and_seek_data_hole_match_linux() {
     drop(s);
     assert!(fs::read(b.join("small")).unwrap() == expect);
 }
+
+/// st_blocks (512-byte units) of `p` once the attribute cache (1 s) has expired.
+fn blocks(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::thread::sleep(Duration::from_millis(1100));
+    fs::metadata(p).unwrap().blocks()
+}
+
+#[test]
+fn st_blocks_counts_what_storage_holds() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let (a, b) = (cluster.mount(), cluster.mount());
+    const MIB: u64 = 1 << 20;
+    let sectors = |bytes: u64| bytes / 512;
+    fs::write(a.join("f"), random_bytes(7, 3 * MIB as usize)).unwrap();
+    assert_eq!(blocks(&b.join("f")), sectors(3 * MIB), "written data, seen from another mount");
+
+    let f = OpenOptions::new().read(true).write(true).open(a.join("f")).unwrap();
+    fallocate(&f, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, MIB, MIB).unwrap();
+    f.sync_all().unwrap();
+    assert_eq!(blocks(&b.join("f")), sectors(2 * MIB), "a punched hole takes no space");
+
+    // Cut inside the punched chunk: the chunks past the end count nothing, the hole stays one.
+    f.set_len(MIB + MIB / 2).unwrap();
+    assert_eq!(blocks(&b.join("f")), sectors(MIB), "after a truncate");
+    f.set_len(10 * MIB).unwrap();
+    assert_eq!(blocks(&b.join("f")), sectors(MIB), "growing a file adds a hole, not blocks");
+
+    // Zeros written by a program are holes too.
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&vec![0u8; (MIB / 2) as usize], 0).unwrap();
+    f.sync_all().unwrap();
+    assert_eq!(blocks(&b.join("f")), sectors(MIB / 2));
+
+    // copy_file_range: the copy holds what the source held.
+    let src = File::open(a.join("f")).unwrap();
+    let dst = OpenOptions::new().write(true).create(true).truncate(true).open(a.join("g")).unwrap();
+    let (mut off_in, mut off_out) = (0i64, 0i64);
+    let copied = unsafe { libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, MIB as usize, 0) };
+    assert_eq!(copied, MIB as isize);
+    drop(dst);
+    assert_eq!(blocks(&b.join("g")), sectors(MIB / 2), "a copy of half data, half hole");
+
+    // An inline file counts its length.
+    fs::write(a.join("small"), random_bytes(8, 3000)).unwrap();
+    assert_eq!(blocks(&b.join("small")), 6);
+}

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use bytes::Bytes;
-use ember_proto::storage::{BatchReadReq, ChunkRef, CopyReq, ReadIo, SyncBlocksReq, TruncateReq, WritePiece, WriteReq};
+use ember_proto::meta::ChunkBlocks;
+use ember_proto::storage::{BatchReadReq, ChunkRef, CopyReq, ReadIo, SyncBlocksReq, TruncateReq, WritePiece, WriteReq, WriteResp};
 use ember_proto::routing::RoutingTable;
 use ember_types::{ChainId, ChunkId, ChunkSpan, InodeId, Layout, Status, StatusCode};
 use tokio::task::JoinSet;
@@ -23,16 +24,18 @@ struct ReadPlan {
 }
 
 impl EmberClient {
-    /// Writes `data` at `offset`; returns once every chunk write is durable on storage.
-    pub async fn write(self: &Arc<Self>, inode: InodeId, layout: &Layout, offset: u64, data: Bytes) -> Result<(), Status> {
+    /// Writes `data` at `offset`; returns once every chunk write is durable on storage, with
+    /// what each written chunk then holds.
+    pub async fn write(self: &Arc<Self>, inode: InodeId, layout: &Layout, offset: u64, data: Bytes) -> Result<Vec<ChunkBlocks>, Status> {
         self.write_extents(inode, layout, vec![(offset, data)]).await
     }
 
     /// Writes disjoint `(offset, bytes)` extents in offset order, all chunks at once; returns
     /// once every one is durable on storage. The pieces that fall in one chunk travel in one
     /// write (up to [`MAX_WRITE_BYTES`]), so scattered small writes cost storage one request,
-    /// one commit and one journal sync per chunk rather than one per piece.
-    pub async fn write_extents(self: &Arc<Self>, inode: InodeId, layout: &Layout, extents: Vec<(u64, Bytes)>) -> Result<(), Status> {
+    /// one commit and one journal sync per chunk rather than one per piece. Returns what each
+    /// written chunk then holds.
+    pub async fn write_extents(self: &Arc<Self>, inode: InodeId, layout: &Layout, extents: Vec<(u64, Bytes)>) -> Result<Vec<ChunkBlocks>, Status> {
         let mut by_chunk: BTreeMap<ChunkId, Vec<(ChunkSpan, Bytes)>> = BTreeMap::new();
         for (offset, data) in extents {
             let spans = layout.spans(inode, offset, data.len()).map_err(|e| Status::invalid(e.to_string()))?;
@@ -45,18 +48,19 @@ impl EmberClient {
         for pieces in by_chunk.into_values() {
             let me = self.clone();
             tasks.spawn(async move {
+                let mut last = None;
                 for group in write_groups(pieces) {
-                    me.write_pieces(group).await?;
+                    last = Some(me.write_pieces(group).await?);
                 }
-                Ok(())
+                Ok(last)
             });
         }
-        first_error(tasks, "write").await
+        Ok(all_or_first_error(tasks, "write").await?.into_iter().flatten().collect())
     }
 
-    /// One write of pieces of one chunk, in offset order.
-    async fn write_pieces(&self, pieces: Vec<(ChunkSpan, Bytes)>) -> Result<(), Status> {
-        let Some((span, _)) = pieces.first().cloned() else { return Ok(()) };
+    /// One write of pieces of one chunk, in offset order (at least one).
+    async fn write_pieces(&self, pieces: Vec<(ChunkSpan, Bytes)>) -> Result<ChunkBlocks, Status> {
+        let Some((span, _)) = pieces.first().cloned() else { return Err(Status::internal("a write of no pieces")) };
         let (payload, parts) = match &pieces[..] {
             [(_, data)] => (data.clone(), Vec::new()),
             _ => {
@@ -78,7 +82,7 @@ impl EmberClient {
         }, |addr, req| {
             let peer = self.peer(&addr);
             let payload = payload.clone();
-            async move { peer.call(&req, payload).await.map(|_| ()) }
+            async move { peer.call(&req, payload).await.map(|(resp, _)| chunk_blocks(span.chunk, &resp)) }
         })
         .await
     }
@@ -145,11 +149,12 @@ impl EmberClient {
 
     /// Cuts the file's chunks on every chain of its layout down to `length`. Each chain's
     /// primary applies the cut and replicates it.
-    pub async fn truncate_chunks(&self, inode: InodeId, layout: &Layout, length: u64) -> Result<(), Status> {
+    pub async fn truncate_chunks(&self, inode: InodeId, layout: &Layout, length: u64) -> Result<Vec<ChunkBlocks>, Status> {
         let stripe = layout.chains.len() as u32;
         let request = Some(self.new_request());
+        let mut kept = Vec::with_capacity(layout.chains.len());
         for (position, chain) in layout.chains.iter().enumerate() {
-            self.with_route(*chain, Retry::Idempotent, |table| primary_ref(table, inode, *chain), |addr, c| async move {
+            let resp = self.with_route(*chain, Retry::Idempotent, |table| primary_ref(table, inode, *chain), |addr, c| async move {
                 let req = TruncateReq {
                     chain: Some(c),
                     length,
@@ -158,28 +163,29 @@ impl EmberClient {
                     stripe_position: position as u32,
                     request,
                 };
-                self.peer(&addr).unary(&req).await.map(|_| ())
+                self.peer(&addr).unary(&req).await
             })
             .await?;
+            kept.push(ChunkBlocks { index: resp.kept_index, version: resp.kept_version, blocks: resp.kept_blocks });
         }
-        Ok(())
+        Ok(kept)
     }
 
     /// Copies `len` bytes at `src_offset` of one file to `dst_offset` of another (or the same),
     /// storage to storage: each piece is sent to the primary of its destination chunk, which
     /// reads the source chunk itself. Returns once every piece is durable. The caller clips
     /// `len` to the source's length; bytes the source chunks do not hold copy as zeros.
-    pub async fn copy_range(self: &Arc<Self>, src: (InodeId, &Layout, u64), dst: (InodeId, &Layout, u64), len: u64) -> Result<(), Status> {
+    pub async fn copy_range(self: &Arc<Self>, src: (InodeId, &Layout, u64), dst: (InodeId, &Layout, u64), len: u64) -> Result<Vec<ChunkBlocks>, Status> {
         let pieces = copy_pieces(src, dst, len)?;
         let mut tasks = JoinSet::new();
         for (from, to) in pieces {
             let me = self.clone();
             tasks.spawn(async move { me.copy_piece(from, to).await });
         }
-        first_error(tasks, "copy").await
+        all_or_first_error(tasks, "copy").await
     }
 
-    async fn copy_piece(&self, from: ChunkSpan, to: ChunkSpan) -> Result<(), Status> {
+    async fn copy_piece(&self, from: ChunkSpan, to: ChunkSpan) -> Result<ChunkBlocks, Status> {
         let (_turn, request) = self.chunk_turn(to.chunk).await;
         let plan = |table: &RoutingTable| {
             let (chunk, addr) = route(table, &to)?;
@@ -188,7 +194,7 @@ impl EmberClient {
             Ok(((addr, src.target_id, src.chain_version), req))
         };
         self.with_route(to.chain, Retry::Idempotent, plan, |(addr, _, _), req| async move {
-            self.peer(&addr).unary(&req).await.map(|_| ())
+            self.peer(&addr).unary(&req).await.map(|resp| chunk_blocks(to.chunk, &resp))
         })
         .await
     }
@@ -286,15 +292,23 @@ fn write_groups(pieces: Vec<(ChunkSpan, Bytes)>) -> Vec<Vec<(ChunkSpan, Bytes)>>
 
 /// Waits for every task (a started storage change runs to its end) and returns the first
 /// failure, if any.
-async fn first_error(mut tasks: JoinSet<Result<(), Status>>, what: &str) -> Result<(), Status> {
+async fn all_or_first_error<T: 'static>(mut tasks: JoinSet<Result<T, Status>>, what: &str) -> Result<Vec<T>, Status> {
     let mut first_err = None;
+    let mut out = Vec::with_capacity(tasks.len());
     while let Some(joined) = tasks.join_next().await {
-        let result = joined.map_err(|e| Status::internal(format!("{what} task failed: {e}"))).and_then(|r| r);
-        if let Err(e) = result {
-            first_err.get_or_insert(e);
+        match joined.map_err(|e| Status::internal(format!("{what} task failed: {e}"))).and_then(|r| r) {
+            Ok(v) => out.push(v),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
         }
     }
-    first_err.map_or(Ok(()), Err)
+    first_err.map_or(Ok(out), Err)
+}
+
+/// A chunk's state after a write, as meta takes it for the file's block count.
+fn chunk_blocks(chunk: ChunkId, resp: &WriteResp) -> ChunkBlocks {
+    ChunkBlocks { index: chunk.index, version: resp.version, blocks: resp.blocks }
 }
 
 /// How long a storage request may go unanswered before the client checks whether routing has

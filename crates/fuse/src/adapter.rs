@@ -71,7 +71,7 @@ impl EmberFs {
         FileAttr {
             ino: INodeNo(a.inode),
             size: a.size,
-            blocks: a.size.div_ceil(512),
+            blocks: a.blocks,
             atime: time_of(a.atime_ns),
             mtime: time_of(a.mtime_ns),
             ctime: time_of(a.ctime_ns),

@@ -7,6 +7,7 @@ mod holes;
 mod inline;
 mod locks;
 mod privileges;
+mod reports;
 mod xattr;
 
 use std::collections::{HashMap, HashSet};
@@ -21,6 +22,7 @@ use ember_types::{FileType, InodeId, Layout, Status, StatusCode};
 
 use dirty::DirtyExtents;
 use inline::InlineFile;
+use reports::ChunkReports;
 use xattr::MissingXattrs;
 
 pub use holes::SeekFor;
@@ -81,7 +83,9 @@ struct InodeState {
     /// A failed flush, reported by the next write, flush, fsync or close.
     error: Option<Status>,
     /// The flush started when the buffer filled, still sending while new writes gather.
-    in_flight: Option<tokio::task::JoinHandle<Result<(), Status>>>,
+    in_flight: Option<tokio::task::JoinHandle<Result<Vec<ChunkBlocks>, Status>>>,
+    /// What the chunks this client changed hold now, for meta's block count.
+    reports: ChunkReports,
     open_handles: usize,
     /// The bytes of an inline file; `None` for a chunked one.
     inline: Option<InlineFile>,
@@ -96,6 +100,13 @@ struct Handle {
     state: Arc<tokio::sync::Mutex<InodeState>>,
     /// Lock owners that locked through this handle (flock's owner is the open file).
     lock_owners: Mutex<HashSet<u64>>,
+}
+
+impl Handle {
+    /// The layout of the open file; `IsDirectory` for anything else.
+    fn file_layout(&self) -> Result<&Layout, Status> {
+        self.layout.as_ref().ok_or_else(|| Status::new(StatusCode::IsDirectory, "not a file"))
+    }
 }
 
 pub struct Vfs {
@@ -229,12 +240,12 @@ impl Vfs {
     ) -> Result<Attr, Status> {
         let mut attempts = 0;
         let resp = loop {
-            let size_inline = match size {
+            let (size_inline, chunks) = match size {
                 Some(new_size) => self.truncate(inode, new_size).await?,
-                None => false,
+                None => (false, Vec::new()),
             };
             let (kill_setid, drop_capability) = (kill.setid, kill.capability);
-            let r = SetAttrReq { inode, mode, uid, gid, size, atime_ns, mtime_ns, size_inline, kill_setid, drop_capability };
+            let r = SetAttrReq { inode, mode, uid, gid, size, atime_ns, mtime_ns, size_inline, kill_setid, drop_capability, chunks };
             match self.client.meta(&r, Retry::Idempotent).await {
                 // Another client moved the file to chunks meanwhile: cut the chunks instead.
                 Err(e) if e.code == StatusCode::InlineMoved && attempts < 3 => attempts += 1,
@@ -246,8 +257,8 @@ impl Vfs {
     }
 
     /// Cuts or extends a file's data; returns whether it did so on the file's inline bytes
-    /// (meta then resizes them), not on chunks.
-    async fn truncate(&self, inode: u64, new_size: u64) -> Result<bool, Status> {
+    /// (meta then resizes them), not on chunks, and what the chunks it cut hold.
+    async fn truncate(&self, inode: u64, new_size: u64) -> Result<(bool, Vec<ChunkBlocks>), Status> {
         let state = lock(&self.inodes).get(&inode).cloned();
         let mut guard = match &state {
             Some(s) => Some(s.lock().await),
@@ -256,7 +267,7 @@ impl Vfs {
         let attr = attr_of(self.client.meta(&GetAttrReq { inode }, Retry::Idempotent).await?)?;
         let layout = layout_of(&attr)?.ok_or_else(|| Status::new(StatusCode::IsDirectory, "only files can be truncated"))?;
         if attr.inline_limit > 0 && self.truncate_inline(InodeId(inode), &layout, &attr, new_size, guard.as_deref_mut()).await? {
-            return Ok(true);
+            return Ok((true, Vec::new()));
         }
         let mut known = attr.size;
         if let Some(st) = guard.as_deref_mut() {
@@ -264,12 +275,16 @@ impl Vfs {
             known = known.max(st.size);
         }
         // Cut to the smaller length: bytes past it must read as zeros after growing again.
-        self.client.truncate_chunks(InodeId(inode), &layout, known.min(new_size)).await?;
+        let mut chunks = self.client.truncate_chunks(InodeId(inode), &layout, known.min(new_size)).await?;
         if let Some(st) = guard.as_deref_mut() {
             st.size = new_size;
             st.unreported_end = None;
+            // They go with the truncate, before meta counts the chunks past the end as empty:
+            // sent later, they would count those chunks again.
+            chunks.extend(st.reports.pending());
+            st.reports.clear();
         }
-        Ok(false)
+        Ok((false, chunks))
     }
 
     /// Truncate of a file meta reported inline: resizes the bytes held here if the new size
@@ -345,7 +360,7 @@ impl Vfs {
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Status> {
         let h = self.handle(fh)?;
-        let layout = h.layout.as_ref().ok_or_else(|| Status::new(StatusCode::IsDirectory, "not a file"))?;
+        let layout = h.file_layout()?;
         let file_size = {
             let mut st = h.state.lock().await;
             if let Some(bytes) = st.inline.as_ref().and_then(|f| f.read(offset, size as usize)) {
@@ -364,7 +379,7 @@ impl Vfs {
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Status> {
         let h = self.handle(fh)?;
-        let layout = h.layout.as_ref().ok_or_else(|| Status::new(StatusCode::IsDirectory, "not a file"))?;
+        let layout = h.file_layout()?;
         let mut st = h.state.lock().await;
         if let Some(e) = st.error.take() {
             return Err(e);
@@ -423,10 +438,12 @@ impl Vfs {
         }
         self.flush_inline(h.inode, layout, &mut st).await?;
         self.flush_buffer(h.inode, layout, &mut st).await?;
-        if let Some(end) = st.unreported_end {
-            let r = SyncReq { inode: h.inode.0, written_end: end, mtime_ns: Some(now_ns()) };
+        if st.unreported_end.is_some() || !st.reports.is_empty() {
+            let written_end = st.unreported_end.unwrap_or(0);
+            let r = SyncReq { inode: h.inode.0, written_end, mtime_ns: Some(now_ns()), chunks: st.reports.pending() };
             self.client.meta(&r, Retry::Idempotent).await?;
             st.unreported_end = None;
+            st.reports.clear();
         }
         Ok(())
     }
@@ -500,11 +517,16 @@ impl Vfs {
 /// next flush, fsync or close, since the writes it carried are lost.
 async fn settle_in_flight(st: &mut InodeState) -> Result<(), Status> {
     let Some(task) = st.in_flight.take() else { return Ok(()) };
-    let result = task.await.unwrap_or_else(|e| Err(Status::internal(format!("flush task failed: {e}"))));
-    if let Err(e) = &result {
-        st.error = Some(e.clone());
+    match task.await.unwrap_or_else(|e| Err(Status::internal(format!("flush task failed: {e}")))) {
+        Ok(reports) => {
+            st.reports.add(reports);
+            Ok(())
+        }
+        Err(e) => {
+            st.error = Some(e.clone());
+            Err(e)
+        }
     }
-    result
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

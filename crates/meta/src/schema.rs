@@ -13,6 +13,7 @@
 //! | `INLN` id | [`InlineRecord`]: the bytes of an inline file (absent = empty) |
 //! | `XATR` id name | the value of one extended attribute |
 //! | `LOCK` id | [`LockRecord`]: the byte-range and flock locks held on a file |
+//! | `CBLK` id chunk (4 B big-endian) | u64 LE version, u32 LE blocks: what one chunk holds |
 //! | `GCQ_` id | [`GcRecord`]: unlinked file waiting for chunk removal |
 //! | `SING` `ino` shard | u64 LE: inode-id block counter of one shard |
 //! | `SING` `inodes` | i64 LE: number of inodes (commutative add) |
@@ -32,6 +33,7 @@ pub const GC_PREFIX: &[u8; 4] = b"GCQ_";
 pub const INLINE_PREFIX: &[u8; 4] = b"INLN";
 pub const XATTR_PREFIX: &[u8; 4] = b"XATR";
 pub const LOCK_PREFIX: &[u8; 4] = b"LOCK";
+pub const CHUNK_BLOCKS_PREFIX: &[u8; 4] = b"CBLK";
 pub const SINGLETON_PREFIX: &[u8; 4] = b"SING";
 
 /// Longest file name (NAME_MAX).
@@ -106,6 +108,14 @@ pub fn xattr_prefix(ino: InodeId) -> Vec<u8> {
 
 pub fn lock_key(ino: InodeId) -> Vec<u8> {
     key(LOCK_PREFIX, ino, &[])
+}
+
+pub fn chunk_blocks_key(ino: InodeId, chunk: u32) -> Vec<u8> {
+    key(CHUNK_BLOCKS_PREFIX, ino, &chunk.to_be_bytes())
+}
+
+pub fn chunk_blocks_prefix(ino: InodeId) -> Vec<u8> {
+    key(CHUNK_BLOCKS_PREFIX, ino, &[])
 }
 
 pub fn gc_key(ino: InodeId) -> Vec<u8> {
@@ -239,6 +249,9 @@ pub struct InodeRecord {
     /// Device nodes: the device number, as the kernel encodes it.
     #[prost(uint32, tag = "17")]
     pub rdev: u32,
+    /// A chunked file: the 4 KiB blocks its chunks hold on storage (see `store::blocks`).
+    #[prost(uint64, tag = "18")]
+    pub stored_blocks: u64,
 }
 
 impl InodeRecord {

@@ -133,7 +133,7 @@ impl Service for MetaService {
                     .map(attr)
             }),
             Method::MetaSync => unary(s, body, wait, |s, r: SyncReq| {
-                s.sync(InodeId(r.inode), r.written_end, r.mtime_ns)
+                s.sync(InodeId(r.inode), r.written_end, r.mtime_ns, &r.chunks)
                     .map(attr)
             }),
             Method::MetaMkdir => unary(s, body, wait, |s, r: MkdirReq| {
@@ -177,7 +177,7 @@ impl Service for MetaService {
                     .map(|target| ReadlinkResp { target })
             }),
             Method::MetaSetAttr => unary(s, body, wait, |s, r: SetAttrReq| {
-                s.setattr(InodeId(r.inode), set_attrs(&r)).map(attr)
+                s.setattr(InodeId(r.inode), set_attrs(&r), &r.chunks).map(attr)
             }),
             Method::MetaReadDir => read_only(s, body, |s, r: ReadDirReq| {
                 s.readdir(InodeId(r.inode), &r.after, r.limit)

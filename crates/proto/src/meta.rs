@@ -48,6 +48,24 @@ pub struct Attr {
     /// Device nodes: the device number.
     #[prost(uint32, tag = "14")]
     pub rdev: u32,
+    /// Space used, in 512-byte units (`st_blocks`): the 4 KiB blocks storage holds for a
+    /// chunked file (holes take none), the length for an inline file.
+    #[prost(uint64, tag = "15")]
+    pub blocks: u64,
+}
+
+/// What storage holds of one chunk of a file after a change, as its primary answered.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ChunkBlocks {
+    #[prost(uint32, tag = "1")]
+    pub index: u32,
+    /// The chunk's version: a report older than the one meta has is ignored, so racing
+    /// writers' reports settle on the latest state.
+    #[prost(uint64, tag = "2")]
+    pub version: u64,
+    /// 4 KiB blocks stored.
+    #[prost(uint32, tag = "3")]
+    pub blocks: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -165,6 +183,9 @@ pub struct SyncReq {
     pub written_end: u64,
     #[prost(int64, optional, tag = "3")]
     pub mtime_ns: Option<i64>,
+    /// The chunks the writer changed, for the file's block count.
+    #[prost(message, repeated, tag = "4")]
+    pub chunks: Vec<ChunkBlocks>,
 }
 
 impl Rpc for SyncReq {
@@ -324,6 +345,10 @@ pub struct SetAttrReq {
     /// The file's data or owner changes: drop `security.capability`, whoever changes it.
     #[prost(bool, tag = "10")]
     pub drop_capability: bool,
+    /// With `size` on a chunked file: the chunks the client cut (the ones wholly past the new
+    /// end need no report: meta counts them empty).
+    #[prost(message, repeated, tag = "11")]
+    pub chunks: Vec<ChunkBlocks>,
 }
 
 impl Rpc for SetAttrReq {

@@ -60,6 +60,9 @@ pub struct WriteResp {
     pub version: u64,
     #[prost(uint32, tag = "2")]
     pub chunk_len: u32,
+    /// 4 KiB blocks the chunk stores after the write (holes take none).
+    #[prost(uint32, tag = "3")]
+    pub blocks: u32,
 }
 
 impl Rpc for WriteReq {
@@ -156,6 +159,14 @@ pub struct TruncateReq {
 pub struct TruncateResp {
     #[prost(uint32, tag = "1")]
     pub removed_chunks: u32,
+    /// The chain's last kept chunk of the file, which the cut changed: index, version and
+    /// stored blocks after it.
+    #[prost(uint32, tag = "2")]
+    pub kept_index: u32,
+    #[prost(uint64, tag = "3")]
+    pub kept_version: u64,
+    #[prost(uint32, tag = "4")]
+    pub kept_blocks: u32,
 }
 
 impl Rpc for TruncateReq {
@@ -385,6 +396,8 @@ pub struct CommittedVersionResp {
     pub len: u32,
     #[prost(uint64, tag = "3")]
     pub digest: u64,
+    #[prost(uint32, tag = "4")]
+    pub blocks: u32,
 }
 
 impl Rpc for CommittedVersionReq {

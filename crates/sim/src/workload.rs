@@ -160,8 +160,8 @@ async fn register_op(client: &Arc<EmberClient>, layout: &Layout, write: Option<u
     let invoked = Instant::now();
     let result = match write {
         // Truncating the register to nothing writes 0: it reads as zeros.
-        Some(0) => client.truncate_chunks(REGISTER, layout, 0).await.map(|()| OpKind::Write(0)).map_err(|e| e.to_string()),
-        Some(v) => client.write(REGISTER, layout, 0, block_of(v)).await.map(|()| OpKind::Write(v)).map_err(|e| e.to_string()),
+        Some(0) => client.truncate_chunks(REGISTER, layout, 0).await.map(|_| OpKind::Write(0)).map_err(|e| e.to_string()),
+        Some(v) => client.write(REGISTER, layout, 0, block_of(v)).await.map(|_| OpKind::Write(v)).map_err(|e| e.to_string()),
         None => match client.read(REGISTER, layout, 0, BLOCK).await {
             Ok(data) => value_of(&data).map(OpKind::Read),
             Err(e) => Err(e.to_string()),
@@ -207,13 +207,13 @@ async fn bulk_writer(client: Arc<EmberClient>, layout: Layout, mut rng: Rng, sto
         let result = if rng.chance(0.05) {
             let len = rng.below(BULK_SPAN);
             let done = client.truncate_chunks(BULK, &layout, len).await;
-            done.map(|()| model[len as usize..].fill(0)).map_err(|e| format!("bulk truncate to {len}: {e}"))
+            done.map(|_| model[len as usize..].fill(0)).map_err(|e| format!("bulk truncate to {len}: {e}"))
         } else {
             let len = 1 + rng.below(64 * 1024) as usize;
             let offset = rng.below(BULK_SPAN - len as u64) as usize;
             let data = vec![(rng.below(255) + 1) as u8; len];
             let done = client.write(BULK, &layout, offset as u64, Bytes::from(data.clone())).await;
-            done.map(|()| model[offset..offset + len].copy_from_slice(&data)).map_err(|e| format!("bulk write of {len} at {offset}: {e}"))
+            done.map(|_| model[offset..offset + len].copy_from_slice(&data)).map_err(|e| format!("bulk write of {len} at {offset}: {e}"))
         };
         if let Err(e) = result {
             // The outcome is unknown: the model can no longer say what the file holds.

@@ -102,7 +102,7 @@ impl StorageService {
             // The client can still read from the primary itself; our trouble reaching it is ours.
             Status::new(StatusCode::NotCommitted, format!("cannot confirm the read with primary {primary}: {st}"))
         })?;
-        Ok(ChunkInfo { version: resp.version, len: resp.len, digest: resp.digest })
+        Ok(ChunkInfo { version: resp.version, len: resp.len, digest: resp.digest, blocks: resp.blocks })
     }
 
     /// Primary side: the chunk's committed state, after the change in flight on it (if any)
@@ -111,6 +111,6 @@ impl StorageService {
         let c = r.chunk.ok_or_else(|| Status::invalid("committed version without a chunk"))?;
         let (_guard, engine, chunk) = self.lock_committed(&c).await?;
         let info = blocking(move || engine.chunk_info(chunk)).await?.unwrap_or_default();
-        Ok(Response::msg(&CommittedVersionResp { version: info.version, len: info.len, digest: info.digest }))
+        Ok(Response::msg(&CommittedVersionResp { version: info.version, len: info.len, digest: info.digest, blocks: info.blocks }))
     }
 }

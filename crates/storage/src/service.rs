@@ -19,7 +19,7 @@ use ember_types::{ChunkId, InodeId, LocalState, BLOCK_SIZE, Status, StatusCode, 
 use crate::access::{self, ChunkLocks, Need};
 use crate::replica_reads::Confirmed;
 use crate::replication::{outside_write_set, Change, ChangeBody, Term};
-use crate::{ChangeBase, ChunkEngine, RequestId};
+use crate::{ChangeBase, ChunkEngine, ChunkInfo, RequestId};
 
 /// A replica that does not answer in this time is reported to mgmtd and dropped.
 pub(crate) const REPLICA_RPC_TIMEOUT: Duration = Duration::from_secs(2);
@@ -178,7 +178,7 @@ impl StorageService {
             let info = start.current.unwrap_or_default();
             ember_telemetry::global().inc("ember_storage_retries_recognised_total", "", 1);
             tracing::debug!(%chunk, ?request, version = info.version, "retry of an applied write");
-            return Ok(Response::msg(&WriteResp { version: info.version, chunk_len: info.len }));
+            return Ok(Response::msg(&WriteResp { version: info.version, chunk_len: info.len, blocks: info.blocks }));
         }
         let base = start.version();
         let pieces = write_pieces(r.offset, &r.pieces, payload)?;
@@ -197,7 +197,7 @@ impl StorageService {
         let change = Change { base, body: ChangeBody::Write(images), request };
         let info = self.commit_change(&c, chunk, local, change).await?;
         tracing::debug!(%chunk, version = info.version, request = ?request, "write committed");
-        Ok(Response::msg(&WriteResp { version: info.version, chunk_len: info.len }))
+        Ok(Response::msg(&WriteResp { version: info.version, chunk_len: info.len, blocks: info.blocks }))
     }
 
     /// copy_file_range on storage: fetches the source bytes (from this node if it holds the
@@ -331,9 +331,10 @@ impl StorageService {
         let engine = self.resolve(&c, Need::Primary).await?;
         let keep = ChunkId::new(InodeId(c.inode), last_kept_chunk(boundary, r.stripe, r.stripe_position));
         let request = r.request.map(RequestId::from);
-        if self.begin_change(&c, &engine, keep, request).await?.1.applied {
+        let (_, first) = self.begin_change(&c, &engine, keep, request).await?;
+        if first.applied {
             ember_telemetry::global().inc("ember_storage_retries_recognised_total", "", 1);
-            return Ok(Response::msg(&TruncateResp { removed_chunks: 0 }));
+            return Ok(Response::msg(&kept(0, keep, first.current.unwrap_or_default())));
         }
         let emptied = self.clone().empty_chunks(&c, &engine, boundary.saturating_add(1), keep).await?;
         let (_guard, start) = self.begin_change(&c, &engine, keep, request).await?;
@@ -345,8 +346,8 @@ impl StorageService {
         let base = start.version();
         let local = blocking(move || engine.truncate_at(keep, base, len, request));
         let change = Change { base, body: ChangeBody::Truncate(len), request };
-        self.commit_change(&c, keep, local, change).await?;
-        Ok(Response::msg(&TruncateResp { removed_chunks: emptied }))
+        let info = self.commit_change(&c, keep, local, change).await?;
+        Ok(Response::msg(&kept(emptied, keep, info)))
     }
 
     /// Truncates the file's chunks on this chain from index `from` on (but `keep`) to length
@@ -476,6 +477,11 @@ async fn to_the_end(change: impl std::future::Future<Output = Result<Response, S
 }
 
 /// Runs engine work on the blocking pool: every engine call may wait for an fsync.
+/// A truncate's answer: what it emptied and the state of the chunk it kept.
+fn kept(removed_chunks: u32, keep: ChunkId, info: ChunkInfo) -> TruncateResp {
+    TruncateResp { removed_chunks, kept_index: keep.index, kept_version: info.version, kept_blocks: info.blocks }
+}
+
 /// The (offset, bytes) pieces a write carries: its payload at `offset`, or the payload cut
 /// along `pieces`.
 fn write_pieces(offset: u32, pieces: &[WritePiece], payload: Bytes) -> Result<Vec<(u32, Bytes)>, Status> {

@@ -2,7 +2,7 @@
 //! neither the kernel nor this process; a copy from or to an inline file (at most 64 KiB in
 //! meta) goes through this client's ordinary read and write paths.
 
-use ember_types::{Status, StatusCode};
+use ember_types::Status;
 
 use super::Vfs;
 
@@ -17,8 +17,7 @@ impl Vfs {
     /// many (0 at or past the source's end).
     pub async fn copy_file_range(&self, fh_in: u64, off_in: u64, fh_out: u64, off_out: u64, len: u64) -> Result<u32, Status> {
         let (src, dst) = (self.handle(fh_in)?, self.handle(fh_out)?);
-        let not_file = || Status::new(StatusCode::IsDirectory, "not a file");
-        let (src_layout, dst_layout) = (src.layout.as_ref().ok_or_else(not_file)?, dst.layout.as_ref().ok_or_else(not_file)?);
+        let (src_layout, dst_layout) = (src.file_layout()?, dst.file_layout()?);
         // What is buffered here goes out first: storage copies what it holds.
         let (size_in, src_inline) = {
             let mut st = src.state.lock().await;
@@ -39,8 +38,9 @@ impl Vfs {
             let data = self.read(fh_in, off_in, n as u32).await?;
             return self.write(fh_out, off_out, &data).await;
         }
-        self.client.copy_range((src.inode, src_layout, off_in), (dst.inode, dst_layout, off_out), n).await?;
+        let copied = self.client.copy_range((src.inode, src_layout, off_in), (dst.inode, dst_layout, off_out), n).await?;
         let mut st = dst.state.lock().await;
+        st.reports.add(copied);
         let end = off_out + n;
         st.size = st.size.max(end);
         st.unreported_end = Some(st.unreported_end.unwrap_or(0).max(end));

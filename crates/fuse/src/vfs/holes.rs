@@ -66,7 +66,7 @@ impl Vfs {
     /// Writes zeros over `start..end` (inside the file): through the ordinary write path for an
     /// inline file, else straight to storage after what is buffered.
     async fn zero_range(&self, fh: u64, h: &Handle, start: u64, end: u64) -> Result<(), Status> {
-        let layout = file_layout(h)?;
+        let layout = h.file_layout()?;
         if h.state.lock().await.inline.is_some() {
             let zeros = vec![0u8; (end - start) as usize];
             return self.write(fh, start, &zeros).await.map(|_| ());
@@ -75,7 +75,8 @@ impl Vfs {
         self.flush_buffer(h.inode, layout, &mut st).await?;
         let pieces = zero_pieces(start, end);
         for batch in pieces.chunks(ZERO_BATCH) {
-            self.client.write_extents(h.inode, layout, batch.to_vec()).await?;
+            let written = self.client.write_extents(h.inode, layout, batch.to_vec()).await?;
+            st.reports.add(written);
         }
         // Reported at the next flush with the modification time; the length stays.
         st.unreported_end = Some(st.unreported_end.unwrap_or(0).max(end));
@@ -87,7 +88,7 @@ impl Vfs {
     /// `offset` is at or past the end, or no data follows it.
     pub async fn seek(&self, fh: u64, offset: u64, want: SeekFor) -> Result<u64, Status> {
         let h = self.handle(fh)?;
-        let layout = file_layout(&h)?;
+        let layout = h.file_layout()?;
         let (size, inline) = {
             let mut st = h.state.lock().await;
             self.flush_buffer(h.inode, layout, &mut st).await?;
@@ -144,10 +145,6 @@ fn zero_pieces(start: u64, end: u64) -> Vec<(u64, Bytes)> {
         at = next;
     }
     pieces
-}
-
-fn file_layout(h: &Handle) -> Result<&Layout, Status> {
-    h.layout.as_ref().ok_or_else(|| Status::new(StatusCode::IsDirectory, "not a file"))
 }
 
 #[cfg(test)]

@@ -125,10 +125,10 @@ impl Vfs {
         let size = content.len() as u64;
         within_budget(started, inode)?;
         // Chunks of an inline file hold nothing live, only what an abandoned spill left.
-        self.client.truncate_chunks(inode, layout, 0).await?;
+        st.reports.add(self.client.truncate_chunks(inode, layout, 0).await?);
         within_budget(started, inode)?;
         if size > 0 {
-            self.client.write(inode, layout, 0, Bytes::from(content)).await?;
+            st.reports.add(self.client.write(inode, layout, 0, Bytes::from(content)).await?);
         }
         within_budget(started, inode)?;
         let finish = SpillInlineReq { inode: inode.0, token, finish: true, size };
@@ -145,7 +145,7 @@ impl Vfs {
         let Some(file) = st.inline.take() else { return Ok(()) };
         for w in file.pending {
             let end = w.offset + w.data.len() as u64;
-            self.client.write(inode, layout, w.offset, Bytes::from(w.data)).await?;
+            st.reports.add(self.client.write(inode, layout, w.offset, Bytes::from(w.data)).await?);
             st.unreported_end = Some(st.unreported_end.unwrap_or(0).max(end));
         }
         Ok(())

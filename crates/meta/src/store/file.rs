@@ -1,6 +1,6 @@
 //! Regular files: create, open, close, sync (length reports) and setattr.
 
-use ember_proto::meta::Attr;
+use ember_proto::meta::{Attr, ChunkBlocks};
 use ember_types::{FileType, InodeId, Layout};
 
 use super::{check_name, new_record, now_ns, MetaStore, Perm, SetAttrs, Tx, PERM_MASK};
@@ -114,17 +114,19 @@ impl MetaStore {
         written_end: Option<u64>,
         mtime_ns: Option<i64>,
     ) -> Result<Attr, MetaError> {
-        self.report_write(ino, Some(session), written_end, mtime_ns)
+        self.report_write(ino, Some(session), written_end, mtime_ns, &[])
     }
 
-    /// A writer's length report without closing (fsync).
+    /// A writer's report without closing (fsync): its length, and what the chunks it changed
+    /// hold.
     pub fn sync(
         &self,
         ino: InodeId,
         written_end: u64,
         mtime_ns: Option<i64>,
+        chunks: &[ChunkBlocks],
     ) -> Result<Attr, MetaError> {
-        self.report_write(ino, None, Some(written_end), mtime_ns)
+        self.report_write(ino, None, Some(written_end), mtime_ns, chunks)
     }
 
     fn report_write(
@@ -133,6 +135,7 @@ impl MetaStore {
         session: Option<u64>,
         end: Option<u64>,
         mtime: Option<i64>,
+        chunks: &[ChunkBlocks],
     ) -> Result<Attr, MetaError> {
         self.run(|t| {
             let mut rec = t.require_inode(ino)?;
@@ -147,7 +150,9 @@ impl MetaStore {
                     t.0.relax_durability();
                 }
             }
-            if apply_write(&mut rec, end, mtime, now_ns()) {
+            let counted = rec.stored_blocks;
+            super::blocks::apply(t, ino, &mut rec, chunks)?;
+            if apply_write(&mut rec, end, mtime, now_ns()) || rec.stored_blocks != counted {
                 t.put_inode(ino, &rec);
             }
             t.attr(ino, &rec)
@@ -155,8 +160,9 @@ impl MetaStore {
     }
 
     /// Changes the given fields and sets ctime. A size sets the length exactly: the client has
-    /// already cut the chunks on storage; an inline file's bytes are cut or zero-filled here.
-    pub fn setattr(&self, ino: InodeId, attrs: SetAttrs) -> Result<Attr, MetaError> {
+    /// already cut the chunks on storage (`chunks` says what they hold now); an inline file's
+    /// bytes are cut or zero-filled here.
+    pub fn setattr(&self, ino: InodeId, attrs: SetAttrs, chunks: &[ChunkBlocks]) -> Result<Attr, MetaError> {
         self.run(|t| {
             let mut rec = t.require_inode(ino)?;
             let now = now_ns();
@@ -164,7 +170,7 @@ impl MetaStore {
                 match (rec.inline_limit > 0, attrs.size_inline) {
                     (true, _) => super::inline::resize(t, ino, &rec, size)?,
                     (false, true) => return Err(MetaError::InlineMoved(format!("inode {ino}"))),
-                    (false, false) => {}
+                    (false, false) => cut_blocks(t, ino, &mut rec, size, chunks)?,
                 }
             }
             apply_setattr(ino, &mut rec, &attrs, now)?;
@@ -219,6 +225,18 @@ fn apply_setattr(
         rec.mtime_ns = mt;
     }
     rec.ctime_ns = now;
+    Ok(())
+}
+
+/// A truncate of a chunked file to `size`: the cut chunks' reports apply, and every chunk
+/// wholly past the end holds nothing.
+fn cut_blocks(t: &mut Tx<'_>, ino: InodeId, rec: &mut InodeRecord, size: u64, chunks: &[ChunkBlocks]) -> Result<(), MetaError> {
+    super::blocks::apply(t, ino, rec, chunks)?;
+    let chunk_size = rec.layout.as_ref().map_or(0, |l| u64::from(l.chunk_size));
+    if chunk_size > 0 {
+        let first_gone = u32::try_from(size.div_ceil(chunk_size)).unwrap_or(u32::MAX);
+        super::blocks::drop_from(t, ino, rec, first_gone)?;
+    }
     Ok(())
 }
 

@@ -105,6 +105,7 @@ impl MetaStore {
                 t.count_inodes(-1);
                 super::xattr::delete_all(t, ino, &rec)?;
             }
+            super::blocks::delete_all(t, ino)?;
             t.0.delete(&gc_key(ino));
             t.delete_inline(ino);
             t.delete_locks(ino);

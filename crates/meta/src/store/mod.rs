@@ -5,6 +5,7 @@
 //! conflicts; any meta server can therefore serve any request (the service is stateless apart
 //! from the inode-id block and the chain round-robin counter, both safe to lose).
 
+mod blocks;
 mod dir;
 mod file;
 mod gc;

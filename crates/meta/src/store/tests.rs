@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use ember_kv::{MemKv, TxnKv};
-use ember_proto::meta::{Attr, RENAME_NOREPLACE};
+use ember_proto::meta::{Attr, ChunkBlocks, RENAME_NOREPLACE};
 use ember_types::{ChainId, FileType, InodeId, StatusCode};
 
 use super::*;
@@ -390,7 +390,7 @@ fn setattr_fields_are_visible() {
         kill_setid: false,
         drop_capability: false,
     };
-    let a = s.setattr(f, set).unwrap();
+    let a = s.setattr(f, set, &[]).unwrap();
     assert_eq!(
         (a.mode, a.uid, a.gid, a.size, a.atime_ns, a.mtime_ns),
         (0o600, 10, 20, 4096, 1_000, 2_000)
@@ -404,7 +404,7 @@ fn setattr_fields_are_visible() {
             SetAttrs {
                 size: Some(1),
                 ..Default::default()
-            }
+            }, &[]
         )),
         StatusCode::IsDirectory
     );
@@ -416,6 +416,7 @@ fn setattr_fields_are_visible() {
                 mode: Some(0o700),
                 ..Default::default()
             },
+            &[],
         )
         .unwrap();
     assert_eq!((da.mtime_ns, da.mode), (5_000, 0o700));
@@ -431,16 +432,16 @@ fn killing_privileges_drops_setuid_group_executable_setgid_and_the_capability() 
     s.set_xattr(f, b"security.capability", b"cap", Upsert).unwrap();
     s.set_xattr(f, b"user.keep", b"1", Upsert).unwrap();
     for (mode, after) in [(0o6755, 0o755), (0o6745, 0o2745), (0o4700, 0o700), (0o2710, 0o710), (0o644, 0o644)] {
-        s.setattr(f, SetAttrs { mode: Some(mode), ..SetAttrs::default() }).unwrap();
-        assert_eq!(s.setattr(f, kill).unwrap().mode & 0o7777, after, "{mode:o}");
+        s.setattr(f, SetAttrs { mode: Some(mode), ..SetAttrs::default() }, &[]).unwrap();
+        assert_eq!(s.setattr(f, kill, &[]).unwrap().mode & 0o7777, after, "{mode:o}");
     }
     assert_eq!(s.get_xattr(f, b"security.capability").unwrap(), b"cap", "kept without drop_capability");
-    s.setattr(f, SetAttrs { drop_capability: true, ..SetAttrs::default() }).unwrap();
+    s.setattr(f, SetAttrs { drop_capability: true, ..SetAttrs::default() }, &[]).unwrap();
     assert_eq!(code(s.get_xattr(f, b"security.capability")), StatusCode::NoAttribute);
     assert_eq!(s.get_xattr(f, b"user.keep").unwrap(), b"1");
     let d = mkdir(&s, ROOT, "d");
-    s.setattr(d, SetAttrs { mode: Some(0o2775), ..SetAttrs::default() }).unwrap();
-    assert_eq!(s.setattr(d, kill).unwrap().mode & 0o7777, 0o2775, "a directory keeps its setgid");
+    s.setattr(d, SetAttrs { mode: Some(0o2775), ..SetAttrs::default() }, &[]).unwrap();
+    assert_eq!(s.setattr(d, kill, &[]).unwrap().mode & 0o7777, 0o2775, "a directory keeps its setgid");
 }
 
 #[test]
@@ -448,7 +449,7 @@ fn close_raises_size_and_setattr_lowers_it() {
     let s = store();
     let Opened { attr: a, session, .. } = s.create(ROOT, b"f", perm(), true, 1).unwrap();
     let f = InodeId(a.inode);
-    let a = s.sync(f, 1000, None).unwrap();
+    let a = s.sync(f, 1000, None, &[]).unwrap();
     assert_eq!(a.size, 1000);
     let a = s
         .close(f, session, Some(500), Some(a.mtime_ns + 10))
@@ -465,7 +466,7 @@ fn close_raises_size_and_setattr_lowers_it() {
             SetAttrs {
                 size: Some(10),
                 ..Default::default()
-            }
+            }, &[]
         )
         .unwrap()
         .size,
@@ -640,13 +641,13 @@ fn inline_files_take_writes_up_to_their_limit_and_resize_in_place() {
     assert_eq!(inline_bytes(&s, ino).unwrap().len() as u64, limit, "a refused write changes nothing");
 
     let cut = SetAttrs { size: Some(3), ..SetAttrs::default() };
-    assert_eq!(s.setattr(ino, cut).unwrap().size, 3);
+    assert_eq!(s.setattr(ino, cut, &[]).unwrap().size, 3);
     assert_eq!(inline_bytes(&s, ino).unwrap(), b"abc");
     let grow = SetAttrs { size: Some(5), ..SetAttrs::default() };
-    s.setattr(ino, grow).unwrap();
+    s.setattr(ino, grow, &[]).unwrap();
     assert_eq!(inline_bytes(&s, ino).unwrap(), b"abc\0\0");
     let past = SetAttrs { size: Some(limit + 1), ..SetAttrs::default() };
-    assert_eq!(code(s.setattr(ino, past)), StatusCode::InvalidArgument);
+    assert_eq!(code(s.setattr(ino, past, &[])), StatusCode::InvalidArgument);
 }
 
 #[test]
@@ -660,14 +661,14 @@ fn a_spill_reserves_the_file_and_hands_it_to_chunks() {
     assert!(s.spill_inline(ino, 11, false, 0).is_ok(), "a retried start is the same start");
     assert_eq!(code(s.spill_inline(ino, 12, false, 0)), StatusCode::Busy);
     assert_eq!(code(s.write_inline(ino, &[iw(0, b"J")], None)), StatusCode::Busy);
-    assert_eq!(code(s.setattr(ino, SetAttrs { size: Some(1), ..SetAttrs::default() })), StatusCode::Busy);
+    assert_eq!(code(s.setattr(ino, SetAttrs { size: Some(1), ..SetAttrs::default() }, &[])), StatusCode::Busy);
     assert_eq!(code(s.spill_inline(ino, 12, true, 9)), StatusCode::SpillLost, "only the holder finishes");
 
     let InlineReply::Done { attr, .. } = s.spill_inline(ino, 11, true, 9000).unwrap() else { panic!("not finished") };
     assert_eq!((attr.inline_limit, attr.size), (0, 9000));
     assert_eq!(inline_bytes(&s, ino), None, "a chunked file has no inline bytes");
     let stale = SetAttrs { size: Some(1), size_inline: true, ..SetAttrs::default() };
-    assert_eq!(code(s.setattr(ino, stale)), StatusCode::InlineMoved);
+    assert_eq!(code(s.setattr(ino, stale, &[])), StatusCode::InlineMoved);
     assert!(matches!(
         s.write_inline(ino, &[iw(0, b"late")], None).unwrap(),
         InlineReply::Refused(ember_proto::meta::InlineOutcome::NotInline)
@@ -835,7 +836,7 @@ fn mknod_makes_fifos_sockets_and_devices_that_go_with_their_last_name() {
     assert_eq!(code(s.mknod(ROOT, b"n0", FileType::Fifo, perm(), 0)), StatusCode::AlreadyExists);
     let fifo = InodeId(s.lookup(ROOT, b"n0").unwrap().inode);
     assert_eq!(code(s.create(ROOT, b"n0", perm(), false, 1)), StatusCode::AlreadyExists);
-    assert_eq!(code(s.setattr(fifo, SetAttrs { size: Some(0), ..SetAttrs::default() })), StatusCode::InvalidArgument);
+    assert_eq!(code(s.setattr(fifo, SetAttrs { size: Some(0), ..SetAttrs::default() }, &[])), StatusCode::InvalidArgument);
     s.link(fifo, ROOT, b"n0-again").unwrap();
     s.unlink(ROOT, b"n0").unwrap();
     assert_eq!(s.getattr(fifo).unwrap().nlink, 1);
@@ -943,7 +944,7 @@ fn an_access_acl_sets_the_mode_and_chmod_rewrites_it() {
     s.set_xattr(f, crate::acl::ACCESS, &with_user, Upsert).unwrap();
     assert_eq!(s.getattr(f).unwrap().mode & 0o777, 0o640, "the group class is the mask");
     assert_eq!(s.get_xattr(f, crate::acl::ACCESS).unwrap(), with_user);
-    s.setattr(f, SetAttrs { mode: Some(0o600), ..Default::default() }).unwrap();
+    s.setattr(f, SetAttrs { mode: Some(0o600), ..Default::default() }, &[]).unwrap();
     let after = crate::acl::Acl::decode(&s.get_xattr(f, crate::acl::ACCESS).unwrap()).unwrap();
     assert_eq!(after.mode_bits(), 0o600, "chmod reached the ACL's mask");
     // An ACL the mode says all of is the mode: nothing stays stored.
@@ -974,4 +975,33 @@ fn new_inodes_take_the_default_acl_instead_of_the_umask() {
     let plain = s.create(InodeId::ROOT, b"plain", umask, true, 1).unwrap().attr;
     assert_eq!(plain.mode & 0o777, 0o600, "without a default ACL the umask applies");
     assert_eq!(code(s.get_xattr(InodeId(plain.inode), crate::acl::ACCESS)), StatusCode::NoAttribute);
+}
+
+#[test]
+fn block_counts_follow_the_latest_chunk_reports_and_truncates() {
+    let s = store();
+    let ino = InodeId(mkfile(&s, ROOT, "f").inode);
+    assert!(matches!(s.spill_inline(ino, 1, false, 0), Ok(InlineReply::Done { .. })));
+    assert!(matches!(s.spill_inline(ino, 1, true, 0), Ok(InlineReply::Done { .. })));
+    let r = |index, version, blocks| ChunkBlocks { index, version, blocks };
+    let blocks = |s: &MetaStore| s.getattr(ino).unwrap().blocks;
+    assert_eq!(s.sync(ino, 3 << 20, None, &[r(0, 2, 256), r(1, 1, 256), r(2, 1, 100)]).unwrap().blocks, 612 * 8);
+    // A late report of an older version changes nothing; a newer one replaces.
+    s.sync(ino, 0, None, &[r(0, 1, 7), r(1, 3, 10)]).unwrap();
+    assert_eq!(blocks(&s), (256 + 10 + 100) * 8);
+    // A cut inside chunk 1: chunk 2 counts nothing, chunk 1 as reported.
+    let cut = SetAttrs { size: Some((1 << 20) + 5), ..SetAttrs::default() };
+    assert_eq!(s.setattr(ino, cut, &[r(1, 4, 1)]).unwrap().blocks, 257 * 8);
+    s.sync(ino, 0, None, &[r(2, 2, 50)]).unwrap();
+    assert_eq!(blocks(&s), 307 * 8, "a chunk written again after the cut counts again");
+    let inline = mkfile(&s, ROOT, "small");
+    assert_eq!(inline.blocks, 0);
+
+    s.unlink(ROOT, b"f").unwrap();
+    assert!(s.gc_claim(ino).unwrap());
+    s.gc_finish(ino).unwrap();
+    let begin = crate::schema::CHUNK_BLOCKS_PREFIX.to_vec();
+    let end = crate::schema::prefix_end(&begin);
+    let rows = ember_kv::run(&*s.kv, |t| Ok::<_, MetaError>(t.snapshot_scan(&begin, &end, 0)?.len())).unwrap();
+    assert_eq!(rows, 0, "a deleted file leaves no block counts");
 }

@@ -7,7 +7,7 @@
 
 use ember_kv::Transaction;
 use ember_proto::meta::{Attr, LayoutMsg};
-use ember_types::{FileType, InodeId};
+use ember_types::{FileType, InodeId, BLOCK_SIZE};
 
 use crate::schema::{
     decode, dentry_key, dentry_prefix, dir_attr_key, encode, gc_key, inode_count_key, inode_key,
@@ -225,6 +225,10 @@ impl Tx<'_> {
             inline_limit: rec.inline_limit,
             has_xattrs: rec.has_xattrs,
             rdev: rec.rdev,
+            blocks: match kind {
+                FileType::File if rec.inline_limit == 0 => rec.stored_blocks * u64::from(BLOCK_SIZE / 512),
+                _ => rec.size.div_ceil(512),
+            },
         };
         if kind == FileType::Directory {
             let subdirs = self

@@ -155,6 +155,8 @@ pub struct ChunkInfo {
     /// Hash of every block's index and CRC32C: replicas with equal versions but different
     /// histories (a write that never committed) differ here.
     pub digest: u64,
+    /// Blocks stored (holes take none).
+    pub blocks: u32,
 }
 
 /// Space accounting of one target.
@@ -811,7 +813,7 @@ impl ChunkEngine {
 
 impl ChunkMeta {
     fn info(&self) -> ChunkInfo {
-        ChunkInfo { version: self.version, len: self.len, digest: self.digest() }
+        ChunkInfo { version: self.version, len: self.len, digest: self.digest(), blocks: self.blocks.len() as u32 }
     }
 
     /// FNV-1a over (block index, CRC32C) pairs in block order.
