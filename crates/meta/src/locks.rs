@@ -197,13 +197,8 @@ mod tests {
 
     #[test]
     fn random_requests_match_a_per_byte_model() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut rng = ember_testkit::TestRng::new(0x9e37_79b9_7f4a_7c15);
+        let mut next = |n: u64| rng.below(n);
         let mut t = LockTable::default();
         let mut model = [[Held::None; BYTES]; 3];
         for step in 0..20_000 {

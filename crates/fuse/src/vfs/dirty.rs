@@ -93,13 +93,8 @@ mod tests {
 
     #[test]
     fn merges_touching_and_overlapping_writes_and_keeps_the_latest_bytes() {
-        let mut rng = 7u64;
-        let mut next = |n: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % n
-        };
+        let mut rng = ember_testkit::TestRng::new(7);
+        let mut next = |n: u64| rng.below(n);
         for round in 0..200 {
             let (mut d, mut model) = (DirtyExtents::default(), vec![None; 300]);
             for w in 0..20 {

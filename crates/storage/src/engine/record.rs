@@ -90,24 +90,20 @@ impl ChunkMeta {
         // Extents are written as they are found; each one's block count is filled in when
         // the run ends (no intermediate list: this runs on every write).
         let mut extents = 0u32;
-        let mut run: Option<(usize, u32, u64, u32)> = None; // (count offset, next l, next phys, count)
+        // (where its count goes, first logical block, first physical block, count)
+        let mut run: Option<(usize, u32, u64, u32)> = None;
         for (&l, r) in &self.blocks {
             match run.as_mut() {
-                Some((_, next_l, next_p, n)) if l == *next_l && r.phys == *next_p => {
-                    *next_l += 1;
-                    *next_p += 1;
-                    *n += 1;
-                }
+                Some((_, first, phys, n)) if l == *first + *n && r.phys == *phys + u64::from(*n) => *n += 1,
                 _ => {
                     if let Some((at, _, _, n)) = run {
                         out[at..at + 4].copy_from_slice(&n.to_le_bytes());
                     }
                     extents += 1;
                     out.extend_from_slice(&l.to_le_bytes());
-                    let at = out.len();
+                    run = Some((out.len(), l, r.phys, 1));
                     out.extend_from_slice(&0u32.to_le_bytes());
                     out.extend_from_slice(&r.phys.to_le_bytes());
-                    run = Some((at, l + 1, r.phys + 1, 1));
                 }
             }
             out.extend_from_slice(&r.crc.to_le_bytes());

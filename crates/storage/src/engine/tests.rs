@@ -675,13 +675,8 @@ fn a_write_of_many_pieces_matches_them_written_one_by_one_and_replicates_alike()
     let mut model = pattern(3, 3 * B + 10);
     write_at(&a, c, 0, 0, &model, None).unwrap();
     write_at(&b, c, 0, 0, &model, None).unwrap();
-    let mut rng = 11u64;
-    let mut next = |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut rng = ember_testkit::TestRng::new(11);
+    let mut next = |n: u64| rng.below(n);
     for round in 0..60u8 {
         // Pieces in offset order and apart, some aligned, some sharing an edge block with the
         // one before, some past the current end.
