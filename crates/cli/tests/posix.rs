@@ -300,6 +300,62 @@ fn missing_names_are_cached_for_the_entry_ttl_and_creates_show_through() {
     assert_eq!(fs::read(b.join("late")).unwrap(), b"x");
 }
 
+/// A directory this mount made answers lookups of missing names and its own attributes
+/// without meta, for as long as nobody else changes it; this mount's own changes show at once,
+/// another mount's within the TTL.
+#[test]
+fn a_directory_this_mount_made_answers_for_itself_until_another_mount_changes_it() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let (a, b) = (cluster.mount(), cluster.mount());
+    let asked = |method: &str| {
+        ["Ok", "NotFound"].iter().map(|st| cluster.meta_metric(&format!("ember_rpc_requests_total{{method=\"meta.{method}\",status=\"{st}\"}}"))).sum::<u64>()
+    };
+    let d = a.join("d");
+    fs::create_dir(&d).unwrap();
+    let (lookups, getattrs) = (asked("lookup"), asked("getattr"));
+    let started = std::time::Instant::now();
+    for i in 0..100 {
+        fs::write(d.join(format!("f{i}")), b"x").unwrap();
+    }
+    fs::create_dir(d.join("sub")).unwrap();
+    if started.elapsed() < std::time::Duration::from_millis(900) {
+        assert_eq!(asked("lookup") - lookups, 0, "creates in a directory this mount made asked meta for lookups");
+        assert!(asked("getattr") - getattrs <= 2, "{} getattrs for 100 creates", asked("getattr") - getattrs);
+    }
+    let m = fs::metadata(&d).unwrap();
+    assert_eq!(m.nlink(), 3, "nlink after this mount's mkdir");
+    fs::remove_file(d.join("f0")).unwrap();
+    assert!(fs::metadata(d.join("f0")).is_err());
+    fs::rename(d.join("f1"), d.join("g1")).unwrap();
+    assert!(fs::metadata(d.join("f1")).is_err());
+    assert_eq!(fs::read(d.join("g1")).unwrap(), b"x");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(d.join("f0"), b"again").unwrap();
+    assert_eq!(fs::read(d.join("f0")).unwrap(), b"again");
+    let after = fs::metadata(&d).unwrap();
+    assert!(after.mtime_nsec() != m.mtime_nsec() || after.mtime() != m.mtime(), "directory mtime unchanged by this mount's create");
+
+    // Another mount's changes: seen within the TTL (1 s), even while this mount keeps working
+    // in the directory.
+    fs::write(b.join("d/late"), b"from b").unwrap();
+    fs::set_permissions(b.join("d"), fs::Permissions::from_mode(0o700)).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        fs::write(d.join("busy"), b"").unwrap();
+        let seen = fs::read(d.join("late")).ok();
+        let mode = fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        if seen.as_deref() == Some(&b"from b"[..]) && mode == 0o700 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "another mount's create and chmod not seen after 3 s: {seen:?}, {mode:o}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// This mount's own link, unlink, rename and writes show at once in every name's attributes,
 /// never after the attribute TTL; an open file that lost its last name still answers fstat.
 #[test]

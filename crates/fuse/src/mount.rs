@@ -24,6 +24,10 @@ pub struct MountConfig {
     pub threads: usize,
     /// How long the kernel may cache attributes and directory entries.
     pub attr_ttl_ms: u64,
+    /// How long a directory this mount has just made or listed answers lookups of names it
+    /// does not hold without asking meta (creates by other clients show up that much late,
+    /// as with the kernel's negative entries); 0 turns it off.
+    pub negative_ttl_ms: u64,
     pub write_buffer_bytes: usize,
     /// Let users other than the one who mounted use the mount (needs root or user_allow_other).
     pub allow_other: bool,
@@ -41,6 +45,7 @@ impl Default for MountConfig {
             mountpoint: PathBuf::from("/mnt/ember"),
             threads: 16,
             attr_ttl_ms: 1000,
+            negative_ttl_ms: 1000,
             write_buffer_bytes: 4 << 20,
             allow_other: true,
             metrics_listen: "127.0.0.1:9301".into(),
@@ -63,11 +68,16 @@ pub async fn run_mount(config: MountConfig, shutdown: impl Future<Output = ()>) 
         let m = ember_net::bind(&config.metrics_listen).await.map_err(|e| Status::invalid(e.to_string()))?;
         tokio::spawn(ember_telemetry::serve_metrics(m));
     }
-    let vfs_config = VfsConfig { write_buffer: config.write_buffer_bytes, ..VfsConfig::default() };
+    let vfs_config = VfsConfig {
+        write_buffer: config.write_buffer_bytes,
+        negative_ttl: Duration::from_millis(config.negative_ttl_ms),
+        attr_ttl: Duration::from_millis(config.attr_ttl_ms),
+        ..VfsConfig::default()
+    };
     let vfs = Arc::new(Vfs::new(client, vfs_config));
     let notifier = Arc::new(OnceLock::new());
     let ttl = Duration::from_millis(config.attr_ttl_ms);
-    let fs = EmberFs::new(vfs, tokio::runtime::Handle::current(), ttl, notifier.clone());
+    let fs = EmberFs::new(vfs.clone(), tokio::runtime::Handle::current(), ttl, notifier.clone());
     let options = vec![
         MountOption::FSName("ember".into()),
         MountOption::Subtype("ember".into()),
@@ -92,13 +102,12 @@ pub async fn run_mount(config: MountConfig, shutdown: impl Future<Output = ()>) 
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 if session.guard.is_finished() {
-                    return match session.join() {
-                        Ok(()) => {
-                            tracing::info!("unmounted from outside");
-                            Ok(())
-                        }
-                        Err(e) => Err(Status::internal(format!("FUSE session failed: {e}"))),
-                    };
+                    let ended = session.join().map_err(|e| Status::internal(format!("FUSE session failed: {e}")));
+                    if ended.is_ok() {
+                        tracing::info!("unmounted from outside");
+                    }
+                    end_sessions(&vfs).await;
+                    return ended;
                 }
             }
         }
@@ -116,7 +125,14 @@ pub async fn run_mount(config: MountConfig, shutdown: impl Future<Output = ()>) 
         Ok(Err(e)) => return Err(Status::internal(format!("unmount task failed: {e}"))),
         Err(_) => tracing::warn!("FUSE workers did not stop in {UNMOUNT_WAIT:?}; exiting anyway"),
     }
+    end_sessions(&vfs).await;
     Ok(())
+}
+
+async fn end_sessions(vfs: &Vfs) {
+    if tokio::time::timeout(UNMOUNT_WAIT, vfs.finish()).await.is_err() {
+        tracing::warn!("sessions of released files were not ended in {UNMOUNT_WAIT:?}; they end with this client's lease");
+    }
 }
 
 async fn connect(config: &MountConfig) -> Result<Arc<EmberClient>, Status> {

@@ -1,11 +1,14 @@
 //! The file system as the kernel sees it, minus the kernel: inodes, open handles, write
 //! buffers and directory listings on top of `EmberClient`.
 
+mod closes;
 mod copy;
+mod dir_attrs;
 mod dirty;
 mod holes;
 mod inline;
 mod locks;
+mod names;
 mod privileges;
 mod reports;
 mod xattr;
@@ -13,7 +16,7 @@ mod xattr;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use ember_client::{EmberClient, Retry};
@@ -21,7 +24,10 @@ use ember_proto::meta::*;
 use ember_types::{FileType, InodeId, Layout, Status, StatusCode};
 
 use dirty::DirtyExtents;
+use closes::SessionCloser;
+use dir_attrs::DirAttrs;
 use inline::InlineFile;
+use names::{Absence, KnownNames};
 use reports::ChunkReports;
 use xattr::MissingXattrs;
 
@@ -38,11 +44,22 @@ pub struct VfsConfig {
     pub write_buffer: usize,
     /// Entries fetched per readdir RPC.
     pub readdir_page: u32,
+    /// How long a directory this mount made or listed answers lookups of missing names
+    /// without meta (`vfs::names`); zero asks meta every time.
+    pub negative_ttl: Duration,
+    /// How long attributes may be served without asking meta (the kernel's attribute TTL,
+    /// and directories' attributes kept here, `vfs::dir_attrs`).
+    pub attr_ttl: Duration,
 }
 
 impl Default for VfsConfig {
     fn default() -> Self {
-        VfsConfig { write_buffer: 4 << 20, readdir_page: 512 }
+        VfsConfig {
+            write_buffer: 4 << 20,
+            readdir_page: 512,
+            negative_ttl: Duration::from_secs(1),
+            attr_ttl: Duration::from_secs(1),
+        }
     }
 }
 
@@ -117,6 +134,9 @@ pub struct Vfs {
     inodes: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<InodeState>>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     missing_xattrs: MissingXattrs,
+    names: KnownNames,
+    dir_attrs: DirAttrs,
+    closes: Arc<SessionCloser>,
 }
 
 fn now_ns() -> i64 {
@@ -137,7 +157,10 @@ fn layout_of(attr: &Attr) -> Result<Option<Layout>, Status> {
 impl Vfs {
     pub fn new(client: Arc<EmberClient>, config: VfsConfig) -> Self {
         Vfs {
+            closes: SessionCloser::new(client.clone()),
             client,
+            names: KnownNames::new(config.negative_ttl),
+            dir_attrs: DirAttrs::new(config.attr_ttl),
             config,
             next_fh: AtomicU64::new(1),
             handles: Mutex::default(),
@@ -170,51 +193,136 @@ impl Vfs {
     }
 
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, Status> {
+        if self.known_absent(parent, name).await {
+            return Err(Status::new(StatusCode::NotFound, "no such entry (the directory's names are known here)"));
+        }
         let r = LookupReq { parent, name: name.to_vec() };
         let attr = attr_of(self.client.meta(&r, Retry::Idempotent).await?)?;
+        self.dir_attrs.put(&attr);
         Ok(self.local_view(attr).await)
     }
 
+    /// Whether this mount knows `name` is not in `dir`, renewing what it knows of `dir` with
+    /// one getattr when that has just expired (`vfs::names`).
+    async fn known_absent(&self, dir: u64, name: &[u8]) -> bool {
+        match self.names.absent(dir, name) {
+            Absence::Absent => true,
+            Absence::Unknown => false,
+            Absence::Expired { .. } => {
+                let since = std::time::Instant::now();
+                let Ok(resp) = self.client.meta(&GetAttrReq { inode: dir }, Retry::Idempotent).await else { return false };
+                let changes = resp.attr.map_or(u64::MAX, |a| a.entry_changes);
+                self.names.renew(dir, changes, since) && self.names.absent(dir, name) == Absence::Absent
+            }
+        }
+    }
+
     pub async fn getattr(&self, inode: u64) -> Result<Attr, Status> {
+        if let Some(attr) = self.dir_attrs.get(inode) {
+            return Ok(attr);
+        }
         let attr = attr_of(self.client.meta(&GetAttrReq { inode }, Retry::Idempotent).await?)?;
+        self.dir_attrs.put(&attr);
         Ok(self.local_view(attr).await)
+    }
+
+    /// Takes in a change of `name` in `dir` by this mount, sent at `since`: what it did to
+    /// the names known here, and the directory as meta read it after the change.
+    fn name_changed<T>(&self, dir: u64, name: &[u8], made: bool, since: Instant, outcome: &Result<T, Status>, parent: Option<&Attr>) {
+        self.names.changed(dir, name, made, outcome);
+        match parent {
+            Some(p) if outcome.is_ok() => {
+                self.dir_attrs.put(p);
+                self.names.confirm(dir, p.entry_changes, since);
+            }
+            _ => self.dir_attrs.forget(dir),
+        }
+    }
+
+    /// Finishes a change that makes `name` in `dir` (mkdir, mknod, symlink, link).
+    fn made(&self, dir: u64, name: &[u8], since: Instant, resp: Result<AttrResp, Status>) -> Result<Attr, Status> {
+        let (made, parent) = match resp {
+            Ok(r) => (attr_of(AttrResp { attr: r.attr, parent: None }), r.parent),
+            Err(e) => (Err(e), None),
+        };
+        self.name_changed(dir, name, true, since, &made, parent.as_ref());
+        made
+    }
+
+    /// Finishes a change that removes `name` from `dir` (unlink, rmdir).
+    fn removed(&self, dir: u64, name: &[u8], since: Instant, resp: Result<RemovedResp, Status>) -> Result<(), Status> {
+        let (removed, parent) = match resp {
+            Ok(r) => (Ok(()), r.parent),
+            Err(e) => (Err(e), None),
+        };
+        self.name_changed(dir, name, false, since, &removed, parent.as_ref());
+        removed
     }
 
     pub async fn mkdir(&self, parent: u64, name: &[u8], mode: u32, who: Creator) -> Result<Attr, Status> {
         let r = MkdirReq { parent, name: name.to_vec(), mode, uid: who.uid, gid: who.gid, umask: who.umask };
-        attr_of(self.client.meta(&r, Retry::OnlyIfNotSent).await?)
+        let since = Instant::now();
+        let made = self.made(parent, name, since, self.client.meta(&r, Retry::OnlyIfNotSent).await);
+        if let Ok(a) = &made {
+            self.dir_attrs.put(a);
+            self.names.made_empty(a.inode, a.entry_changes);
+        }
+        made
     }
 
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), Status> {
         let r = UnlinkReq { parent, name: name.to_vec() };
-        self.client.meta(&r, Retry::OnlyIfNotSent).await.map(|_| ())
+        let since = Instant::now();
+        self.removed(parent, name, since, self.client.meta(&r, Retry::OnlyIfNotSent).await)
     }
 
     pub async fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), Status> {
         let r = RmdirReq { parent, name: name.to_vec() };
-        self.client.meta(&r, Retry::OnlyIfNotSent).await.map(|_| ())
+        let since = Instant::now();
+        let removed = self.removed(parent, name, since, self.client.meta(&r, Retry::OnlyIfNotSent).await);
+        // The removed directory's own attributes (nlink 0 now) are kept under an inode not
+        // known here.
+        self.dir_attrs.forget_all();
+        removed
     }
 
     pub async fn rename(&self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], flags: u32) -> Result<(), Status> {
         let r = RenameReq { old_parent: parent, old_name: name.to_vec(), new_parent, new_name: new_name.to_vec(), flags };
-        self.client.meta(&r, Retry::OnlyIfNotSent).await.map(|_| ())
+        let renamed = self.client.meta(&r, Retry::OnlyIfNotSent).await.map(|_| ());
+        // Both directories changed, and so did a moved directory's ctime.
+        self.dir_attrs.forget_all();
+        if renamed.is_ok() {
+            // An exchange leaves both names in place.
+            let exchange = flags & libc::RENAME_EXCHANGE != 0;
+            self.names.changed(parent, name, exchange, &renamed);
+            self.names.changed(new_parent, new_name, true, &renamed);
+            self.names.uncounted(parent);
+            self.names.uncounted(new_parent);
+        } else {
+            self.names.forget(parent);
+            self.names.forget(new_parent);
+        }
+        renamed
     }
 
     pub async fn link(&self, inode: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr, Status> {
         let r = LinkReq { inode, new_parent, new_name: new_name.to_vec() };
-        let attr = attr_of(self.client.meta(&r, Retry::OnlyIfNotSent).await?)?;
-        Ok(self.local_view(attr).await)
+        let since = Instant::now();
+        let linked = self.made(new_parent, new_name, since, self.client.meta(&r, Retry::OnlyIfNotSent).await)?;
+        Ok(self.local_view(linked).await)
     }
 
     pub async fn symlink(&self, parent: u64, name: &[u8], target: &[u8], uid: u32, gid: u32) -> Result<Attr, Status> {
         let r = SymlinkReq { parent, name: name.to_vec(), target: target.to_vec(), uid, gid };
-        attr_of(self.client.meta(&r, Retry::OnlyIfNotSent).await?)
+        let since = Instant::now();
+        self.made(parent, name, since, self.client.meta(&r, Retry::OnlyIfNotSent).await)
     }
 
     pub async fn mknod(&self, parent: u64, name: &[u8], kind: FileType, mode: u32, who: Creator, rdev: u32) -> Result<Attr, Status> {
         let file_type = u32::from(kind.to_u8());
         let r = MknodReq { parent, name: name.to_vec(), file_type, mode, uid: who.uid, gid: who.gid, rdev, umask: who.umask };
-        attr_of(self.client.meta(&r, Retry::OnlyIfNotSent).await?)
+        let since = Instant::now();
+        self.made(parent, name, since, self.client.meta(&r, Retry::OnlyIfNotSent).await)
     }
 
     pub async fn readlink(&self, inode: u64) -> Result<Vec<u8>, Status> {
@@ -253,6 +361,7 @@ impl Vfs {
             }
         };
         let attr = attr_of(resp)?;
+        self.dir_attrs.put(&attr);
         Ok(self.local_view(attr).await)
     }
 
@@ -323,7 +432,11 @@ impl Vfs {
         let client_id = self.client.client_id();
         let r = CreateReq { parent, name: name.to_vec(), mode, uid: who.uid, gid: who.gid, exclusive, client_id, umask: who.umask };
         let retry = if exclusive { Retry::OnlyIfNotSent } else { Retry::Idempotent };
-        let resp = self.client.meta(&r, retry).await?;
+        let since = Instant::now();
+        let resp = self.client.meta(&r, retry).await;
+        let dir = resp.as_ref().ok().and_then(|r| r.parent.as_ref());
+        self.name_changed(parent, name, true, since, &resp, dir);
+        let resp = resp?;
         let attr = resp.attr.ok_or_else(|| Status::internal("create replied without attributes"))?;
         let fh = self.register_handle(&attr, resp.session_id, resp.inline_data).await?;
         Ok((self.local_view(attr).await, fh))
@@ -472,15 +585,20 @@ impl Vfs {
         if last {
             lock(&self.inodes).remove(&h.inode.0);
         }
-        // `flush` above already reported the length; close only ends the session.
-        let r = CloseReq { inode: h.inode.0, session_id: h.session_id, written_end: None, mtime_ns: None };
-        let closed = self.client.meta(&r, Retry::Idempotent).await.map(|_| ());
-        flushed.and(closed)
+        // `flush` above already reported the length; what is left is ending the session.
+        self.closes.close(h.inode.0, h.session_id);
+        flushed
+    }
+
+    /// Before unmounting: ends the sessions whose releases are still being gathered.
+    pub async fn finish(&self) {
+        self.closes.send_all().await;
     }
 
     /// Lists a directory once per open and serves the kernel's offsets from that listing, so
     /// every name appears exactly once even if the directory changes while it is read.
     pub async fn opendir(&self, inode: u64) -> Result<u64, Status> {
+        let start = self.names.listing_start();
         let mut entries = Vec::new();
         let mut after = Vec::new();
         loop {
@@ -496,6 +614,7 @@ impl Vfs {
                 _ => break,
             }
         }
+        self.names.listed(inode, entries.iter().map(|e| e.name.as_slice()), start);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.dirs).insert(fh, Arc::new(entries));
         Ok(fh)

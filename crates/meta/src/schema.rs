@@ -68,16 +68,19 @@ pub enum DirAttr {
     Subdirs,
     Mtime,
     Ctime,
+    /// Entries added or removed, ever (`Attr::entry_changes`).
+    Changes,
 }
 
 impl DirAttr {
-    pub const ALL: [DirAttr; 3] = [DirAttr::Subdirs, DirAttr::Mtime, DirAttr::Ctime];
+    pub const ALL: [DirAttr; 4] = [DirAttr::Subdirs, DirAttr::Mtime, DirAttr::Ctime, DirAttr::Changes];
 
     fn tag(self) -> u8 {
         match self {
             DirAttr::Subdirs => b'n',
             DirAttr::Mtime => b'm',
             DirAttr::Ctime => b'c',
+            DirAttr::Changes => b'e',
         }
     }
 }

@@ -73,11 +73,21 @@ where
 }
 
 fn attr(a: Attr) -> AttrResp {
-    AttrResp { attr: Some(a) }
+    AttrResp { attr: Some(a), parent: None }
+}
+
+/// The directory a name was just changed in, read after the change (it may also show later
+/// changes by others; never an earlier state). Only a hint: a failed read leaves it out.
+fn parent_after(s: &MetaStore, parent: u64) -> Option<Attr> {
+    s.getattr(InodeId(parent)).ok()
+}
+
+fn made_in(s: &MetaStore, parent: u64, made: Attr) -> AttrResp {
+    AttrResp { attr: Some(made), parent: parent_after(s, parent) }
 }
 
 fn opened(o: Opened) -> OpenResp {
-    OpenResp { attr: Some(o.attr), session_id: o.session, inline_data: o.inline }
+    OpenResp { attr: Some(o.attr), session_id: o.session, inline_data: o.inline, parent: None }
 }
 
 fn inline_write(r: InlineReply) -> WriteInlineResp {
@@ -122,29 +132,36 @@ impl Service for MetaService {
             }),
             Method::MetaCreate => unary(s, body, wait, |s, r: CreateReq| {
                 let perm = Perm::new(r.mode, r.uid, r.gid).with_umask(r.umask);
-                s.create(InodeId(r.parent), &r.name, perm, r.exclusive, r.client_id)
-                    .map(opened)
+                let made = s.create(InodeId(r.parent), &r.name, perm, r.exclusive, r.client_id)?;
+                Ok(OpenResp { parent: parent_after(s, r.parent), ..opened(made) })
             }),
-            Method::MetaOpen => unary(s, body, wait, |s, r: OpenReq| {
+            // Sessions begin and end without waiting for the disk (`MetaStore::open`).
+            Method::MetaOpen => unary(s, body, false, |s, r: OpenReq| {
                 s.open(InodeId(r.inode), r.client_id, r.write).map(opened)
             }),
             Method::MetaClose => unary(s, body, wait, |s, r: CloseReq| {
                 s.close(InodeId(r.inode), r.session_id, r.written_end, r.mtime_ns)
                     .map(attr)
             }),
+            Method::MetaCloseSessions => unary(s, body, false, |s, r: CloseSessionsReq| {
+                let sessions: Vec<_> = r.sessions.iter().map(|x| (InodeId(x.inode), x.session_id)).collect();
+                s.close_sessions(&sessions).map(|()| EmptyResp {})
+            }),
             Method::MetaSync => unary(s, body, wait, |s, r: SyncReq| {
                 s.sync(InodeId(r.inode), r.written_end, r.mtime_ns, &r.chunks)
                     .map(attr)
             }),
             Method::MetaMkdir => unary(s, body, wait, |s, r: MkdirReq| {
-                s.mkdir(InodeId(r.parent), &r.name, Perm::new(r.mode, r.uid, r.gid).with_umask(r.umask))
-                    .map(attr)
+                let made = s.mkdir(InodeId(r.parent), &r.name, Perm::new(r.mode, r.uid, r.gid).with_umask(r.umask))?;
+                Ok(made_in(s, r.parent, made))
             }),
             Method::MetaRmdir => unary(s, body, wait, |s, r: RmdirReq| {
-                s.rmdir(InodeId(r.parent), &r.name).map(|()| EmptyResp {})
+                s.rmdir(InodeId(r.parent), &r.name)?;
+                Ok(RemovedResp { parent: parent_after(s, r.parent) })
             }),
             Method::MetaUnlink => unary(s, body, wait, |s, r: UnlinkReq| {
-                s.unlink(InodeId(r.parent), &r.name).map(|()| EmptyResp {})
+                s.unlink(InodeId(r.parent), &r.name)?;
+                Ok(RemovedResp { parent: parent_after(s, r.parent) })
             }),
             Method::MetaRename => unary(s, body, wait, |s, r: RenameReq| {
                 s.rename(
@@ -157,8 +174,8 @@ impl Service for MetaService {
                 .map(|()| EmptyResp {})
             }),
             Method::MetaLink => unary(s, body, wait, |s, r: LinkReq| {
-                s.link(InodeId(r.inode), InodeId(r.new_parent), &r.new_name)
-                    .map(attr)
+                let linked = s.link(InodeId(r.inode), InodeId(r.new_parent), &r.new_name)?;
+                Ok(made_in(s, r.new_parent, linked))
             }),
             Method::MetaMknod => unary(s, body, wait, |s, r: MknodReq| {
                 let kind = u8::try_from(r.file_type)
@@ -166,11 +183,12 @@ impl Service for MetaService {
                     .and_then(FileType::from_u8)
                     .ok_or_else(|| MetaError::InvalidArgument(format!("file type {}", r.file_type)))?;
                 let perm = Perm::new(r.mode, r.uid, r.gid).with_umask(r.umask);
-                s.mknod(InodeId(r.parent), &r.name, kind, perm, r.rdev).map(attr)
+                let made = s.mknod(InodeId(r.parent), &r.name, kind, perm, r.rdev)?;
+                Ok(made_in(s, r.parent, made))
             }),
             Method::MetaSymlink => unary(s, body, wait, |s, r: SymlinkReq| {
-                s.symlink(InodeId(r.parent), &r.name, &r.target, r.uid, r.gid)
-                    .map(attr)
+                let made = s.symlink(InodeId(r.parent), &r.name, &r.target, r.uid, r.gid)?;
+                Ok(made_in(s, r.parent, made))
             }),
             Method::MetaReadlink => read_only(s, body, |s, r: ReadlinkReq| {
                 s.readlink(InodeId(r.inode))

@@ -52,6 +52,7 @@ pub enum Method {
     MetaSetLock = 0x0218,
     MetaGetLock = 0x0219,
     MetaReleaseLocks = 0x021a,
+    MetaCloseSessions = 0x021b,
 
     StorageWrite = 0x0301,
     StorageBatchRead = 0x0302,
@@ -69,7 +70,7 @@ pub enum Method {
 }
 
 impl Method {
-    const ALL: [Method; 46] = [
+    const ALL: [Method; 47] = [
         Method::MgmtdRegisterNode,
         Method::MgmtdHeartbeat,
         Method::MgmtdGetRouting,
@@ -103,6 +104,7 @@ impl Method {
         Method::MetaSetLock,
         Method::MetaGetLock,
         Method::MetaReleaseLocks,
+        Method::MetaCloseSessions,
         Method::StorageWrite,
         Method::StorageBatchRead,
         Method::StorageTruncate,
@@ -158,6 +160,7 @@ impl Method {
             Method::MetaSetLock => "meta.set_lock",
             Method::MetaGetLock => "meta.get_lock",
             Method::MetaReleaseLocks => "meta.release_locks",
+            Method::MetaCloseSessions => "meta.close_sessions",
             Method::StorageWrite => "storage.write",
             Method::StorageBatchRead => "storage.batch_read",
             Method::StorageTruncate => "storage.truncate",

@@ -52,6 +52,10 @@ pub struct Attr {
     /// chunked file (holes take none), the length for an inline file.
     #[prost(uint64, tag = "15")]
     pub blocks: u64,
+    /// Directories: how many times an entry was added to or removed from it. A client that
+    /// counts its own changes tells from this whether anyone else changed the directory.
+    #[prost(uint64, tag = "16")]
+    pub entry_changes: u64,
 }
 
 /// What storage holds of one chunk of a file after a change, as its primary answered.
@@ -72,6 +76,17 @@ pub struct ChunkBlocks {
 pub struct AttrResp {
     #[prost(message, optional, tag = "1")]
     pub attr: Option<Attr>,
+    /// After a change of a name (mkdir, mknod, symlink, link): the directory it was made in,
+    /// read after the change, so the client shows its own change without asking again.
+    #[prost(message, optional, tag = "2")]
+    pub parent: Option<Attr>,
+}
+
+/// Answer to an unlink or rmdir: the directory, read after the name went.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RemovedResp {
+    #[prost(message, optional, tag = "1")]
+    pub parent: Option<Attr>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -134,6 +149,9 @@ pub struct OpenResp {
     /// The whole content of an inline file, so that reading it needs no further request.
     #[prost(bytes = "vec", optional, tag = "3")]
     pub inline_data: Option<Vec<u8>>,
+    /// A create's directory, read after the create (see `AttrResp::parent`).
+    #[prost(message, optional, tag = "4")]
+    pub parent: Option<Attr>,
 }
 
 impl Rpc for CreateReq {
@@ -172,6 +190,28 @@ pub struct CloseReq {
 impl Rpc for CloseReq {
     const METHOD: Method = Method::MetaClose;
     type Response = AttrResp;
+}
+
+/// One open session, as [`CloseSessionsReq`] names it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionRef {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+    #[prost(uint64, tag = "2")]
+    pub session_id: u64,
+}
+
+/// Ends sessions whose handles are gone and that have nothing left to report (the flush at
+/// close already sent the length): many in one transaction.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CloseSessionsReq {
+    #[prost(message, repeated, tag = "1")]
+    pub sessions: Vec<SessionRef>,
+}
+
+impl Rpc for CloseSessionsReq {
+    const METHOD: Method = Method::MetaCloseSessions;
+    type Response = EmptyResp;
 }
 
 /// Reports a writer's length without closing (fsync).
@@ -225,7 +265,7 @@ pub struct RmdirReq {
 
 impl Rpc for RmdirReq {
     const METHOD: Method = Method::MetaRmdir;
-    type Response = EmptyResp;
+    type Response = RemovedResp;
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -238,7 +278,7 @@ pub struct UnlinkReq {
 
 impl Rpc for UnlinkReq {
     const METHOD: Method = Method::MetaUnlink;
-    type Response = EmptyResp;
+    type Response = RemovedResp;
 }
 
 /// `RENAME_NOREPLACE` from renameat2(2).

@@ -95,6 +95,8 @@ impl Vfs {
         let result = self.client.meta(&r, retry).await.map(|_| ());
         // After the set: a lookup that raced it may have noted a miss in the meantime.
         self.missing_xattrs.forget(inode, name);
+        // An ACL may change the mode, and the ctime moved.
+        self.dir_attrs.forget(inode);
         result
     }
 
@@ -105,6 +107,7 @@ impl Vfs {
     pub async fn removexattr(&self, inode: u64, name: &[u8]) -> Result<(), Status> {
         let r = RemoveXattrReq { inode, name: name.to_vec() };
         let result = self.client.meta(&r, Retry::OnlyIfNotSent).await.map(|_| ());
+        self.dir_attrs.forget(inode);
         match &result {
             Err(st) if st.code != StatusCode::NoAttribute => self.missing_xattrs.forget(inode, name),
             _ => {

@@ -102,7 +102,23 @@ impl MetaStore {
                 return Err(MetaError::NotFound(format!("inode {ino} (being deleted)")));
             }
             put_session(t, ino, session, client_id, write, now_ns());
+            // Bookkeeping, not a change anyone reads: the next durable commit carries it,
+            // and only a power cut before that loses it (see `close_sessions`).
+            t.0.relax_durability();
             opened(t, ino, &rec, session)
+        })
+    }
+
+    /// Ends sessions that have nothing to report, in one transaction. Like any session end it
+    /// is not waited on: a power cut that loses it leaves sessions that live until their
+    /// client is gone, which only holds an unlinked file's chunks that long.
+    pub fn close_sessions(&self, sessions: &[(InodeId, u64)]) -> Result<(), MetaError> {
+        self.run(|t| {
+            for &(ino, s) in sessions {
+                t.0.delete(&session_key(ino, s));
+            }
+            t.0.relax_durability();
+            Ok(())
         })
     }
 
@@ -143,10 +159,8 @@ impl MetaStore {
             if let Some(s) = session {
                 t.0.delete(&session_key(ino, s));
                 if end.is_none() && mtime.is_none() {
-                    // Only a session ends (the client's flush reported its writes). Losing
-                    // that to a power cut leaves a session that lives until its client is
-                    // gone (holding an unlinked file's chunks that long): not worth an fsync
-                    // per close.
+                    // Only a session ends (the client's flush reported its writes): not worth
+                    // an fsync per close (see `close_sessions`).
                     t.0.relax_durability();
                 }
             }

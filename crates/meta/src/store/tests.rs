@@ -1005,3 +1005,24 @@ fn block_counts_follow_the_latest_chunk_reports_and_truncates() {
     let rows = ember_kv::run(&*s.kv, |t| Ok::<_, MetaError>(t.snapshot_scan(&begin, &end, 0)?.len())).unwrap();
     assert_eq!(rows, 0, "a deleted file leaves no block counts");
 }
+
+#[test]
+fn a_directory_counts_every_entry_added_or_removed() {
+    let s = store();
+    let d = mkdir(&s, ROOT, "d");
+    let changes = |s: &MetaStore| s.getattr(d).unwrap().entry_changes;
+    assert_eq!(changes(&s), 0);
+    let f = mkfile(&s, d, "f");
+    mkdir(&s, d, "sub");
+    s.symlink(d, b"l", b"f", 0, 0).unwrap();
+    s.link(InodeId(f.inode), d, b"g").unwrap();
+    assert_eq!(changes(&s), 4);
+    s.unlink(d, b"g").unwrap();
+    s.rmdir(d, b"sub").unwrap();
+    assert_eq!(changes(&s), 6);
+    assert!(s.create(d, b"f", perm(), true, 7).is_err());
+    assert_eq!(changes(&s), 6, "a create that fails changes nothing");
+    s.rename(d, b"f", d, b"h", 0).unwrap();
+    assert_eq!(changes(&s), 8, "a rename removes one name and adds one");
+    assert_eq!(s.getattr(ROOT).unwrap().entry_changes, 1, "only the directory's own names count");
+}

@@ -90,10 +90,18 @@ impl Tx<'_> {
             file_type: u32::from(kind.to_u8()),
         };
         self.0.set(&dentry_key(parent, name), &encode(&rec));
+        self.count_entry_change(parent);
     }
 
     pub fn delete_entry(&mut self, parent: InodeId, name: &[u8]) {
         self.0.delete(&dentry_key(parent, name));
+        self.count_entry_change(parent);
+    }
+
+    /// Commutative, like the other directory counters, so creates in one directory still do
+    /// not conflict.
+    fn count_entry_change(&mut self, dir: InodeId) {
+        self.0.atomic_add(&dir_attr_key(dir, DirAttr::Changes), 1);
     }
 
     /// Whether `dir` has no entries; serializable, so a concurrent create into it conflicts.
@@ -229,6 +237,7 @@ impl Tx<'_> {
                 FileType::File if rec.inline_limit == 0 => rec.stored_blocks * u64::from(BLOCK_SIZE / 512),
                 _ => rec.size.div_ceil(512),
             },
+            entry_changes: 0,
         };
         if kind == FileType::Directory {
             let subdirs = self
@@ -242,6 +251,7 @@ impl Tx<'_> {
             if let Some(c) = self.dir_attr(ino, DirAttr::Ctime)? {
                 attr.ctime_ns = time_i64(c);
             }
+            attr.entry_changes = self.dir_attr(ino, DirAttr::Changes)?.unwrap_or(0);
         }
         Ok(attr)
     }
