@@ -26,7 +26,7 @@ impl Service for Echo {
                 tokio::time::sleep(Duration::from_millis(r.inode)).await;
             }
             let attr = Attr { inode: r.inode, ..Default::default() };
-            Ok(Response::with_payload(&AttrResp { attr: Some(attr) }, req.payload))
+            Ok(Response::with_payload(&AttrResp { attr: Some(attr), parent: None }, req.payload))
         })
     }
 }
