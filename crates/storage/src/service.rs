@@ -431,7 +431,7 @@ fn report(id: TargetId, t: &LocalTarget) -> TargetReport {
     let s = t.engine.stats();
     TargetReport {
         target_id: id.0,
-        used_bytes: s.used_blocks * u64::from(s.block_size),
+        used_bytes: s.used_blocks * u64::from(s.block_size) + s.tail_bytes,
         capacity_bytes: s.capacity_bytes,
         free_bytes: s.free_bytes,
         chunks: s.chunks,

@@ -3,12 +3,14 @@
 //! # Layout on disk
 //!
 //! ```text
-//! <dir>/blocks.dat   data file, an array of 4 KiB blocks; grows in steps (64 MiB by default)
+//! <dir>/blocks.dat   data file, an array of 4 KiB blocks; grows by an eighth (at most 64 MiB)
 //! <dir>/meta/        fjall database
 //!     keyspace "chunks":  key = ChunkId::to_bytes() (12 B big-endian: inode, index)
 //!                         value = chunk record, see `record.rs` (version, length, extents, CRCs)
 //!     keyspace "staged":  key = physical block (u64 big-endian), value = its 4 KiB image:
 //!                         blocks of small writes not yet synced in blocks.dat, see `staging.rs`
+//!     keyspace "tails":   key = tail id (u64 big-endian), value = the bytes of a chunk's short
+//!                         last block up to its trailing zeros, see `tails.rs`
 //!     keyspace "engine":  key "format" = [2u8, BLOCK_SIZE as u32 LE]
 //! ```
 //!
@@ -17,7 +19,9 @@
 //!
 //! # Space
 //!
-//! Space is allocated per 4 KiB block, so a 10 KiB chunk uses 3 blocks. The allocation bitmap
+//! Space is allocated per 4 KiB block, except that a chunk's last block holding at most
+//! `tail_bytes` (2 KiB) of data is kept as a tail in fjall: a 10 KiB chunk uses 2 blocks and a
+//! 2 KiB tail, a 13 KiB one 4 blocks. The allocation bitmap
 //! lives only in memory and is rebuilt at open from the chunk records: a block is in use exactly
 //! when a committed record references it. Blocks written by a write that crashed before its
 //! metadata commit (orphans) are therefore free again after a restart, without any log. The
@@ -72,6 +76,7 @@ mod record;
 mod space;
 mod staging;
 mod sync;
+mod tails;
 #[cfg(test)]
 mod tests;
 
@@ -92,29 +97,36 @@ use record::{blocks_for, BlockRef, ChunkMeta};
 use space::{run_len, BlockFile, BS};
 use staging::{Staging, SETTLE_BLOCKS};
 use sync::GroupSync;
+use tails::{is_tail, trimmed_len, Tails};
 
 const DATA_FILE: &str = "blocks.dat";
 const META_DIR: &str = "meta";
 const FORMAT_KEY: &str = "format";
 /// Format 2 added the `staged` keyspace; a format-1 target has none and is upgraded at open.
-const FORMAT_VERSION: u8 = 2;
+const FORMAT_VERSION: u8 = 3;
 /// Longest run of blocks read with one pread (bounds the temporary buffer to 1 MiB).
 const MAX_READ_RUN: usize = 256;
 /// Chunks removed per metadata batch by `remove_chunks` (bounds memory and lock hold times).
 const REMOVE_BATCH: usize = 1024;
+/// Journal files kept before fjall flushes memtables to drop the oldest (its smallest).
+const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 
 /// Tunables of one engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineOptions {
     /// Largest chunk length accepted; writes or truncates past it fail with `TooLarge`.
     pub max_chunk_size: u32,
-    /// How much `blocks.dat` grows at a time when no block is free (rounded to 4 KiB).
+    /// The most `blocks.dat` grows at a time when no block is free (rounded to 4 KiB); it
+    /// grows by an eighth of its size up to that.
     pub grow_bytes: u64,
     /// Optional cap on the size of `blocks.dat`; growing past it fails with `NoSpace`.
     pub capacity_bytes: Option<u64>,
     /// Changes writing at most this many new blocks journal the images with their record: one
     /// fdatasync instead of two (0 turns it off).
     pub journal_blocks: u32,
+    /// A chunk's last block holding at most this many bytes before its trailing zeros is kept
+    /// as a tail in the metadata database, not in a 4 KiB block (`tails.rs`; 0 turns it off).
+    pub tail_bytes: u32,
 }
 
 impl Default for EngineOptions {
@@ -124,6 +136,7 @@ impl Default for EngineOptions {
             grow_bytes: 64 << 20,
             capacity_bytes: None,
             journal_blocks: 16,
+            tail_bytes: 2048,
         }
     }
 }
@@ -167,6 +180,8 @@ pub struct EngineStats {
     pub total_blocks: u64,
     /// Blocks referenced by committed chunks (plus blocks of writes in flight).
     pub used_blocks: u64,
+    /// Bytes of the short last blocks kept as tails, outside `blocks.dat`.
+    pub tail_bytes: u64,
     pub chunks: u64,
     /// Size of the file system holding the target (or the configured capacity, if smaller).
     pub capacity_bytes: u64,
@@ -184,6 +199,7 @@ pub struct ChunkEngine {
     chunks: Keyspace,
     meta_sync: GroupSync,
     staging: Staging,
+    tails: Tails,
     locks: LockTable,
     chunk_count: AtomicU64,
     crash_points: OnceLock<CrashPoints>,
@@ -206,7 +222,10 @@ impl ChunkEngine {
         }
         std::fs::create_dir_all(dir).map_err(EngineError::from_io)?;
         // fjall takes a lock file, so a second engine on the same directory fails here.
+        // Staged images and tails pass through the journal: fjall's 512 MiB default would let
+        // a small target's journal hold many times its data.
         let db = Database::builder(dir.join(META_DIR))
+            .max_journaling_size(MAX_JOURNAL_BYTES)
             .open()
             .map_err(EngineError::from_fjall)?;
         let chunks = db
@@ -215,10 +234,11 @@ impl ChunkEngine {
         let staged = db
             .keyspace("staged", KeyspaceCreateOptions::default)
             .map_err(EngineError::from_fjall)?;
+        let tails = Tails::open(db.keyspace("tails", KeyspaceCreateOptions::default).map_err(EngineError::from_fjall)?)?;
         check_format(&db)?;
         let blocks = BlockFile::open(&dir.join(DATA_FILE), opts.grow_bytes, opts.capacity_bytes)?;
         let images = staging::load(&staged)?;
-        let (chunk_count, crcs) = claim_committed_blocks(&chunks, &blocks, &images)?;
+        let (chunk_count, crcs) = claim_committed_blocks(&chunks, &blocks, &tails, &images)?;
         staging::replay(&db, &staged, &blocks, &images, &crcs)?;
         let (total, used) = blocks.counts();
         tracing::info!(dir = %dir.display(), chunks = chunk_count, total_blocks = total, used_blocks = used, "chunk engine open");
@@ -230,6 +250,7 @@ impl ChunkEngine {
             chunks,
             meta_sync: GroupSync::new("chunk metadata"),
             staging: Staging::new(staged),
+            tails,
             locks: LockTable::new(),
             chunk_count: AtomicU64::new(chunk_count),
             crash_points: OnceLock::new(),
@@ -363,11 +384,15 @@ impl ChunkEngine {
             return Ok(old.map(|m| m.info()).unwrap_or_default());
         }
         let zero = zero_blocks(images);
-        let stored = match zero.iter().any(|z| *z) {
+        let mut stored = match zero.iter().any(|z| *z) {
             true => data_images(images, &zero),
             false => images.images().clone(),
         };
-        let new = if stored.is_empty() { None } else { Some(self.write_new_blocks(stored)?) };
+        let tail = self.tail_of(images, &zero).map(|n| {
+            let last = stored.split_off(stored.len() - BS as usize);
+            last.slice(..n)
+        });
+        let new = if stored.is_empty() && tail.is_none() { None } else { Some(self.write_new_blocks(stored, tail)?) };
         let mut meta = old.clone().unwrap_or_default();
         let replaced = install_blocks(&mut meta, images.blocks(), &zero, new.as_ref(), images.crcs());
         meta.version += 1;
@@ -377,6 +402,17 @@ impl ChunkEngine {
         }
         self.commit_and_release(chunk, &meta, old.is_none(), &replaced, new.as_ref())?;
         Ok(meta.info())
+    }
+
+    /// How many bytes of the images' last block to keep as a tail, if it is kept as one: it
+    /// must be the chunk's last block, hold data, and end within `tail_bytes`.
+    fn tail_of(&self, images: &BlockImages, zero: &[bool]) -> Option<usize> {
+        let last = images.blocks().last()?;
+        if zero.last() != Some(&false) || u64::from(last) + 1 != blocks_for(u64::from(images.len())) {
+            return None;
+        }
+        let all = images.images();
+        trimmed_len(&all[all.len() - BS as usize..], self.opts.tail_bytes as usize)
     }
 
     /// Reads up to `len` bytes at `offset`, clipped to the chunk length. Holes read as zeros;
@@ -414,7 +450,8 @@ impl ChunkEngine {
             .collect();
         let mut i = 0;
         while i < mapped.len() {
-            let n = run_len(&mapped[i..], |(_, r)| r.phys).min(MAX_READ_RUN);
+            // A tail is read on its own: no other reference continues it.
+            let n = if is_tail(mapped[i].1.phys) { 1 } else { run_len(&mapped[i..], |(_, r)| r.phys).min(MAX_READ_RUN) };
             let run = &mapped[i..i + n];
             let buf = self.read_verified(chunk, run)?;
             for (k, (l, _)) in run.iter().enumerate() {
@@ -566,7 +603,7 @@ impl ChunkEngine {
             })?;
             meta.blocks.insert(*l, *r);
         }
-        let new = if images.is_empty() { None } else { Some(self.write_new_blocks(Bytes::copy_from_slice(images))?) };
+        let new = if images.is_empty() { None } else { Some(self.write_new_blocks(Bytes::copy_from_slice(images), None)?) };
         for (l, (p, img)) in patched.iter().zip(new.iter().flat_map(NewBlocks::iter)) {
             meta.blocks.insert(*l, BlockRef { phys: p, crc: crc32c::crc32c(img) });
         }
@@ -602,6 +639,7 @@ impl ChunkEngine {
             block_size: BLOCK_SIZE,
             total_blocks: total,
             used_blocks: used,
+            tail_bytes: self.tails.bytes(),
             chunks: self.chunk_count.load(Ordering::Relaxed),
             capacity_bytes: capacity,
             free_bytes: free,
@@ -641,16 +679,19 @@ impl ChunkEngine {
         let Some((first_l, first)) = run.first() else {
             return Ok(Vec::new());
         };
-        let mut buf = vec![0u8; run.len() * BS as usize];
-        self.blocks
-            .read_blocks(first.phys, &mut buf)
-            .map_err(|e| match e.kind() {
+        let buf = if is_tail(first.phys) && run.len() == 1 {
+            self.tails.read(first.phys)?
+        } else {
+            let mut buf = vec![0u8; run.len() * BS as usize];
+            self.blocks.read_blocks(first.phys, &mut buf).map_err(|e| match e.kind() {
                 std::io::ErrorKind::UnexpectedEof => EngineError::Corrupt(format!(
-                "chunk {chunk} block {first_l}: physical block {} lies past the end of {DATA_FILE}",
-                first.phys
-            )),
+                    "chunk {chunk} block {first_l}: physical block {} lies past the end of {DATA_FILE}",
+                    first.phys
+                )),
                 _ => EngineError::from_io(e),
             })?;
+            buf
+        };
         for ((l, r), img) in run.iter().zip(buf.chunks_exact(BS as usize)) {
             let crc = crc32c::crc32c(img);
             if crc != r.crc {
@@ -666,7 +707,8 @@ impl ChunkEngine {
     /// Allocates blocks for `images` and writes them. Large writes are made durable here; small
     /// ones are staged, made durable by the commit that journals them with their record. On
     /// failure nothing references the new blocks, so they go straight back to the allocator.
-    fn write_new_blocks(&self, images: Bytes) -> Result<NewBlocks, EngineError> {
+    /// A `tail` (the trimmed last block) only gets its reference: the commit stores it.
+    fn write_new_blocks(&self, images: Bytes, tail: Option<Bytes>) -> Result<NewBlocks, EngineError> {
         if let Some(e) = self.blocks.poisoned() {
             return Err(e);
         }
@@ -678,11 +720,18 @@ impl ChunkEngine {
         if !staged {
             result = result.and_then(|()| self.blocks.sync_data());
         }
-        if let Err(e) = result {
-            self.blocks.release(&phys);
-            return Err(e);
+        let tail = match (result, tail) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(bytes)) => self.tails.allocate(bytes.len()).map(|p| Some((p, bytes))),
+            (Ok(()), None) => Ok(None),
+        };
+        match tail {
+            Ok(tail) => Ok(NewBlocks { phys, images, staged, tail }),
+            Err(e) => {
+                self.blocks.release(&phys);
+                Err(e)
+            }
         }
-        Ok(NewBlocks { phys, images, staged })
     }
 
     /// Copy-on-write of the last partial block when shrinking: a new block with a zeroed tail.
@@ -703,7 +752,7 @@ impl ChunkEngine {
         }
         img[cut..].fill(0);
         let crc = crc32c::crc32c(&img);
-        let new = self.write_new_blocks(Bytes::from(img))?;
+        let new = self.write_new_blocks(Bytes::from(img), None)?;
         meta.blocks.insert(l, BlockRef { phys: new.phys[0], crc });
         Ok(Some((old.phys, new)))
     }
@@ -722,15 +771,21 @@ impl ChunkEngine {
     ) -> Result<(), EngineError> {
         self.persistence_point("meta.commit")?;
         let staged = new.filter(|n| n.staged);
+        let tail = new.and_then(|n| n.tail.as_ref());
         let mut batch = self.db.batch();
         batch.insert(&self.chunks, chunk.to_bytes(), meta.encode());
         if let Some(n) = staged {
             self.staging.stage(&mut batch, &n.phys, &n.images);
         }
+        if let Some((phys, bytes)) = tail {
+            self.tails.insert(&mut batch, *phys, bytes);
+        }
+        self.remove_tails(&mut batch, freed);
         batch.commit().map_err(EngineError::from_fjall)?;
         if let Some(n) = staged {
             self.staging.committed(&n.phys);
         }
+        self.tails.account(tail.map(|(p, _)| *p).into_iter(), true);
         self.persist_meta()?;
         self.persistence_point("meta.persisted")?;
         if created {
@@ -740,9 +795,19 @@ impl ChunkEngine {
         self.settle(SETTLE_BLOCKS)
     }
 
-    /// Frees blocks no durable record references; staged ones wait for their settle.
+    /// Deletes, in the batch that drops their last reference, the tails among `freed`.
+    fn remove_tails(&self, batch: &mut fjall::OwnedWriteBatch, freed: &[u64]) {
+        for &phys in freed.iter().filter(|p| is_tail(**p)) {
+            self.tails.remove(batch, phys);
+        }
+    }
+
+    /// Frees blocks no durable record references; staged ones wait for their settle. The
+    /// tails among them were deleted with the record.
     fn release(&self, freed: &[u64]) {
-        self.blocks.release(&self.staging.releasable(freed));
+        self.tails.account(freed.iter().copied(), false);
+        let blocks: Vec<u64> = freed.iter().copied().filter(|p| !is_tail(*p)).collect();
+        self.blocks.release(&self.staging.releasable(&blocks));
     }
 
     /// Once at least `min_blocks` images are staged: syncs `blocks.dat`, deletes the staged
@@ -800,6 +865,7 @@ impl ChunkEngine {
         if removed == 0 {
             return Ok(0);
         }
+        self.remove_tails(&mut batch, &freed);
         self.persistence_point("meta.commit")?;
         batch.commit().map_err(EngineError::from_fjall)?;
         self.persist_meta()?;
@@ -836,6 +902,8 @@ struct NewBlocks {
     images: Bytes,
     /// Whether the images go into the journal with the record instead of being synced already.
     staged: bool,
+    /// The last block kept as a tail: its reference and trimmed bytes, stored by the commit.
+    tail: Option<(u64, Bytes)>,
 }
 
 impl NewBlocks {
@@ -877,7 +945,7 @@ fn data_images(images: &BlockImages, zero: &[bool]) -> Bytes {
 /// zeros, in order; the images have `crcs`) or, where `zero` says so, at nothing; returns the
 /// replaced physical blocks.
 fn install_blocks(meta: &mut ChunkMeta, blocks: impl Iterator<Item = u32>, zero: &[bool], new: Option<&NewBlocks>, crcs: &[u32]) -> Vec<u64> {
-    let mut fresh = new.into_iter().flat_map(|n| n.phys.iter().copied());
+    let mut fresh = new.into_iter().flat_map(|n| n.phys.iter().copied().chain(n.tail.as_ref().map(|(p, _)| *p)));
     let mut replaced = Vec::new();
     for (l, (&is_zero, &crc)) in blocks.zip(zero.iter().zip(crcs)) {
         let stored = if is_zero { None } else { fresh.next() };
@@ -899,8 +967,9 @@ fn copy_block_part(img: &[u8], l: u32, start: u64, end: u64, out: &mut [u8]) {
         .copy_from_slice(&img[(lo - block_start) as usize..(hi - block_start) as usize]);
 }
 
-/// Checks (or, on a new target, writes) the engine format marker; upgrades format 1, which
-/// differs only by lacking the (then empty) `staged` keyspace.
+/// Checks (or, on a new target, writes) the engine format marker; upgrades formats 1 and 2,
+/// which differ only by lacking the (then empty) `staged` and `tails` keyspaces. A format-2
+/// engine cannot read tails, so the marker keeps an older binary off an upgraded target.
 fn check_format(db: &Database) -> Result<(), EngineError> {
     let info = db
         .keyspace("engine", KeyspaceCreateOptions::default)
@@ -909,7 +978,7 @@ fn check_format(db: &Database) -> Result<(), EngineError> {
     let expected = marker(FORMAT_VERSION);
     match info.get(FORMAT_KEY).map_err(EngineError::from_fjall)? {
         Some(found) if *found == *expected => Ok(()),
-        Some(found) if *found != *marker(1) => Err(EngineError::Meta(format!(
+        Some(found) if *found != *marker(1) && *found != *marker(2) => Err(EngineError::Meta(format!(
             "unsupported engine format {found:?}, expected {expected:?}"
         ))),
         _ => {
@@ -928,6 +997,7 @@ fn check_format(db: &Database) -> Result<(), EngineError> {
 fn claim_committed_blocks<T>(
     chunks: &Keyspace,
     blocks: &BlockFile,
+    tails: &Tails,
     staged: &HashMap<u64, T>,
 ) -> Result<(u64, HashMap<u64, u32>), EngineError> {
     let (mut count, mut crcs) = (0, HashMap::new());
@@ -938,7 +1008,8 @@ fn claim_committed_blocks<T>(
         let meta = ChunkMeta::decode(&value).map_err(|e| {
             EngineError::Corrupt(format!("chunk {chunk}: bad metadata record: {e}"))
         })?;
-        for r in meta.blocks.values() {
+        tails.account(meta.blocks.values().map(|r| r.phys), true);
+        for r in meta.blocks.values().filter(|r| !is_tail(r.phys)) {
             if !blocks.claim_at_open(r.phys)? {
                 return Err(EngineError::Corrupt(format!(
                     "chunk {chunk}: physical block {} is referenced twice",

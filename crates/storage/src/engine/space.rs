@@ -110,11 +110,13 @@ impl BlockFile {
         }
     }
 
-    /// Grows the file by the configured step, or by just what is needed if the step does not fit.
+    /// Grows the file by an eighth of its size, at least `MIN_GROW_BLOCKS` and at most the
+    /// configured step (a small target stays small, a big one grows in big contiguous steps),
+    /// or by just what is needed if that does not fit.
     fn grow(&self, bm: &mut BlockBitmap, needed: u64) -> Result<(), EngineError> {
         let old = bm.len();
         let minimal = needed.div_ceil(MIN_GROW_BLOCKS) * MIN_GROW_BLOCKS;
-        let mut step = self.grow_blocks.max(minimal);
+        let mut step = (old / 8).clamp(MIN_GROW_BLOCKS, self.grow_blocks.max(MIN_GROW_BLOCKS)).max(minimal);
         if let Some(max) = self.max_blocks {
             step = step.min(max.saturating_sub(old));
             if step < needed {

@@ -7,11 +7,17 @@ use super::*;
 
 const B: usize = BLOCK_SIZE as usize;
 
+/// Whole blocks only: most tests count blocks (tails have tests of their own).
 fn small_opts() -> EngineOptions {
     EngineOptions {
         grow_bytes: 1 << 20,
+        tail_bytes: 0,
         ..EngineOptions::default()
     }
+}
+
+fn open_with_tails(dir: &Path) -> ChunkEngine {
+    ChunkEngine::open(dir, EngineOptions { tail_bytes: 2048, ..small_opts() }).unwrap()
 }
 
 fn open(dir: &Path) -> ChunkEngine {
@@ -175,10 +181,10 @@ fn space_is_reused_and_the_file_stays_bounded() {
     }
     let s = e.stats();
     assert_eq!(s.used_blocks, 16);
-    assert_eq!(s.total_blocks, 256, "one 1 MiB growth step must be enough");
+    assert_eq!(s.total_blocks, 64, "the smallest growth step (256 KiB) must be enough");
     assert_eq!(
         std::fs::metadata(dir.path().join(DATA_FILE)).unwrap().len(),
-        256 * BS
+        64 * BS
     );
     // Lowest-first allocation: 16 live blocks + at most 16 being replaced.
     assert!(meta(&e, c).blocks.values().all(|r| r.phys < 32));
@@ -207,7 +213,7 @@ fn orphan_blocks_of_uncommitted_writes_are_reclaimed_at_open() {
         e.write(c, 0, &data).unwrap();
         // The first half of a write (allocate, pwrite, fdatasync) without its metadata commit:
         // exactly what a crash between the two leaves behind.
-        let orphans = e.write_new_blocks(Bytes::from(pattern(9, 5 * B))).unwrap();
+        let orphans = e.write_new_blocks(Bytes::from(pattern(9, 5 * B)), None).unwrap();
         assert_eq!(orphans.phys, vec![3, 4, 5, 6, 7]);
         assert_eq!(e.stats().used_blocks, 8);
     }
@@ -580,11 +586,11 @@ fn stats_report_the_file_system() {
     assert_eq!(s.block_size, BLOCK_SIZE);
     assert_eq!(
         (s.used_blocks, s.chunks, s.total_blocks),
-        (3, 1, 256),
-        "10 KiB uses 3 blocks"
+        (3, 1, 64),
+        "10 KiB uses 3 blocks of the first growth step"
     );
     assert!(
-        s.capacity_bytes > 0 && s.free_bytes > 0 && s.free_bytes <= s.capacity_bytes + 256 * BS
+        s.capacity_bytes > 0 && s.free_bytes > 0 && s.free_bytes <= s.capacity_bytes + 64 * BS
     );
 }
 
@@ -670,7 +676,9 @@ fn replicas_storing_the_primarys_block_images_end_identical() {
 #[test]
 fn a_write_of_many_pieces_matches_them_written_one_by_one_and_replicates_alike() {
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, b) = (open(d1.path()), open(d2.path()));
+    // One keeps short last blocks as tails, the other does not: how a replica keeps a block
+    // is its own business.
+    let (a, b) = (open_with_tails(d1.path()), open(d2.path()));
     let c = cid(42, 1);
     let mut model = pattern(3, 3 * B + 10);
     write_at(&a, c, 0, 0, &model, None).unwrap();
@@ -926,4 +934,97 @@ fn zeroed_blocks_become_holes_on_every_replica_and_free_their_space() {
     assert_eq!(e.read(fresh, 0, u32::MAX).unwrap(), vec![0u8; 3 * B]);
     e.settle(0).unwrap();
     assert_eq!(e.stats().used_blocks, 4);
+}
+
+fn space(e: &ChunkEngine) -> (u64, u64) {
+    let s = e.stats();
+    (s.used_blocks, s.tail_bytes)
+}
+
+#[test]
+fn a_short_last_block_is_kept_as_a_tail_through_growth_truncate_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cid(90, 0);
+    let mut model = pattern(9, 5 * 1024);
+    model[5 * 1024 - 1] = 0xff;
+    {
+        let e = open_with_tails(dir.path());
+        e.write(c, 0, &model).unwrap();
+        assert_eq!(space(&e), (1, 1024), "a 5 KiB chunk: one block and a 1 KiB tail");
+        assert_eq!(e.read(c, 0, u32::MAX).unwrap(), model);
+        e.write(c, 4200, b"middle of the tail").unwrap();
+        model[4200..4218].copy_from_slice(b"middle of the tail");
+        assert_eq!(space(&e), (1, 1024), "the replaced tail is gone");
+    }
+    let e = open_with_tails(dir.path());
+    assert_eq!(space(&e), (1, 1024), "counted again at open");
+    assert_eq!(e.read(c, 4000, 1000).unwrap(), model[4000..5000]);
+    let mut more = pattern(10, 4000);
+    more[3999] = 0xff;
+    e.write(c, model.len() as u32, &more).unwrap();
+    model.extend_from_slice(&more);
+    assert_eq!(space(&e), (2, model.len() as u64 - 2 * B as u64), "the old tail became a block, the new end a tail");
+    assert_eq!(e.read(c, 0, u32::MAX).unwrap(), model);
+    e.truncate(c, 4100).unwrap();
+    e.settle(0).unwrap();
+    model.truncate(4100);
+    assert_eq!(e.read(c, 0, u32::MAX).unwrap(), model);
+    assert_eq!(space(&e).1, 0);
+    e.truncate(c, 3000).unwrap();
+    assert_eq!(e.read(c, 0, u32::MAX).unwrap(), model[..3000]);
+    assert!(e.remove(c).unwrap());
+    e.settle(0).unwrap();
+    assert_eq!(space(&e), (0, 0));
+    drop(e);
+    let e = open_with_tails(dir.path());
+    assert_eq!(space(&e), (0, 0));
+    assert_eq!(e.tails.keyspace_len(), 0, "no tail left behind");
+}
+
+#[test]
+fn a_tail_left_inside_by_sparse_growth_still_reads_and_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open_with_tails(dir.path());
+    let c = cid(91, 0);
+    e.write(c, 0, b"short").unwrap();
+    let far = pattern(11, B);
+    e.write(c, (2 * B) as u32, &far).unwrap();
+    assert_eq!(space(&e), (1, 5));
+    let mut model = b"short".to_vec();
+    model.resize(2 * B, 0);
+    model.extend_from_slice(&far);
+    assert_eq!(e.read(c, 0, u32::MAX).unwrap(), model);
+    let phys = meta(&e, c).blocks[&0].phys;
+    assert!(is_tail(phys));
+    // A tail whose stored bytes were changed behind the engine's back fails its CRC.
+    let mut batch = e.db.batch();
+    e.tails.insert(&mut batch, phys, b"shirt");
+    batch.commit().unwrap();
+    assert_eq!(e.read(c, 0, 10).unwrap_err().status().code, StatusCode::CorruptData);
+}
+
+#[test]
+fn a_crash_before_the_commit_leaves_the_old_tail_and_no_orphan() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cid(92, 0);
+    {
+        let e = open_with_tails(dir.path());
+        e.write(c, 0, &[1u8; 100]).unwrap();
+        e.set_crash_points(Arc::new(|point| point == "meta.commit"));
+        assert!(e.write(c, 0, &[2u8; 200]).is_err());
+    }
+    let e = open_with_tails(dir.path());
+    assert_eq!(e.read(c, 0, u32::MAX).unwrap(), vec![1u8; 100]);
+    assert_eq!((space(&e), e.tails.keyspace_len()), ((0, 100), 1));
+}
+
+#[test]
+fn blocks_dat_grows_by_an_eighth_of_its_size_up_to_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open_unstaged(dir.path());
+    for i in 0..40u32 {
+        e.write(cid(0x4000 + u64::from(i), 0), 0, &pattern(u64::from(i), 64 * B)).unwrap();
+    }
+    let total = e.stats().total_blocks;
+    assert!((2560..=2560 + 2560 / 8 + 64).contains(&total), "{total} blocks for 2,560 in use");
 }
