@@ -204,6 +204,43 @@ fn a_blocking_lock_waits_for_its_holder_and_a_signal_or_kill_ends_the_wait() {
     fcntl_lock(wfd, libc::F_SETLK, libc::F_WRLCK, 0, 0).unwrap();
 }
 
+/// Two processes each holding a lock the other waits for: the second wait fails with
+/// EDEADLK, as Linux detects it, and the first is granted once the lock it waits for is free.
+#[test]
+fn a_wait_that_would_never_end_fails_with_edeadlk() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let m = cluster.mount();
+    fs::write(m.join("f"), b"xy").unwrap();
+    let file = open_rw(&m.join("f"));
+    let fd = file.as_raw_fd();
+    fcntl_lock(fd, libc::F_SETLK, libc::F_WRLCK, 0, 1).unwrap();
+    // The child holds byte 1 and waits for byte 0, which this process holds.
+    let mut child = Forked::start(move || {
+        if fcntl_lock(fd, libc::F_SETLK, libc::F_WRLCK, 1, 1).is_err() {
+            return 100;
+        }
+        match fcntl_lock(fd, libc::F_SETLKW, libc::F_WRLCK, 0, 1) {
+            Ok(()) => 0,
+            Err(e) => e,
+        }
+    });
+    assert!(eventually(Duration::from_secs(10), || getlk(fd, libc::F_WRLCK, 1, 1).is_some()), "the child never locked byte 1");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(child.try_wait(), None, "the child must be waiting for byte 0");
+    assert_eq!(fcntl_lock(fd, libc::F_SETLKW, libc::F_WRLCK, 1, 1), Err(libc::EDEADLK));
+    fcntl_lock(fd, libc::F_SETLK, libc::F_UNLCK, 0, 1).unwrap();
+    let mut status = None;
+    assert!(eventually(Duration::from_secs(10), || {
+        status = child.try_wait();
+        status.is_some()
+    }));
+    assert_eq!(status, Some(0), "the child's wait must end with the lock");
+}
+
 #[test]
 fn locks_of_a_killed_process_and_of_a_dead_mount_are_released() {
     if !fuse_available() {

@@ -22,6 +22,7 @@ pub fn errno_of(st: &Status) -> i32 {
         StatusCode::LockConflict => libc::EAGAIN,
         StatusCode::Interrupted => libc::EINTR,
         StatusCode::NoSuchOffset => libc::ENXIO,
+        StatusCode::Deadlock => libc::EDEADLK,
         _ => libc::EIO,
     }
 }

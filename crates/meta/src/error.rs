@@ -39,6 +39,8 @@ pub enum MetaError {
     NoAttribute(String),
     #[error("no space: {0}")]
     NoSpace(String),
+    #[error("deadlock: {0}")]
+    Deadlock(String),
     #[error("kv: {0}")]
     Kv(#[from] KvError),
     #[error("corrupt metadata: {0}")]
@@ -71,6 +73,7 @@ impl MetaError {
             MetaError::SpillLost(_) => StatusCode::SpillLost,
             MetaError::NoAttribute(_) => StatusCode::NoAttribute,
             MetaError::NoSpace(_) => StatusCode::NoSpace,
+            MetaError::Deadlock(_) => StatusCode::Deadlock,
             MetaError::Kv(e) if e.is_retryable() => StatusCode::TxnConflict,
             MetaError::Kv(_) => StatusCode::KvError,
             MetaError::Corrupt(_) | MetaError::Internal(_) | MetaError::Io(_) => {

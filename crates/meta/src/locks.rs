@@ -74,6 +74,22 @@ impl LockTable {
         self.locks.iter().find(|e| !held_by(e, who) && range.overlaps(e) && (write || e.write))
     }
 
+    /// Every other owner whose lock a `change` of `range` by `who` would break.
+    pub fn blockers(&self, who: LockOwner, range: ByteRange, change: LockChange) -> Vec<LockOwner> {
+        if change == LockChange::Unlock {
+            return Vec::new();
+        }
+        let write = change == LockChange::Write;
+        let mut owners: Vec<LockOwner> = Vec::new();
+        for e in self.locks.iter().filter(|e| !held_by(e, who) && range.overlaps(e) && (write || e.write)) {
+            let o = LockOwner { client_id: e.client_id, owner: e.owner };
+            if !owners.contains(&o) {
+                owners.push(o);
+            }
+        }
+        owners
+    }
+
     /// Applies `change` to `who`'s locks on `range`, without looking at other owners (the
     /// caller checks [`conflict`](Self::conflict) first).
     pub fn apply(&mut self, who: LockOwner, range: ByteRange, change: LockChange, pid: u32) {

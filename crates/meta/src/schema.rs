@@ -13,6 +13,7 @@
 //! | `INLN` id | [`InlineRecord`]: the bytes of an inline file (absent = empty) |
 //! | `XATR` id name | the value of one extended attribute |
 //! | `LOCK` id | [`LockRecord`]: the byte-range and flock locks held on a file |
+//! | `LKWT` client (8 B LE) owner (8 B BE) | [`LockWaitRecord`]: the lock an owner waits for |
 //! | `CBLK` id chunk (4 B big-endian) | u64 LE version, u32 LE blocks: what one chunk holds |
 //! | `GCQ_` id | [`GcRecord`]: unlinked file waiting for chunk removal |
 //! | `SING` `ino` shard | u64 LE: inode-id block counter of one shard |
@@ -33,6 +34,7 @@ pub const GC_PREFIX: &[u8; 4] = b"GCQ_";
 pub const INLINE_PREFIX: &[u8; 4] = b"INLN";
 pub const XATTR_PREFIX: &[u8; 4] = b"XATR";
 pub const LOCK_PREFIX: &[u8; 4] = b"LOCK";
+pub const LOCK_WAIT_PREFIX: &[u8; 4] = b"LKWT";
 pub const CHUNK_BLOCKS_PREFIX: &[u8; 4] = b"CBLK";
 pub const SINGLETON_PREFIX: &[u8; 4] = b"SING";
 
@@ -111,6 +113,11 @@ pub fn xattr_prefix(ino: InodeId) -> Vec<u8> {
 
 pub fn lock_key(ino: InodeId) -> Vec<u8> {
     key(LOCK_PREFIX, ino, &[])
+}
+
+/// The wait of one lock owner (a client id in the place of an inode id).
+pub fn lock_wait_key(client_id: u64, owner: u64) -> Vec<u8> {
+    key(LOCK_WAIT_PREFIX, InodeId(client_id), &owner.to_be_bytes())
 }
 
 pub fn chunk_blocks_key(ino: InodeId, chunk: u32) -> Vec<u8> {
@@ -324,6 +331,22 @@ pub struct LockEntry {
     pub write: bool,
     #[prost(uint32, tag = "6")]
     pub pid: u32,
+}
+
+/// A blocking lock request that was refused, so its owner waits and asks again; it counts
+/// only until `until_ns` (the waiter refreshes it with every attempt).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LockWaitRecord {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+    #[prost(uint64, tag = "2")]
+    pub start: u64,
+    #[prost(uint64, tag = "3")]
+    pub end: u64,
+    #[prost(bool, tag = "4")]
+    pub write: bool,
+    #[prost(int64, tag = "5")]
+    pub until_ns: i64,
 }
 
 /// Every lock held on one file, in the normal form `crate::locks::LockTable` keeps.

@@ -667,6 +667,10 @@ pub struct LockReq {
     /// The locking process, reported to others by F_GETLK.
     #[prost(uint32, tag = "7")]
     pub pid: u32,
+    /// The caller waits if refused (F_SETLKW, flock without LOCK_NB): a refusal records the
+    /// wait, and one that would close a cycle of waiters fails as a deadlock instead.
+    #[prost(bool, tag = "8")]
+    pub wait: bool,
 }
 
 /// A lock of another owner that stands in the way.

@@ -46,6 +46,9 @@ pub enum StatusCode {
     LockConflict = 414,
     /// A seek for data or a hole starts past the end of the data (ENXIO).
     NoSuchOffset = 415,
+    /// Waiting for the lock would never end: its holders wait, in a cycle, for the caller's
+    /// own locks (EDEADLK).
+    Deadlock = 416,
     // Storage (5xx)
     NoSpace = 500,
     IoError = 501,
@@ -61,7 +64,7 @@ pub enum StatusCode {
 }
 
 impl StatusCode {
-    const ALL: [StatusCode; 41] = [
+    const ALL: [StatusCode; 42] = [
         StatusCode::Ok,
         StatusCode::Internal,
         StatusCode::InvalidArgument,
@@ -94,6 +97,7 @@ impl StatusCode {
         StatusCode::NoAttribute,
         StatusCode::LockConflict,
         StatusCode::NoSuchOffset,
+        StatusCode::Deadlock,
         StatusCode::NoSpace,
         StatusCode::IoError,
         StatusCode::CorruptData,

@@ -47,6 +47,7 @@ impl Vfs {
             end: spec.end,
             kind: spec.kind.into(),
             pid: spec.pid,
+            wait: false,
         }
     }
 
@@ -69,7 +70,7 @@ impl Vfs {
             h.state.lock().await.lock_owners.insert(spec.owner);
             lock(&h.lock_owners).insert(spec.owner);
         }
-        let r = SetLockReq { lock: Some(self.lock_req(&h, spec)) };
+        let r = SetLockReq { lock: Some(LockReq { wait, ..self.lock_req(&h, spec) }) };
         let mut pause = RETRY_FIRST;
         loop {
             let resp = self.client.meta(&r, Retry::Idempotent).await?;

@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 use ember_types::{Status, StatusCode};
 
 /// Directories held at once; more are not tracked until some expire.
-const MAX_DIRS: usize = 1024;
+const MAX_DIRS: usize = 256;
 /// Names held per directory; a bigger one is not tracked (its listing would be memory for
 /// little gain: lookups in it go to meta as before).
-const MAX_NAMES: usize = 16_384;
+const MAX_NAMES: usize = 4096;
 
 pub(super) struct KnownNames {
     ttl: Duration,

@@ -2,16 +2,23 @@
 //! serializably, so two clients locking the same file never both win. Requests never wait
 //! here; a client that wants to wait asks again. Locks of clients that are gone are dropped by
 //! GC ([`MetaStore::drop_client_locks`]).
+//!
+//! Deadlocks: a refused request whose owner will wait leaves an `LKWT` record of what it waits
+//! for, which each attempt renews and which counts for `WAIT_FRESH`. Before it is recorded,
+//! the owners in its way are followed through their own waits; reaching the requester means
+//! the wait would never end, and the request fails with EDEADLK instead.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use ember_proto::meta::{LockHolder, LockKind, LockReq, LockResp};
 use ember_types::{FileType, InodeId};
 
-use super::{MetaStore, Tx};
+use super::{now_ns, MetaStore, Tx};
 use crate::locks::{ByteRange, LockChange, LockOwner, LockTable};
 use crate::schema::{
-    decode, encode, id_from_key, key_after, lock_key, prefix_end, InodeRecord, LockEntry, LockRecord, LOCK_PREFIX,
+    decode, encode, id_from_key, key_after, lock_key, lock_wait_key, prefix_end, InodeRecord, LockEntry, LockRecord, LockWaitRecord,
+    LOCK_PREFIX,
 };
 use crate::MetaError;
 
@@ -43,6 +50,21 @@ fn request(req: &LockReq) -> Result<Request, MetaError> {
     })
 }
 
+/// How long a recorded wait counts without being renewed: a waiter asks again at least every
+/// 64 ms, so a record this old belongs to a wait that ended (granted, interrupted, or its
+/// process died).
+const WAIT_FRESH: Duration = Duration::from_millis(250);
+/// Waits followed at most when looking for a cycle.
+const MAX_WAIT_STEPS: usize = 256;
+
+fn change_of(write: bool) -> LockChange {
+    if write {
+        LockChange::Write
+    } else {
+        LockChange::Read
+    }
+}
+
 fn holder(e: &LockEntry) -> LockHolder {
     let kind = if e.write { LockKind::Write } else { LockKind::Read };
     LockHolder { start: e.start, end: e.end, kind: kind.into(), pid: e.pid }
@@ -52,6 +74,39 @@ impl Tx<'_> {
     fn locks(&mut self, ino: InodeId) -> Result<LockTable, MetaError> {
         let rec = self.0.get(&lock_key(ino))?.map(|v| decode::<LockRecord>("lock record", &v)).transpose()?;
         Ok(LockTable::from_record(rec.unwrap_or_default()))
+    }
+
+    /// Like [`locks`](Self::locks) without joining the conflict set: a cycle check reads the
+    /// locks of other files, which must not make this request conflict with their changes.
+    fn snapshot_locks(&mut self, ino: InodeId) -> Result<LockTable, MetaError> {
+        let rec = self.0.snapshot_get(&lock_key(ino))?.map(|v| decode::<LockRecord>("lock record", &v)).transpose()?;
+        Ok(LockTable::from_record(rec.unwrap_or_default()))
+    }
+
+    /// What `who` waits for, if it still waits.
+    fn lock_wait(&mut self, who: LockOwner, now: i64) -> Result<Option<LockWaitRecord>, MetaError> {
+        let Some(v) = self.0.snapshot_get(&lock_wait_key(who.client_id, who.owner))? else { return Ok(None) };
+        let w: LockWaitRecord = decode("lock wait record", &v)?;
+        Ok((w.until_ns > now).then_some(w))
+    }
+
+    /// Whether the owners in `blockers` wait, themselves or through the owners in their way,
+    /// for a lock of `who`.
+    fn closes_cycle(&mut self, who: LockOwner, blockers: Vec<LockOwner>, now: i64) -> Result<bool, MetaError> {
+        let (mut seen, mut frontier) = (HashSet::new(), blockers);
+        while let Some(o) = frontier.pop() {
+            if o == who {
+                return Ok(true);
+            }
+            if seen.len() >= MAX_WAIT_STEPS || !seen.insert(o) {
+                continue;
+            }
+            if let Some(w) = self.lock_wait(o, now)? {
+                let range = ByteRange { start: w.start, end: w.end };
+                frontier.extend(self.snapshot_locks(InodeId(w.inode))?.blockers(o, range, change_of(w.write)));
+            }
+        }
+        Ok(false)
     }
 
     fn put_locks(&mut self, ino: InodeId, table: LockTable) {
@@ -89,15 +144,40 @@ impl MetaStore {
     /// Takes, changes or gives back a lock unless another owner's lock is in the way.
     pub fn set_lock(&self, req: &LockReq) -> Result<LockResp, MetaError> {
         let r = request(req)?;
-        self.run(|t| {
+        let wait_key = lock_wait_key(r.who.client_id, r.who.owner);
+        let result = self.run(|t| {
             let (rec, mut table) = t.lockable(r.ino)?;
             if let Some(e) = table.conflict(r.who, r.range, r.change) {
-                return Ok(LockResp { granted: false, conflict: Some(holder(e)), ..Default::default() });
+                let refused = LockResp { granted: false, conflict: Some(holder(e)), ..Default::default() };
+                if req.wait {
+                    let now = now_ns();
+                    if t.closes_cycle(r.who, table.blockers(r.who, r.range, r.change), now)? {
+                        return Err(MetaError::Deadlock(format!("waiting for inode {} would never end", r.ino)));
+                    }
+                    let until_ns = now.saturating_add(WAIT_FRESH.as_nanos() as i64);
+                    let w = LockWaitRecord { inode: r.ino.0, start: r.range.start, end: r.range.end, write: r.change == LockChange::Write, until_ns };
+                    t.0.set(&wait_key, &encode(&w));
+                    // Bookkeeping that lives a quarter of a second: not worth an fsync.
+                    t.0.relax_durability();
+                }
+                return Ok(refused);
             }
             table.apply(r.who, r.range, r.change, r.pid);
             t.put_locks(r.ino, table);
+            if req.wait {
+                t.0.delete(&wait_key);
+            }
             t.granted(r.ino, &rec, r.change)
-        })
+        });
+        if matches!(result, Err(MetaError::Deadlock(_))) {
+            // The requester stops waiting: its record must not make others see a cycle.
+            self.run(|t| {
+                t.0.delete(&wait_key);
+                t.0.relax_durability();
+                Ok(())
+            })?;
+        }
+        result
     }
 
     /// F_GETLK: the lock in the way of `req`, if any.

@@ -871,7 +871,33 @@ fn rename_exchange_swaps_two_names_of_any_type() {
 }
 
 fn lock_req(inode: u64, client_id: u64, owner: u64, range: (u64, u64), kind: ember_proto::meta::LockKind) -> ember_proto::meta::LockReq {
-    ember_proto::meta::LockReq { inode, client_id, owner, start: range.0, end: range.1, kind: kind.into(), pid: owner as u32 }
+    ember_proto::meta::LockReq { inode, client_id, owner, start: range.0, end: range.1, kind: kind.into(), pid: owner as u32, wait: false }
+}
+
+fn waiting(req: ember_proto::meta::LockReq) -> ember_proto::meta::LockReq {
+    ember_proto::meta::LockReq { wait: true, ..req }
+}
+
+#[test]
+fn a_wait_that_closes_a_cycle_of_waiters_is_a_deadlock() {
+    use ember_proto::meta::LockKind::{Read, Write};
+    let s = store();
+    let [f, g, h] = ["f", "g", "h"].map(|n| mkfile(&s, InodeId::ROOT, n).inode);
+    // Owners 10 (client 1), 20 and 30 (client 2) hold f, g and h.
+    assert!(s.set_lock(&lock_req(f, 1, 10, (0, 0), Write)).unwrap().granted);
+    assert!(s.set_lock(&lock_req(g, 2, 20, (0, 0), Write)).unwrap().granted);
+    assert!(s.set_lock(&lock_req(h, 2, 30, (0, 9), Read)).unwrap().granted);
+    assert!(!s.set_lock(&waiting(lock_req(g, 1, 10, (0, 0), Write))).unwrap().granted, "10 waits for 20");
+    let dead = s.set_lock(&waiting(lock_req(f, 2, 20, (0, 0), Read)));
+    assert_eq!(code(dead), StatusCode::Deadlock, "20 waiting for 10 closes the cycle");
+    assert!(!s.set_lock(&lock_req(f, 2, 20, (0, 0), Read)).unwrap().granted, "without waiting it is a plain refusal");
+    // Three owners: 10 waits for 20, 20 waits for 30 (a read lock is in the way of a write).
+    assert!(!s.set_lock(&waiting(lock_req(h, 2, 20, (5, 5), Write))).unwrap().granted);
+    assert_eq!(code(s.set_lock(&waiting(lock_req(f, 2, 30, (0, 0), Write)))), StatusCode::Deadlock);
+    // Read locks do not wait for read locks, and a wait not renewed stops counting.
+    assert!(s.set_lock(&waiting(lock_req(h, 1, 10, (0, 0), Read))).unwrap().granted);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!s.set_lock(&waiting(lock_req(f, 2, 30, (0, 0), Write))).unwrap().granted, "the old waits have expired");
 }
 
 #[test]
