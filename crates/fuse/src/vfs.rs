@@ -209,7 +209,7 @@ impl Vfs {
             Absence::Absent => true,
             Absence::Unknown => false,
             Absence::Expired { .. } => {
-                let since = std::time::Instant::now();
+                let since = Instant::now();
                 let Ok(resp) = self.client.meta(&GetAttrReq { inode: dir }, Retry::Idempotent).await else { return false };
                 let changes = resp.attr.map_or(u64::MAX, |a| a.entry_changes);
                 self.names.renew(dir, changes, since) && self.names.absent(dir, name) == Absence::Absent
@@ -242,7 +242,7 @@ impl Vfs {
     /// Finishes a change that makes `name` in `dir` (mkdir, mknod, symlink, link).
     fn made(&self, dir: u64, name: &[u8], since: Instant, resp: Result<AttrResp, Status>) -> Result<Attr, Status> {
         let (made, parent) = match resp {
-            Ok(r) => (attr_of(AttrResp { attr: r.attr, parent: None }), r.parent),
+            Ok(r) => (r.attr.ok_or_else(|| Status::internal("meta replied without attributes")), r.parent),
             Err(e) => (Err(e), None),
         };
         self.name_changed(dir, name, true, since, &made, parent.as_ref());
