@@ -108,7 +108,8 @@ const FORMAT_VERSION: u8 = 3;
 const MAX_READ_RUN: usize = 256;
 /// Chunks removed per metadata batch by `remove_chunks` (bounds memory and lock hold times).
 const REMOVE_BATCH: usize = 1024;
-/// Journal files kept before fjall flushes memtables to drop the oldest (its smallest).
+/// Journal bytes kept before fjall flushes memtables to drop the oldest journal (the least
+/// fjall accepts).
 const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 
 /// Tunables of one engine.
