@@ -67,6 +67,8 @@ pub struct EmberClient {
     /// applied a request of ours has applied all our earlier ones, which is what lets storage
     /// recognise a retry by the latest sequence number alone.
     chunk_turns: Vec<tokio::sync::Mutex<()>>,
+    /// Times the session went longer than its timeout without an extension (`session.rs`).
+    session_lapses: AtomicU64,
     config: ClientConfig,
 }
 
@@ -82,6 +84,7 @@ impl EmberClient {
             client_id: config.client_id.unwrap_or_else(session::new_client_id),
             next_seq: AtomicU64::new(1),
             chunk_turns: (0..CHUNK_TURN_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            session_lapses: AtomicU64::new(0),
             config,
         });
         client.routing.refresh().await?;
@@ -92,6 +95,13 @@ impl EmberClient {
 
     pub fn client_id(&self) -> u64 {
         self.client_id
+    }
+
+    /// How many times this client's session may have ended on mgmtd (no extension got
+    /// through for longer than the session timeout). Meta drops the locks of a client whose
+    /// session ended, so a lock taken before a lapse may be gone.
+    pub fn session_lapses(&self) -> u64 {
+        self.session_lapses.load(Ordering::Acquire)
     }
 
     pub fn routing(&self) -> &Arc<RoutingWatcher> {

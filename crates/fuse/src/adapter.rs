@@ -114,15 +114,16 @@ fn observe<T>(op: &'static str, started: Instant, result: Result<T, Status>) -> 
     })
 }
 
-/// After a read or write lock is granted: the kernel forgets the file's attributes and pages,
-/// so the holder reads what the lock's last holder wrote.
-fn forget_cached(notifier: &OnceLock<Notifier>, ino: INodeNo, spec: &LockSpec) {
-    if spec.kind == LockKind::Unlock {
+/// The kernel forgets the file's attributes and pages: after a read or write lock is granted
+/// (`spec`), so the holder reads what the lock's last holder wrote, and after a close that
+/// could not write out what it had (no `spec`).
+fn forget_cached(notifier: &OnceLock<Notifier>, ino: INodeNo, spec: Option<&LockSpec>) {
+    if spec.is_some_and(|s| s.kind == LockKind::Unlock) {
         return;
     }
     if let Some(n) = notifier.get() {
         if let Err(e) = n.inval_inode(ino, 0, 0) {
-            tracing::debug!(%ino, error = %e, "cannot drop the kernel's cache of a locked file");
+            tracing::debug!(%ino, error = %e, "cannot drop the kernel's cache of a file");
         }
     }
 }
@@ -413,8 +414,14 @@ impl Filesystem for EmberFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
-        Self::empty(reply, self.run("flush", self.vfs.close(fh.0, lock_owner.0)));
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+        let r = self.run("flush", self.vfs.close(fh.0, lock_owner.0));
+        if r == Err(Errno::EIO) {
+            // What this close could not write out (lost locks, a failed storage write) must
+            // not stay readable from the kernel's page cache as if it were stored.
+            forget_cached(&self.notifier, ino, None);
+        }
+        Self::empty(reply, r);
     }
 
     fn fallocate(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
@@ -504,7 +511,7 @@ impl Filesystem for EmberFs {
         if !sleep {
             let r = self.run("setlk", self.vfs.setlk(fh.0, spec, false, || false));
             if r.is_ok() {
-                forget_cached(&self.notifier, ino, &spec);
+                forget_cached(&self.notifier, ino, Some(&spec));
             }
             return Self::empty(reply, r);
         }
@@ -516,7 +523,7 @@ impl Filesystem for EmberFs {
             let started = Instant::now();
             let r = vfs.setlk(fh.0, spec, true, || crate::signals::pending(thread)).await;
             if r.is_ok() {
-                forget_cached(&notifier, ino, &spec);
+                forget_cached(&notifier, ino, Some(&spec));
             }
             Self::empty(reply, observe("setlkw", started, r));
         });

@@ -23,6 +23,7 @@ pub fn errno_of(st: &Status) -> i32 {
         StatusCode::Interrupted => libc::EINTR,
         StatusCode::NoSuchOffset => libc::ENXIO,
         StatusCode::Deadlock => libc::EDEADLK,
+        StatusCode::LocksLost => libc::EIO,
         _ => libc::EIO,
     }
 }

@@ -117,6 +117,9 @@ struct Handle {
     state: Arc<tokio::sync::Mutex<InodeState>>,
     /// Lock owners that locked through this handle (flock's owner is the open file).
     lock_owners: Mutex<HashSet<u64>>,
+    /// The client's session lapses before the first lock through this handle was asked for:
+    /// one more since, and those locks may be gone (`vfs::locks`).
+    locked_at_lapses: std::sync::OnceLock<u64>,
 }
 
 impl Handle {
@@ -466,13 +469,21 @@ impl Vfs {
             st.open_handles += 1;
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let handle = Handle { inode: InodeId(attr.inode), session_id, layout, state, lock_owners: Mutex::default() };
+        let handle = Handle {
+            inode: InodeId(attr.inode),
+            session_id,
+            layout,
+            state,
+            lock_owners: Mutex::default(),
+            locked_at_lapses: std::sync::OnceLock::new(),
+        };
         lock(&self.handles).insert(fh, Arc::new(handle));
         Ok(fh)
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Status> {
         let h = self.handle(fh)?;
+        self.check_locks(&h)?;
         let layout = h.file_layout()?;
         let file_size = {
             let mut st = h.state.lock().await;
@@ -492,6 +503,7 @@ impl Vfs {
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Status> {
         let h = self.handle(fh)?;
+        self.check_locks(&h)?;
         let layout = h.file_layout()?;
         let mut st = h.state.lock().await;
         if let Some(e) = st.error.take() {
@@ -542,6 +554,12 @@ impl Vfs {
     /// Called on every close(2) (FUSE flush) and on fsync.
     pub async fn flush(&self, fh: u64) -> Result<(), Status> {
         let h = self.handle(fh)?;
+        if let Err(e) = self.check_locks(&h) {
+            // What was buffered here was written under locks that may be gone: an open from
+            // now on starts from what meta holds, not from this state.
+            self.detach_state(&h);
+            return Err(e);
+        }
         let Some(layout) = h.layout.as_ref() else { return Ok(()) };
         let mut st = h.state.lock().await;
         // A failure of the flush in flight lands in `error`, reported just below.
@@ -583,11 +601,19 @@ impl Vfs {
             st.open_handles == 0
         };
         if last {
-            lock(&self.inodes).remove(&h.inode.0);
+            self.detach_state(&h);
         }
         // `flush` above already reported the length; what is left is ending the session.
         self.closes.close(h.inode.0, h.session_id);
         flushed
+    }
+
+    /// Unless a later open already replaced it, the handle's state stops being the inode's.
+    fn detach_state(&self, h: &Handle) {
+        let mut inodes = lock(&self.inodes);
+        if inodes.get(&h.inode.0).is_some_and(|s| Arc::ptr_eq(s, &h.state)) {
+            inodes.remove(&h.inode.0);
+        }
     }
 
     /// Before unmounting: ends the sessions whose releases are still being gathered.

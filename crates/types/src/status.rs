@@ -49,6 +49,9 @@ pub enum StatusCode {
     /// Waiting for the lock would never end: its holders wait, in a cycle, for the caller's
     /// own locks (EDEADLK).
     Deadlock = 416,
+    /// The file's locks went with the client's session, which lapsed while it was cut off
+    /// from the cluster (EIO until the file is closed, as NFS does).
+    LocksLost = 417,
     // Storage (5xx)
     NoSpace = 500,
     IoError = 501,
@@ -64,7 +67,7 @@ pub enum StatusCode {
 }
 
 impl StatusCode {
-    const ALL: [StatusCode; 42] = [
+    const ALL: [StatusCode; 43] = [
         StatusCode::Ok,
         StatusCode::Internal,
         StatusCode::InvalidArgument,
@@ -98,6 +101,7 @@ impl StatusCode {
         StatusCode::LockConflict,
         StatusCode::NoSuchOffset,
         StatusCode::Deadlock,
+        StatusCode::LocksLost,
         StatusCode::NoSpace,
         StatusCode::IoError,
         StatusCode::CorruptData,

@@ -11,6 +11,13 @@
 //! Data follows the locks as NFS has it: unlocking first writes out what this mount buffered,
 //! and a granted lock's reply brings the file's length (and an inline file's bytes), which
 //! replace this mount's cached view, so the next holder reads what the last one wrote.
+//!
+//! Lost locks: when this client's session lapses (it was cut off from mgmtd for longer than
+//! the session timeout), meta may have dropped its locks and another client may hold them
+//! now. Then every read, write, fsync, lock request and close through a handle that locked
+//! before the lapse fails with EIO, as NFS does for a lost lock, so a program never writes on
+//! as if it still held the lock (what it had buffered is not sent). The handle stays failed
+//! until it is closed; a new open starts afresh.
 
 use std::time::Duration;
 
@@ -66,7 +73,9 @@ impl Vfs {
         // Locking: this mount's own writes must be out before its view is refreshed.
         self.flush(fh).await?;
         if spec.kind != LockKind::Unlock {
-            // Noted before asking: a grant whose reply is lost must still be given back.
+            // Noted before asking: a grant whose reply is lost must still be given back, and
+            // a lapse while the request is on its way may already have dropped the lock.
+            h.locked_at_lapses.get_or_init(|| self.client.session_lapses());
             h.state.lock().await.lock_owners.insert(spec.owner);
             lock(&h.lock_owners).insert(spec.owner);
         }
@@ -86,6 +95,17 @@ impl Vfs {
             }
             wait_unless_interrupted(pause, &interrupted).await?;
             pause = (pause * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// Fails once the client's session has lapsed since this handle first asked for a lock.
+    pub(super) fn check_locks(&self, h: &Handle) -> Result<(), Status> {
+        match h.locked_at_lapses.get() {
+            Some(&at) if self.client.session_lapses() > at => Err(Status::new(
+                StatusCode::LocksLost,
+                format!("the locks on inode {} may be gone: this mount was cut off from the cluster longer than its session timeout", h.inode),
+            )),
+            _ => Ok(()),
         }
     }
 
