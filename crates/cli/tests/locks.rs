@@ -241,14 +241,19 @@ fn a_wait_that_would_never_end_fails_with_edeadlk() {
     assert_eq!(status, Some(0), "the child's wait must end with the lock");
 }
 
+/// A one-node cluster whose client sessions end this soon without an extension.
+fn with_session_timeout_ms(ms: u64) -> Cluster {
+    let spec = Spec { storage_nodes: 1, targets: 1, replicas: 1, chain_mode: false, periodic_meta: false, client_session_timeout_ms: Some(ms) };
+    Cluster::start_spec(bin(), spec)
+}
+
 #[test]
 fn locks_of_a_killed_process_and_of_a_dead_mount_are_released() {
     if !fuse_available() {
         return;
     }
     let _slot = SLOTS.acquire();
-    let spec = Spec { storage_nodes: 1, targets: 1, replicas: 1, chain_mode: false, periodic_meta: false, client_session_timeout_ms: Some(3000) };
-    let cluster = Cluster::start_spec(bin(), spec);
+    let cluster = with_session_timeout_ms(3000);
     let (mut a, b) = (cluster.mount(), cluster.mount());
     fs::write(a.join("f"), b"x").unwrap();
     let local = open_rw(&b.join("f"));
@@ -297,8 +302,7 @@ fn files_locked_before_the_session_lapsed_fail_with_eio() {
         return;
     }
     let _slot = SLOTS.acquire();
-    let spec = Spec { storage_nodes: 1, targets: 1, replicas: 1, chain_mode: false, periodic_meta: false, client_session_timeout_ms: Some(2000) };
-    let mut cluster = Cluster::start_spec(bin(), spec);
+    let mut cluster = with_session_timeout_ms(2000);
     let (m, other) = (cluster.mount(), cluster.mount());
     fs::write(m.join("locked"), b"x").unwrap();
     fs::write(m.join("plain"), b"y").unwrap();
