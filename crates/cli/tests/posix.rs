@@ -356,6 +356,71 @@ fn a_directory_this_mount_made_answers_for_itself_until_another_mount_changes_it
     }
 }
 
+/// Drops the kernel's unused dentries and inodes (of every file system), so that the next
+/// stat of a path is a lookup of the mount.
+fn drop_kernel_dentries() {
+    fs::write("/proc/sys/vm/drop_caches", b"2").unwrap();
+}
+
+/// Stats of a directory's files in a row are answered from entries read ahead with their
+/// attributes (statahead): a few lookups reach meta, not one per file. The mount's own
+/// changes show at once, another mount's within the TTL.
+#[test]
+fn stats_of_a_directory_in_a_row_are_read_ahead() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let (a, b) = (cluster.mount(), cluster.mount());
+    let asked = |method: &str| cluster.meta_metric(&format!("ember_rpc_requests_total{{method=\"meta.{method}\",status=\"Ok\"}}"));
+    fs::create_dir(b.join("d")).unwrap();
+    for i in 0..300 {
+        fs::write(b.join(&format!("d/f{i:03}")), vec![b'x'; i]).unwrap();
+    }
+    fs::set_permissions(b.join("d/f299"), fs::Permissions::from_mode(0o600)).unwrap();
+    let (lookups, pages) = (asked("lookup"), asked("readdir"));
+    let started = std::time::Instant::now();
+    for i in 0..300 {
+        let m = fs::metadata(a.join(&format!("d/f{i:03}"))).unwrap();
+        assert_eq!(m.len(), i as u64, "size of f{i:03}");
+        assert_eq!(m.nlink(), 1);
+    }
+    assert_eq!(fs::metadata(a.join("d/f299")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(asked("readdir") > pages, "no page was read ahead");
+    if started.elapsed() < std::time::Duration::from_millis(800) {
+        let n = asked("lookup") - lookups;
+        assert!(n <= 100, "{n} lookups reached meta for 300 stats in a row");
+    }
+
+    // This mount's own changes, seen by a lookup that the entries read ahead could answer.
+    fs::set_permissions(a.join("d/f100"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::hard_link(a.join("d/f101"), a.join("link101")).unwrap();
+    fs::OpenOptions::new().append(true).open(a.join("d/f102")).unwrap().write_all(b"more").unwrap();
+    drop_kernel_dentries();
+    assert_eq!(fs::metadata(a.join("d/f100")).unwrap().permissions().mode() & 0o777, 0o640);
+    assert_eq!(fs::metadata(a.join("d/f101")).unwrap().nlink(), 2);
+    assert_eq!(fs::metadata(a.join("d/f102")).unwrap().len(), 102 + 4);
+    fs::remove_file(a.join("link101")).unwrap();
+    drop_kernel_dentries();
+    assert_eq!(fs::metadata(a.join("d/f101")).unwrap().nlink(), 1);
+
+    // Another mount's change: within the TTL (1 s), while this mount keeps statting.
+    fs::set_permissions(b.join("d/f200"), fs::Permissions::from_mode(0o604)).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        for i in 190..210 {
+            fs::metadata(a.join(&format!("d/f{i:03}"))).unwrap();
+        }
+        if fs::metadata(a.join("d/f200")).unwrap().permissions().mode() & 0o777 == 0o604 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "another mount's chmod not seen after 3 s");
+        drop_kernel_dentries();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// This mount's own link, unlink, rename and writes show at once in every name's attributes,
 /// never after the attribute TTL; an open file that lost its last name still answers fstat.
 #[test]

@@ -219,7 +219,8 @@ impl Filesystem for EmberFs {
                 let missing = FileAttr { ino: INodeNo(0), ..self.file_attr(&Attr::default()) };
                 reply.entry(&self.ttl, &missing, Generation(0));
             }
-            r => self.entry(reply, r),
+            Ok(e) => reply.entry(&e.ttl, &self.file_attr(&e.attr), Generation(0)),
+            Err(e) => reply.error(e),
         }
     }
 

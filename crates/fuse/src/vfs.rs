@@ -11,6 +11,7 @@ mod locks;
 mod names;
 mod privileges;
 mod reports;
+mod statahead;
 mod xattr;
 
 use std::collections::{HashMap, HashSet};
@@ -29,6 +30,7 @@ use dir_attrs::DirAttrs;
 use inline::InlineFile;
 use names::{Absence, KnownNames};
 use reports::ChunkReports;
+use statahead::Statahead;
 use xattr::MissingXattrs;
 
 pub use holes::SeekFor;
@@ -77,6 +79,13 @@ pub struct Creator {
     pub uid: u32,
     pub gid: u32,
     pub umask: u32,
+}
+
+/// A name looked up, and how long the kernel may keep it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub attr: Attr,
+    pub ttl: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,8 +146,9 @@ pub struct Vfs {
     inodes: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<InodeState>>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     missing_xattrs: MissingXattrs,
-    names: KnownNames,
+    names: Arc<KnownNames>,
     dir_attrs: DirAttrs,
+    statahead: Arc<Statahead>,
     closes: Arc<SessionCloser>,
 }
 
@@ -162,8 +172,9 @@ impl Vfs {
         Vfs {
             closes: SessionCloser::new(client.clone()),
             client,
-            names: KnownNames::new(config.negative_ttl),
+            names: Arc::new(KnownNames::new(config.negative_ttl)),
             dir_attrs: DirAttrs::new(config.attr_ttl),
+            statahead: Arc::new(Statahead::new(config.attr_ttl)),
             config,
             next_fh: AtomicU64::new(1),
             handles: Mutex::default(),
@@ -195,14 +206,33 @@ impl Vfs {
         attr
     }
 
-    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, Status> {
+    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Entry, Status> {
         if self.known_absent(parent, name).await {
             return Err(Status::new(StatusCode::NotFound, "no such entry (the directory's names are known here)"));
+        }
+        if let Some((attr, ttl)) = self.statahead.get(parent, name) {
+            statahead::count_hit();
+            return Ok(Entry { attr: self.local_view(attr).await, ttl });
         }
         let r = LookupReq { parent, name: name.to_vec() };
         let attr = attr_of(self.client.meta(&r, Retry::Idempotent).await?)?;
         self.dir_attrs.put(&attr);
-        Ok(self.local_view(attr).await)
+        if let Some(plan) = self.statahead.missed(parent, name) {
+            self.read_ahead(parent, plan);
+        }
+        Ok(Entry { attr: self.local_view(attr).await, ttl: self.config.attr_ttl })
+    }
+
+    /// Reads a directory ahead in a task of its own (`vfs::statahead`); one that read every
+    /// name also tells `vfs::names` what the directory holds.
+    fn read_ahead(&self, dir: u64, plan: statahead::Plan) {
+        let (client, ahead, names, page) = (self.client.clone(), self.statahead.clone(), self.names.clone(), self.config.readdir_page);
+        let start = names.listing_start();
+        tokio::spawn(async move {
+            if let Some(all) = statahead::read_ahead(&client, &ahead, plan, page).await {
+                names.listed(dir, all.iter().map(Vec::as_slice), start);
+            }
+        });
     }
 
     /// Whether this mount knows `name` is not in `dir`, renewing what it knows of `dir` with
@@ -232,6 +262,11 @@ impl Vfs {
     /// Takes in a change of `name` in `dir` by this mount, sent at `since`: what it did to
     /// the names known here, and the directory as meta read it after the change.
     fn name_changed<T>(&self, dir: u64, name: &[u8], made: bool, since: Instant, outcome: &Result<T, Status>, parent: Option<&Attr>) {
+        self.statahead.mark(dir);
+        if !made {
+            // The inode that lost the name may have others, elsewhere.
+            self.statahead.mark_all();
+        }
         self.names.changed(dir, name, made, outcome);
         match parent {
             Some(p) if outcome.is_ok() => {
@@ -294,6 +329,9 @@ impl Vfs {
         let renamed = self.client.meta(&r, Retry::OnlyIfNotSent).await.map(|_| ());
         // Both directories changed, and so did a moved directory's ctime.
         self.dir_attrs.forget_all();
+        self.statahead.mark(parent);
+        self.statahead.mark(new_parent);
+        self.statahead.mark_all();
         if renamed.is_ok() {
             // An exchange leaves both names in place.
             let exchange = flags & libc::RENAME_EXCHANGE != 0;
@@ -309,6 +347,7 @@ impl Vfs {
     }
 
     pub async fn link(&self, inode: u64, new_parent: u64, new_name: &[u8]) -> Result<Attr, Status> {
+        let _mark = self.statahead.mark_when_done(inode);
         let r = LinkReq { inode, new_parent, new_name: new_name.to_vec() };
         let since = Instant::now();
         let linked = self.made(new_parent, new_name, since, self.client.meta(&r, Retry::OnlyIfNotSent).await)?;
@@ -349,6 +388,7 @@ impl Vfs {
         mtime_ns: Option<i64>,
         kill: Kill,
     ) -> Result<Attr, Status> {
+        let _mark = self.statahead.mark_when_done(inode);
         let mut attempts = 0;
         let resp = loop {
             let (size_inline, chunks) = match size {
@@ -441,6 +481,8 @@ impl Vfs {
         self.name_changed(parent, name, true, since, &resp, dir);
         let resp = resp?;
         let attr = resp.attr.ok_or_else(|| Status::internal("create replied without attributes"))?;
+        // An existing file opened by a create may have been truncated.
+        self.statahead.mark(attr.inode);
         let fh = self.register_handle(&attr, resp.session_id, resp.inline_data).await?;
         Ok((self.local_view(attr).await, fh))
     }
@@ -554,6 +596,7 @@ impl Vfs {
     /// Called on every close(2) (FUSE flush) and on fsync.
     pub async fn flush(&self, fh: u64) -> Result<(), Status> {
         let h = self.handle(fh)?;
+        let _mark = self.statahead.mark_when_done(h.inode.0);
         if let Err(e) = self.check_locks(&h) {
             // What was buffered here was written under locks that may be gone: an open from
             // now on starts from what meta holds, not from this state.
@@ -628,7 +671,7 @@ impl Vfs {
         let mut entries = Vec::new();
         let mut after = Vec::new();
         loop {
-            let r = ReadDirReq { inode, after: after.clone(), limit: self.config.readdir_page };
+            let r = ReadDirReq { inode, after: after.clone(), limit: self.config.readdir_page, with_attrs: false };
             let resp = self.client.meta(&r, Retry::Idempotent).await?;
             for e in &resp.entries {
                 let file_type = FileType::from_u8(e.file_type as u8)

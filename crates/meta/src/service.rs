@@ -197,8 +197,9 @@ impl Service for MetaService {
             Method::MetaSetAttr => unary(s, body, wait, |s, r: SetAttrReq| {
                 s.setattr(InodeId(r.inode), set_attrs(&r), &r.chunks).map(attr)
             }),
-            Method::MetaReadDir => read_only(s, body, |s, r: ReadDirReq| {
-                s.readdir(InodeId(r.inode), &r.after, r.limit)
+            // A page with attributes reads an inode per entry: too long to hold a runtime thread.
+            Method::MetaReadDir => unary(s, body, true, |s, r: ReadDirReq| {
+                s.readdir(InodeId(r.inode), &r.after, r.limit, r.with_attrs)
                     .map(|(entries, more)| ReadDirResp { entries, more })
             }),
             Method::MetaStatFs => unary(s, body, wait, |s, _: StatFsReq| s.statfs()),

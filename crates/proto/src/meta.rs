@@ -405,6 +405,9 @@ pub struct ReadDirReq {
     pub after: Vec<u8>,
     #[prost(uint32, tag = "3")]
     pub limit: u32,
+    /// Each entry also carries its inode's attributes, read in the page's snapshot.
+    #[prost(bool, tag = "4")]
+    pub with_attrs: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -415,6 +418,9 @@ pub struct DirEntryMsg {
     pub inode: u64,
     #[prost(uint32, tag = "3")]
     pub file_type: u32,
+    /// Only when asked for (`ReadDirReq::with_attrs`).
+    #[prost(message, optional, tag = "4")]
+    pub attr: Option<Attr>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

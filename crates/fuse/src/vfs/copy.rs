@@ -17,6 +17,7 @@ impl Vfs {
     /// many (0 at or past the source's end).
     pub async fn copy_file_range(&self, fh_in: u64, off_in: u64, fh_out: u64, off_out: u64, len: u64) -> Result<u32, Status> {
         let (src, dst) = (self.handle(fh_in)?, self.handle(fh_out)?);
+        let _mark = self.statahead.mark_when_done(dst.inode.0);
         let (src_layout, dst_layout) = (src.file_layout()?, dst.file_layout()?);
         // What is buffered here goes out first: storage copies what it holds.
         let (size_in, src_inline) = {

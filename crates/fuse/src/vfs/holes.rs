@@ -52,6 +52,7 @@ impl Vfs {
         let op = parse_mode(mode)?;
         let end = offset.checked_add(len).filter(|_| len > 0).ok_or_else(|| Status::invalid(format!("fallocate of {len} bytes at {offset}")))?;
         let h = self.handle(fh)?;
+        let _mark = self.statahead.mark_when_done(h.inode.0);
         let size = h.state.lock().await.size;
         let zero_end = end.min(size);
         if op.zero && offset < zero_end {

@@ -69,6 +69,8 @@ impl Vfs {
     /// `interrupted` says the caller has a signal to take (`Interrupted`).
     pub async fn setlk(&self, fh: u64, spec: LockSpec, wait: bool, interrupted: impl Fn() -> bool) -> Result<(), Status> {
         let h = self.handle(fh)?;
+        // A granted lock must show what its last holder wrote, not what was read ahead.
+        let _mark = self.statahead.mark_when_done(h.inode.0);
         // Unlocking: what was written under the lock must be readable by its next holder.
         // Locking: this mount's own writes must be out before its view is refreshed.
         self.flush(fh).await?;

@@ -30,6 +30,7 @@ impl Vfs {
         if !kill_setid && !drop_capability {
             return Ok(false);
         }
+        let _mark = self.statahead.mark_when_done(h.inode.0);
         let r = SetAttrReq { inode: h.inode.0, kill_setid, drop_capability, ..SetAttrReq::default() };
         let attr = attr_of(self.client.meta(&r, Retry::Idempotent).await?)?;
         self.missing_xattrs.note(h.inode.0, CAPABILITY);

@@ -97,6 +97,7 @@ impl Vfs {
         self.missing_xattrs.forget(inode, name);
         // An ACL may change the mode, and the ctime moved.
         self.dir_attrs.forget(inode);
+        self.statahead.mark(inode);
         result
     }
 
@@ -108,6 +109,7 @@ impl Vfs {
         let r = RemoveXattrReq { inode, name: name.to_vec() };
         let result = self.client.meta(&r, Retry::OnlyIfNotSent).await.map(|_| ());
         self.dir_attrs.forget(inode);
+        self.statahead.mark(inode);
         match &result {
             Err(st) if st.code != StatusCode::NoAttribute => self.missing_xattrs.forget(inode, name),
             _ => {

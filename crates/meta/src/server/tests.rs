@@ -177,6 +177,7 @@ async fn serves_rpcs_registers_and_keeps_data_across_restart() {
             inode: d,
             after: vec![],
             limit: 10,
+            with_attrs: false,
         })
         .await
         .unwrap();

@@ -209,13 +209,15 @@ impl MetaStore {
     }
 
     /// Up to `limit` entries of `dir` with names after `after`, in byte order, and whether more
-    /// follow. Each page is its own snapshot: an entry created or removed between pages may or
-    /// may not show, every other entry shows exactly once.
+    /// follow; `with_attrs` adds each entry's attributes, read in the same snapshot. Each page
+    /// is its own snapshot: an entry created or removed between pages may or may not show,
+    /// every other entry shows exactly once.
     pub fn readdir(
         &self,
         dir: InodeId,
         after: &[u8],
         limit: u32,
+        with_attrs: bool,
     ) -> Result<(Vec<DirEntryMsg>, bool), MetaError> {
         let limit = if limit == 0 {
             READDIR_DEFAULT
@@ -245,10 +247,12 @@ impl MetaStore {
                 .map(|(k, v)| {
                     let e: crate::schema::DirEntryRecord = crate::schema::decode("dir entry", &v)?;
                     let name = k.get(prefix.len()..).unwrap_or_default().to_vec();
+                    let attr = if with_attrs { t.snapshot_attr(InodeId(e.inode))? } else { None };
                     Ok(DirEntryMsg {
                         name,
                         inode: e.inode,
                         file_type: e.file_type,
+                        attr,
                     })
                 })
                 .collect::<Result<Vec<_>, MetaError>>()?;

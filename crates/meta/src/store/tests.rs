@@ -46,7 +46,7 @@ fn mkdir(s: &MetaStore, parent: InodeId, name: &str) -> InodeId {
 }
 
 fn names(s: &MetaStore, dir: InodeId) -> Vec<String> {
-    let (entries, more) = s.readdir(dir, b"", 4096).unwrap();
+    let (entries, more) = s.readdir(dir, b"", 4096, false).unwrap();
     assert!(!more);
     entries
         .into_iter()
@@ -191,7 +191,7 @@ fn readdir_pages_over_5000_entries() {
     want.sort();
     let (mut got, mut after, mut pages) = (Vec::new(), Vec::new(), 0);
     loop {
-        let (entries, more) = s.readdir(dir, &after, 128).unwrap();
+        let (entries, more) = s.readdir(dir, &after, 128, false).unwrap();
         assert!(entries.len() <= 128);
         pages += 1;
         if let Some(last) = entries.last() {
@@ -205,7 +205,22 @@ fn readdir_pages_over_5000_entries() {
     assert_eq!(got, want);
     assert_eq!(pages, 5000usize.div_ceil(128));
     let f = InodeId(s.lookup(dir, &want[0]).unwrap().inode);
-    assert_eq!(code(s.readdir(f, b"", 10)), StatusCode::NotDirectory);
+    assert_eq!(code(s.readdir(f, b"", 10, false)), StatusCode::NotDirectory);
+}
+
+#[test]
+fn readdir_with_attrs_answers_as_lookup_does() {
+    let s = store();
+    let dir = mkdir(&s, ROOT, "d");
+    s.create(dir, b"f", perm(), true, 1).unwrap();
+    mkdir(&s, dir, "sub");
+    let (entries, _) = s.readdir(dir, b"", 10, true).unwrap();
+    assert_eq!(entries.len(), 2);
+    for e in &entries {
+        assert_eq!(e.attr.as_ref(), Some(&s.lookup(dir, &e.name).unwrap()), "{:?}", e.name);
+    }
+    let (plain, _) = s.readdir(dir, b"", 10, false).unwrap();
+    assert!(plain.iter().all(|e| e.attr.is_none()));
 }
 
 #[test]

@@ -212,6 +212,14 @@ impl Tx<'_> {
             .map(|v| le_u64(&v)))
     }
 
+    /// What a client sees of `ino` in this snapshot; `None` if it has no inode.
+    pub fn snapshot_attr(&mut self, ino: InodeId) -> Result<Option<Attr>, MetaError> {
+        match self.snapshot_inode(ino)? {
+            Some(rec) => self.attr(ino, &rec).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// What a client sees of `rec`; directories' counters come from their `DATR` keys.
     pub fn attr(&mut self, ino: InodeId, rec: &InodeRecord) -> Result<Attr, MetaError> {
         let kind = rec.kind()?;
