@@ -138,8 +138,9 @@ impl Statahead {
         inner.next_id += 1;
         let id = inner.next_id;
         if inner.windows.len() >= MAX_DIRS && !inner.windows.contains_key(&dir) {
-            let oldest = inner.windows.iter().min_by_key(|(_, w)| w.asked).map(|(d, _)| *d);
-            oldest.map(|d| inner.windows.remove(&d));
+            if let Some(oldest) = inner.windows.iter().min_by_key(|(_, w)| w.asked).map(|(d, _)| *d) {
+                inner.windows.remove(&oldest);
+            }
         }
         let window = Window { id, asked: now, after: after.clone(), entries: BTreeMap::new(), through: None, complete: false, filling: true };
         inner.windows.insert(dir, window);
@@ -150,6 +151,11 @@ impl Statahead {
     fn count_miss(&self, inner: &mut Inner, dir: u64, now: Instant) -> bool {
         if inner.misses.len() >= MAX_MARKS {
             inner.misses.retain(|_, m| now < m.first + self.ttl);
+            if inner.misses.len() >= MAX_MARKS {
+                // Lookups in that many directories at once: forgetting the counts only delays
+                // a read ahead, and keeps this from scanning the map on every miss.
+                inner.misses.clear();
+            }
         }
         let m = inner.misses.entry(dir).or_insert(Misses { first: now, count: 0 });
         if now >= m.first + self.ttl {
@@ -173,6 +179,13 @@ impl Statahead {
         if inner.marks.len() >= MAX_MARKS {
             // A mark older than a TTL is older than every window still served.
             inner.marks.retain(|_, t| now < *t + self.ttl);
+            if inner.marks.len() >= MAX_MARKS {
+                // Too many recent changes to track one by one (and to scan on every one):
+                // they count as a change of everything.
+                inner.marks.clear();
+                inner.marked_all = Some(now);
+                return;
+            }
         }
         inner.marks.insert(inode, now);
     }
@@ -242,7 +255,9 @@ pub(super) async fn read_ahead(client: &EmberClient, ahead: &Statahead, plan: Pl
         if let Some(last) = resp.entries.last() {
             after = last.name.clone();
         }
-        names.extend(resp.entries.iter().map(|e| e.name.clone()));
+        if plan.starts_at_first_name() {
+            names.extend(resp.entries.iter().map(|e| e.name.clone()));
+        }
         let entries = resp.entries.into_iter().filter_map(|e| Some((e.name, e.attr?))).collect();
         ember_telemetry::global().inc("ember_fuse_statahead_pages_total", "", 1);
         if !ahead.fill(&plan, entries, resp.more) {
@@ -329,6 +344,19 @@ mod tests {
         let next = (0..TRIGGER_MISSES).find_map(|_| ahead.missed(1, &name(50))).expect("a window further on");
         assert_eq!(next.after, name(50));
         assert!(ahead.get(1, &name(3)).is_none(), "the new window replaced the old");
+    }
+
+    #[test]
+    fn more_recent_marks_than_can_be_kept_count_as_a_change_of_everything() {
+        let ahead = Statahead::new(Duration::from_secs(5));
+        read(&ahead, 1, 0..10, false);
+        for inode in 0..MAX_MARKS as u64 {
+            ahead.mark(1_000_000 + inode);
+        }
+        assert!(ahead.get(1, &name(5)).is_some());
+        ahead.mark(2_000_000);
+        assert!(ahead.get(1, &name(5)).is_none());
+        assert!(super::super::lock(&ahead.inner).marks.is_empty());
     }
 
     #[test]
