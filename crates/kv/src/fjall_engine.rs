@@ -8,6 +8,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 
 use crate::engine::{Engine, EngineSnapshot, Pair, Write};
 use crate::history::DEFAULT_CAP;
+use crate::journal_sync::JournalSync;
 use crate::occ::Store;
 use crate::txn::OccTxn;
 use crate::{Durability, KvError, Transaction, TxnKv};
@@ -25,6 +26,7 @@ pub(crate) struct FjallEngine {
     db: Database,
     data: Keyspace,
     meta: Keyspace,
+    journal: JournalSync,
 }
 
 pub(crate) struct FjallSnapshot {
@@ -38,7 +40,7 @@ impl FjallEngine {
         let db = Database::builder(path).manual_journal_persist(true).open().map_err(storage)?;
         let data = db.keyspace(DATA_KEYSPACE, KeyspaceCreateOptions::default).map_err(storage)?;
         let meta = db.keyspace(META_KEYSPACE, KeyspaceCreateOptions::default).map_err(storage)?;
-        Ok(FjallEngine { db, data, meta })
+        Ok(FjallEngine { db, data, meta, journal: JournalSync::new(path) })
     }
 
     fn stored_version(&self) -> Result<u64, KvError> {
@@ -71,7 +73,7 @@ impl Engine for FjallEngine {
     }
 
     fn persist(&self) -> Result<(), KvError> {
-        self.db.persist(PersistMode::SyncData).map_err(storage)
+        self.journal.persist(&self.db)
     }
 
     fn hand_to_os(&self) -> Result<(), KvError> {
