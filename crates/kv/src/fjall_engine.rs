@@ -73,7 +73,7 @@ impl Engine for FjallEngine {
     }
 
     fn persist(&self) -> Result<(), KvError> {
-        self.journal.persist(&self.db)
+        self.journal.persist(&self.db).map_err(storage)
     }
 
     fn hand_to_os(&self) -> Result<(), KvError> {

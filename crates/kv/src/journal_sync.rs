@@ -14,8 +14,10 @@
 //! Which file: fjall journals are `<N>.jnl` in the database directory, the newest is the one
 //! being appended to, and fjall syncs a journal completely before it creates the next. So
 //! syncing the newest file after the hand-over covers everything handed over, even when a
-//! rotation happened in between. If no journal file is found (fjall changed its layout), the
-//! store falls back to fjall's own persist, which is slower but just as safe.
+//! rotation happened in between. If no journal file is found (fjall changed its layout), it
+//! falls back to fjall's own persist, which is slower but just as safe.
+//!
+//! Used by the metadata KV here and by the storage engine's chunk records.
 //!
 //! A failed fdatasync poisons the syncer: Linux may have dropped the dirty pages it could not
 //! write, so a later fsync that succeeds would prove nothing. fjall poisons its database the
@@ -28,11 +30,10 @@ use std::sync::{Mutex, PoisonError};
 
 use fjall::{Database, PersistMode};
 
-use crate::KvError;
-
 const JOURNAL_SUFFIX: &str = ".jnl";
 
-pub(crate) struct JournalSync {
+/// Syncs the journal of one fjall database (see the module doc).
+pub struct JournalSync {
     dir: PathBuf,
     state: Mutex<State>,
 }
@@ -45,29 +46,32 @@ struct State {
 }
 
 impl JournalSync {
-    pub(crate) fn new(dir: &Path) -> JournalSync {
+    /// For the database in `dir`.
+    pub fn new(dir: &Path) -> JournalSync {
         JournalSync { dir: dir.to_path_buf(), state: Mutex::new(State::default()) }
     }
 
-    /// Makes every batch applied to `db` so far durable.
-    pub(crate) fn persist(&self, db: &Database) -> Result<(), KvError> {
+    /// Makes every batch applied to `db` so far durable. Errors come as fjall's, so each
+    /// caller maps them as it maps fjall's own (a full disk stays a full disk).
+    pub fn persist(&self, db: &Database) -> Result<(), fjall::Error> {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(why) = &st.failed {
-            return Err(KvError::Storage(format!("an earlier journal fsync failed: {why}")));
+            tracing::error!(dir = %self.dir.display(), why = %why, "refusing to persist after a failed journal fsync");
+            return Err(fjall::Error::Poisoned);
         }
-        db.persist(PersistMode::Buffer).map_err(|e| KvError::Storage(e.to_string()))?;
+        db.persist(PersistMode::Buffer)?;
         let synced = match self.newest(&mut st) {
             Ok(Some(file)) => file.sync_data(),
             Ok(None) => {
                 tracing::warn!(dir = %self.dir.display(), "no fjall journal file found; using fjall's own persist");
-                return db.persist(PersistMode::SyncData).map_err(|e| KvError::Storage(e.to_string()));
+                return db.persist(PersistMode::SyncData);
             }
             Err(e) => Err(e),
         };
         synced.map_err(|e| {
-            let why = format!("journal fsync in {}: {e}", self.dir.display());
-            st.failed = Some(why.clone());
-            KvError::Storage(why)
+            tracing::error!(dir = %self.dir.display(), error = %e, "journal fsync failed");
+            st.failed = Some(e.to_string());
+            fjall::Error::Io(e)
         })
     }
 

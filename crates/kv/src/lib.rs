@@ -58,6 +58,7 @@ use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 pub use fjall_engine::FjallKv;
+pub use journal_sync::JournalSync;
 pub use mem::MemKv;
 
 /// When a commit counts as done.

@@ -66,7 +66,9 @@
 //! The API is blocking and `ChunkEngine` is `Send + Sync`; call it from many threads (e.g. from
 //! `spawn_blocking`). Operations on one chunk serialize on a sharded reader/writer lock table;
 //! other chunks proceed in parallel. Concurrent writers share fdatasyncs of `blocks.dat` and
-//! fjall journal persists through leader/follower group commit (`sync.rs`).
+//! fjall journal persists through leader/follower group commit (`sync.rs`); the journal's
+//! fdatasync runs outside fjall's writer lock (`ember_kv::JournalSync`), so writers keep
+//! committing records while it runs.
 
 mod bitmap;
 mod error;
@@ -87,6 +89,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use ember_types::{ChunkId, InodeId, BLOCK_SIZE, MAX_CHUNK_SIZE};
+use ember_kv::JournalSync;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 pub use error::EngineError;
@@ -199,6 +202,7 @@ pub struct ChunkEngine {
     db: Database,
     chunks: Keyspace,
     meta_sync: GroupSync,
+    journal: JournalSync,
     staging: Staging,
     tails: Tails,
     locks: LockTable,
@@ -250,6 +254,7 @@ impl ChunkEngine {
             db,
             chunks,
             meta_sync: GroupSync::new("chunk metadata"),
+            journal: JournalSync::new(&dir.join(META_DIR)),
             staging: Staging::new(staged),
             tails,
             locks: LockTable::new(),
@@ -830,11 +835,8 @@ impl ChunkEngine {
 
     /// Makes every fjall batch committed so far durable (group-committed fdatasync of the journal).
     fn persist_meta(&self) -> Result<(), EngineError> {
-        self.meta_sync.sync_after_write(|| {
-            self.db
-                .persist(PersistMode::SyncData)
-                .map_err(EngineError::from_fjall)
-        })
+        self.meta_sync
+            .sync_after_write(|| self.journal.persist(&self.db).map_err(EngineError::from_fjall))
     }
 
     /// The inode's chunks from `from_index` on, in index order.
