@@ -14,8 +14,9 @@
 //! Which file: fjall journals are `<N>.jnl` in the database directory, the newest is the one
 //! being appended to, and fjall syncs a journal completely before it creates the next. So
 //! syncing the newest file after the hand-over covers everything handed over, even when a
-//! rotation happened in between. If no journal file is found (fjall changed its layout), it
-//! falls back to fjall's own persist, which is slower but just as safe.
+//! rotation happened in between. If the journal file cannot be found (fjall changed its
+//! layout, or the directory cannot be read), it falls back to fjall's own persist, which is
+//! slower but just as safe.
 //!
 //! Used by the metadata KV here and by the storage engine's chunk records.
 //!
@@ -60,15 +61,15 @@ impl JournalSync {
             return Err(fjall::Error::Poisoned);
         }
         db.persist(PersistMode::Buffer)?;
-        let synced = match self.newest(&mut st) {
-            Ok(Some(file)) => file.sync_data(),
-            Ok(None) => {
-                tracing::warn!(dir = %self.dir.display(), "no fjall journal file found; using fjall's own persist");
+        let file = match self.newest(&mut st) {
+            Ok(Some(file)) => file,
+            found => {
+                let why = found.err().map_or("none there".to_owned(), |e| e.to_string());
+                tracing::warn!(dir = %self.dir.display(), why, "cannot find fjall's journal file; using fjall's own persist");
                 return db.persist(PersistMode::SyncData);
             }
-            Err(e) => Err(e),
         };
-        synced.map_err(|e| {
+        file.sync_data().map_err(|e| {
             tracing::error!(dir = %self.dir.display(), error = %e, "journal fsync failed");
             st.failed = Some(e.to_string());
             fjall::Error::Io(e)

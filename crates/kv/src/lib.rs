@@ -19,8 +19,8 @@
 //!   see are pruned on later commits;
 //! * fjall ([`FjallKv`]): one fjall `Database` with keyspace `kv` for the data and `meta` for the
 //!   commit counter (written in the same atomic batch as the data, so the counter survives a
-//!   restart); snapshots are fjall snapshots, durability is an fdatasync of fjall's journal taken outside
-//!   its writer lock (`journal_sync`), so commits keep applying while it runs.
+//!   restart); snapshots are fjall snapshots, durability is an fdatasync of fjall's journal
+//!   taken outside its writer lock (`journal_sync`), so commits keep applying while it runs.
 //!
 //! Versions are a `u64` commit counter. `begin` registers its snapshot version `S` as live.
 //! Commit, under one commit mutex: validate the read set against an in-memory conflict history
