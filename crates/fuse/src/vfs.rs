@@ -262,9 +262,10 @@ impl Vfs {
     /// Takes in a change of `name` in `dir` by this mount, sent at `since`: what it did to
     /// the names known here, and the directory as meta read it after the change.
     fn name_changed<T>(&self, dir: u64, name: &[u8], made: bool, since: Instant, outcome: &Result<T, Status>, parent: Option<&Attr>) {
-        self.statahead.mark(dir);
-        if !made {
-            // The inode that lost the name may have others, elsewhere.
+        if made {
+            self.statahead.mark(dir);
+        } else {
+            // The inode that lost the name may have others, elsewhere (this covers `dir` too).
             self.statahead.mark_all();
         }
         self.names.changed(dir, name, made, outcome);
@@ -329,8 +330,7 @@ impl Vfs {
         let renamed = self.client.meta(&r, Retry::OnlyIfNotSent).await.map(|_| ());
         // Both directories changed, and so did a moved directory's ctime.
         self.dir_attrs.forget_all();
-        self.statahead.mark(parent);
-        self.statahead.mark(new_parent);
+        // Both directories, and the other names of a replaced file.
         self.statahead.mark_all();
         if renamed.is_ok() {
             // An exchange leaves both names in place.
