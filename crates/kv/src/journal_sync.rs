@@ -18,7 +18,8 @@
 //! layout, or the directory cannot be read), it falls back to fjall's own persist, which is
 //! slower but just as safe.
 //!
-//! Used by the metadata KV here and by the storage engine's chunk records.
+//! Used by the metadata KV here and by the storage engine's chunk records; the engine also
+//! asks [`JournalSync::disk_bytes`] how much disk the journals take.
 //!
 //! A failed fdatasync poisons the syncer: Linux may have dropped the dirty pages it could not
 //! write, so a later fsync that succeeds would prove nothing. fjall poisons its database the
@@ -26,6 +27,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
@@ -76,6 +78,16 @@ impl JournalSync {
         })
     }
 
+    /// Disk space taken by the database's journals (the active one and sealed ones not yet
+    /// deleted), as `du` counts it.
+    pub fn disk_bytes(&self) -> io::Result<u64> {
+        let mut bytes = 0;
+        for (_, meta) in journals(&self.dir)? {
+            bytes += meta.blocks() * 512;
+        }
+        Ok(bytes)
+    }
+
     /// The journal being appended to: the one held, unless a later one has appeared.
     fn newest<'a>(&self, st: &'a mut State) -> io::Result<Option<&'a File>> {
         let rotated = match &st.active {
@@ -96,15 +108,23 @@ fn journal_name(id: u64) -> String {
     format!("{id}{JOURNAL_SUFFIX}")
 }
 
+/// The `<N>.jnl` files in `dir`: `N` and the file's metadata.
+fn journals(dir: &Path) -> io::Result<Vec<(u64, std::fs::Metadata)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let id = name.to_str().and_then(|n| n.strip_suffix(JOURNAL_SUFFIX)).and_then(|n| n.parse::<u64>().ok());
+        if let Some(id) = id {
+            found.push((id, entry.metadata()?));
+        }
+    }
+    Ok(found)
+}
+
 /// The highest `N` of the `<N>.jnl` files in `dir`.
 fn newest_journal(dir: &Path) -> io::Result<Option<u64>> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let id = name.to_str().and_then(|n| n.strip_suffix(JOURNAL_SUFFIX)).and_then(|n| n.parse::<u64>().ok());
-        newest = newest.max(id);
-    }
-    Ok(newest)
+    Ok(journals(dir)?.into_iter().map(|(id, _)| id).max())
 }
 
 #[cfg(test)]
@@ -119,6 +139,18 @@ mod tests {
             std::fs::write(dir.path().join(name), b"").unwrap();
         }
         assert_eq!(newest_journal(dir.path()).unwrap(), Some(10));
+    }
+
+    #[test]
+    fn disk_bytes_counts_the_blocks_of_journal_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let sync = JournalSync::new(dir.path());
+        assert_eq!(sync.disk_bytes().unwrap(), 0);
+        std::fs::write(dir.path().join("3.jnl"), vec![1u8; 10_000]).unwrap();
+        std::fs::write(dir.path().join("4.jnl"), vec![1u8; 100]).unwrap();
+        std::fs::write(dir.path().join("tree.sst"), vec![1u8; 50_000]).unwrap();
+        let bytes = sync.disk_bytes().unwrap();
+        assert!((10_100..50_000).contains(&bytes), "{bytes} bytes for 10,100 bytes of journal");
     }
 
     #[test]

@@ -38,8 +38,9 @@
 //!    replicas, which start at step 3 ([`ChunkEngine::write_blocks_at`]).
 //! 3. Allocate a new physical block for every touched logical block and pwrite the images (one
 //!    pwrite per physically contiguous run). A large write then fdatasyncs `blocks.dat` (group
-//!    commit); a small one (at most `journal_blocks` blocks) instead puts its images into the
-//!    batch of step 4 and syncs `blocks.dat` later (`staging.rs`).
+//!    commit); a small one (at most `journal_blocks` blocks, while the journal is within its
+//!    budget) instead puts its images into the batch of step 4 and syncs `blocks.dat` later
+//!    (`staging.rs`).
 //! 4. Commit the new record (version + 1, length = max(old, end of write) as the images say,
 //!    new block refs and CRCs) to fjall and persist the journal with fdatasync (group commit).
 //! 5. Only now free the replaced blocks: the durable metadata no longer references them.
@@ -98,7 +99,7 @@ use locks::LockTable;
 pub use record::{RequestId, MAX_REQUESTS};
 use record::{blocks_for, BlockRef, ChunkMeta};
 use space::{run_len, BlockFile, BS};
-use staging::{Staging, SETTLE_BLOCKS};
+use staging::{JournalBudget, Staging, SETTLE_BLOCKS};
 use sync::GroupSync;
 use tails::{is_tail, trimmed_len, Tails};
 
@@ -128,6 +129,9 @@ pub struct EngineOptions {
     /// Changes writing at most this many new blocks journal the images with their record: one
     /// fdatasync instead of two (0 turns it off).
     pub journal_blocks: u32,
+    /// Journal size up to which small changes always stage; past it, only while the journals
+    /// take at most a quarter of the bytes stored (`staging.rs`, budget).
+    pub staging_journal_bytes: u64,
     /// A chunk's last block holding at most this many bytes before its trailing zeros is kept
     /// as a tail in the metadata database, not in a 4 KiB block (`tails.rs`; 0 turns it off).
     pub tail_bytes: u32,
@@ -140,6 +144,7 @@ impl Default for EngineOptions {
             grow_bytes: 64 << 20,
             capacity_bytes: None,
             journal_blocks: 16,
+            staging_journal_bytes: 4 << 20,
             tail_bytes: 2048,
         }
     }
@@ -204,6 +209,7 @@ pub struct ChunkEngine {
     meta_sync: GroupSync,
     journal: JournalSync,
     staging: Staging,
+    staging_budget: JournalBudget,
     tails: Tails,
     locks: LockTable,
     chunk_count: AtomicU64,
@@ -247,6 +253,7 @@ impl ChunkEngine {
         staging::replay(&db, &staged, &blocks, &images, &crcs)?;
         let (total, used) = blocks.counts();
         tracing::info!(dir = %dir.display(), chunks = chunk_count, total_blocks = total, used_blocks = used, "chunk engine open");
+        let staging_budget = JournalBudget::new(opts.staging_journal_bytes);
         Ok(ChunkEngine {
             dir: dir.to_path_buf(),
             opts,
@@ -256,6 +263,7 @@ impl ChunkEngine {
             meta_sync: GroupSync::new("chunk metadata"),
             journal: JournalSync::new(&dir.join(META_DIR)),
             staging: Staging::new(staged),
+            staging_budget,
             tails,
             locks: LockTable::new(),
             chunk_count: AtomicU64::new(chunk_count),
@@ -720,7 +728,7 @@ impl ChunkEngine {
         }
         self.persistence_point("data.write")?;
         let count = images.len() / BS as usize;
-        let staged = count <= self.opts.journal_blocks as usize;
+        let staged = count <= self.opts.journal_blocks as usize && (count == 0 || self.journal_admits(images.len()));
         let phys = self.blocks.allocate(count)?;
         let mut result = self.blocks.write_blocks(&phys, &images);
         if !staged {
@@ -738,6 +746,13 @@ impl ChunkEngine {
                 Err(e)
             }
         }
+    }
+
+    /// Whether `bytes` of images may be staged in the journal now (`staging.rs`, budget).
+    fn journal_admits(&self, bytes: usize) -> bool {
+        let (_, used) = self.blocks.counts();
+        let stored = used * BS + self.tails.bytes();
+        self.staging_budget.admit(bytes as u64, stored, || self.journal.disk_bytes())
     }
 
     /// Copy-on-write of the last partial block when shrinking: a new block with a zeroed tail.

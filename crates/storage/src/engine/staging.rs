@@ -14,9 +14,18 @@
 //! image, earlier in the journal; and a staged image that survives a crash belongs to the last
 //! write of its block. At open, every surviving image whose block a committed record references
 //! with the image's CRC32C is written back, then `blocks.dat` is synced and the keyspace cleared.
+//!
+//! Budget: a staged image stays in fjall's journal after its settle, until fjall starts a new
+//! journal (past 64 MB, a constant of fjall's) and has flushed the memtables the old one
+//! covers. On a target that stores little, those copies would be most of its disk use (2.15x
+//! the data for 10,000 files of 5 KiB). So a change stages only while the journals take at
+//! most a quarter of the bytes the target stores, or `EngineOptions::staging_journal_bytes`
+//! if that is more ([`JournalBudget`]); past it, small changes are synced in place like large
+//! ones, at two fdatasyncs each, until the journal rotates or the target grows.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, OwnedWriteBatch, PersistMode, Slice};
 
@@ -118,6 +127,52 @@ impl Staging {
     }
 }
 
+/// Staged bytes after which the journals are measured again.
+const REMEASURE_BYTES: u64 = 1 << 20;
+/// Age after which a measurement is taken again (the journal also grows by records and tails,
+/// and shrinks when fjall deletes an old one).
+const REMEASURE_AFTER: Duration = Duration::from_secs(1);
+
+/// Decides whether a change may stage its images (see the module doc).
+pub(crate) struct JournalBudget {
+    floor: u64,
+    state: Mutex<Measured>,
+}
+
+struct Measured {
+    /// Journal bytes on disk at the last measurement, and when it was taken.
+    bytes: u64,
+    at: Option<Instant>,
+    /// Bytes staged since then.
+    since: u64,
+}
+
+impl JournalBudget {
+    pub fn new(floor: u64) -> JournalBudget {
+        JournalBudget { floor, state: Mutex::new(Measured { bytes: 0, at: None, since: 0 }) }
+    }
+
+    /// Whether `add` more bytes of images may go to the journal of a target storing `stored`
+    /// bytes; if so, counts them. `measure` reads the journals' size when the last reading is
+    /// stale; if it fails, the last reading stands.
+    pub fn admit(&self, add: u64, stored: u64, measure: impl FnOnce() -> std::io::Result<u64>) -> bool {
+        let mut m = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let stale = m.at.is_none_or(|at| at.elapsed() >= REMEASURE_AFTER) || m.since >= REMEASURE_BYTES;
+        if stale {
+            match measure() {
+                Ok(bytes) => (m.bytes, m.since) = (bytes, 0),
+                Err(e) => tracing::warn!(error = %e, "cannot measure the journal; keeping the last reading"),
+            }
+            m.at = Some(Instant::now());
+        }
+        let fits = m.bytes + m.since + add <= self.floor.max(stored / 4);
+        if fits {
+            m.since += add;
+        }
+        fits
+    }
+}
+
 fn block_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.try_into().ok()?))
 }
@@ -166,4 +221,40 @@ pub(crate) fn replay(
     db.persist(PersistMode::SyncAll).map_err(EngineError::from_fjall)?;
     tracing::info!(staged = images.len(), replayed, "wrote back staged block images");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn the_budget_is_a_floor_or_a_quarter_of_what_is_stored() {
+        let budget = JournalBudget::new(100);
+        let reads = Cell::new(0);
+        let measure = || {
+            reads.set(reads.get() + 1);
+            Ok(10)
+        };
+        assert!(budget.admit(60, 0, measure));
+        assert!(budget.admit(30, 0, measure), "10 measured + 60 + 30 fit in 100");
+        assert!(!budget.admit(1, 0, measure), "past the floor");
+        assert!(budget.admit(300, 1600, measure), "a quarter of 1600 is 400");
+        assert_eq!(reads.get(), 1, "a fresh reading is not taken again");
+    }
+
+    #[test]
+    fn a_reading_is_retaken_after_a_mebibyte_and_a_failed_one_keeps_the_last() {
+        let budget = JournalBudget::new(8 << 20);
+        assert!(budget.admit(REMEASURE_BYTES, 0, || Ok(0)));
+        assert!(!budget.admit(1, 0, || Ok(8 << 20)), "the new reading fills the budget");
+        assert!(!budget.admit(1, 0, || panic!("read again")), "a fresh reading stands");
+
+        let budget = JournalBudget::new(8 << 20);
+        assert!(budget.admit(REMEASURE_BYTES, 0, || Ok(1 << 20)));
+        assert!(
+            budget.admit(1, 0, || Err(std::io::Error::other("gone"))),
+            "the last reading and what was staged since (2 MiB) stand"
+        );
+    }
 }

@@ -1028,3 +1028,39 @@ fn blocks_dat_grows_by_an_eighth_of_its_size_up_to_the_step() {
     let total = e.stats().total_blocks;
     assert!((2560..=2560 + 2560 / 8 + 64).contains(&total), "{total} blocks for 2,560 in use");
 }
+
+#[test]
+fn small_writes_stop_staging_once_the_journal_passes_its_budget_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EngineOptions { staging_journal_bytes: 256 << 10, ..small_opts() };
+    let staged = {
+        let e = ChunkEngine::open(dir.path(), opts.clone()).unwrap();
+        for i in 0..200 {
+            e.write(cid(0xd000, i), 0, &pattern(u64::from(i), B)).unwrap();
+        }
+        staged_blocks(&e)
+    };
+    assert!(
+        (32..=64).contains(&staged.len()),
+        "{} of 200 one-block writes staged; a 256 KiB budget holds at most 64 images",
+        staged.len()
+    );
+    lose_unsynced(dir.path(), &staged);
+    let e = ChunkEngine::open(dir.path(), opts).unwrap();
+    for i in 0..200 {
+        assert_eq!(e.read(cid(0xd000, i), 0, u32::MAX).unwrap(), pattern(u64::from(i), B), "chunk {i}");
+    }
+}
+
+#[test]
+fn a_target_that_stores_more_stages_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = ChunkEngine::open(dir.path(), EngineOptions { staging_journal_bytes: 256 << 10, ..small_opts() }).unwrap();
+    // Written in place (past `journal_blocks`): 4 MiB stored, so a quarter is 1 MiB of journal.
+    e.write(cid(0xd100, 0), 0, &pattern(7, 1024 * B)).unwrap();
+    assert!(staged_blocks(&e).is_empty());
+    for i in 1..=200 {
+        e.write(cid(0xd100, i), 0, &pattern(u64::from(i), B)).unwrap();
+    }
+    assert_eq!(staged_blocks(&e).len(), 200);
+}
