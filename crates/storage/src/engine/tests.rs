@@ -7,11 +7,13 @@ use super::*;
 
 const B: usize = BLOCK_SIZE as usize;
 
-/// Whole blocks only: most tests count blocks (tails have tests of their own).
+/// Whole blocks only: most tests count blocks (tails have tests of their own). Every small
+/// write stages (the journal budget has tests of its own).
 fn small_opts() -> EngineOptions {
     EngineOptions {
         grow_bytes: 1 << 20,
         tail_bytes: 0,
+        staging_journal_bytes: 64 << 20,
         ..EngineOptions::default()
     }
 }
