@@ -129,7 +129,7 @@ impl EmberClient {
         let mut backoff = Backoff::new();
         loop {
             let result = match self.meta_server().await {
-                Ok(server) => server.unary(req).await,
+                Ok(server) => server.unary_here(req).await,
                 Err(e) => Err(e),
             };
             match result {

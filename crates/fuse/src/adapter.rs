@@ -43,8 +43,10 @@ impl EmberFs {
         EmberFs { vfs, rt, ttl, notifier, acls: false, kills_privileges: false }
     }
 
-    /// Runs one operation to completion on the runtime (fuser worker threads block here).
+    /// Runs one operation to completion on the runtime (fuser worker threads block here, so
+    /// their metadata requests go on connections of their own, read by themselves).
     fn run<T>(&self, op: &'static str, fut: impl Future<Output = Result<T, Status>>) -> Result<T, Errno> {
+        ember_net::own_connections_on_this_thread();
         let started = Instant::now();
         let span = tracing::debug_span!("fuse", op);
         observe(op, started, self.rt.block_on(fut.instrument(span)))

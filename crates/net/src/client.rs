@@ -9,14 +9,14 @@ use ember_types::{Status, StatusCode};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::sync::oneshot;
 
-use crate::frame::{read_frame, FrameError, FrameHeader, FrameKind, FrameLimits};
+use crate::frame::{read_frame, Frame, FrameError, FrameHeader, FrameKind, FrameLimits};
 use crate::inline::here_or_spawn;
 use crate::transport::{BoxRead, BoxWrite, Dialer};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-type Reply = Result<(Bytes, Bytes), Status>;
+pub(crate) type Reply = Result<(Bytes, Bytes), Status>;
 /// Ordered by request id: when a connection fails, its callers are woken in the order they
 /// called, not in a hash order that differs from run to run (which a simulation would notice).
 type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Reply>>>>;
@@ -80,6 +80,17 @@ impl RpcClient {
     /// Typed call without payloads in either direction.
     pub async fn unary<R: Rpc>(&self, req: &R) -> Result<R::Response, Status> {
         Ok(self.call(req, Bytes::new()).await?.0)
+    }
+
+    /// [`unary`](Self::unary), on this thread's own connection if the thread asked for that
+    /// (`own_conn.rs`): for callers that block for the reply anyway.
+    pub async fn unary_here<R: Rpc>(&self, req: &R) -> Result<R::Response, Status> {
+        if !(crate::own_conn::enabled() && self.dialer.is_tcp()) {
+            return self.unary(req).await;
+        }
+        let body = req.encode_to_vec();
+        let (rbody, _) = crate::own_conn::call(&self.addr, R::METHOD as u16, &body, self.timeout, &self.limits)?;
+        crate::decode_body::<R::Response>(&rbody)
     }
 
     /// [`unary`](Self::unary) with its own deadline instead of the client's.
@@ -223,15 +234,9 @@ impl Reader {
             received.fetch_add(1, Ordering::AcqRel);
             match frame {
                 Ok(frame) => {
-                    let h = frame.header;
-                    let reply = if h.status == 0 {
-                        Ok((frame.body, frame.payload))
-                    } else {
-                        let msg = String::from_utf8_lossy(&frame.body).into_owned();
-                        Err(Status::new(StatusCode::from_u16(h.status), msg))
-                    };
-                    if let Some(tx) = lock(&pending).remove(&h.request_id) {
-                        let _ = tx.send(reply);
+                    let id = frame.header.request_id;
+                    if let Some(tx) = lock(&pending).remove(&id) {
+                        let _ = tx.send(reply_of(frame));
                     }
                 }
                 Err(FrameError::DataChecksum { header, what }) => {
@@ -249,6 +254,16 @@ impl Reader {
             }
         }
         fail_all(&pending, &dead, &addr);
+    }
+}
+
+/// A reply frame as the caller sees it: body and payload, or the error status it carries.
+pub(crate) fn reply_of(frame: Frame) -> Reply {
+    if frame.header.status == 0 {
+        Ok((frame.body, frame.payload))
+    } else {
+        let msg = String::from_utf8_lossy(&frame.body).into_owned();
+        Err(Status::new(StatusCode::from_u16(frame.header.status), msg))
     }
 }
 

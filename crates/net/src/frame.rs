@@ -129,13 +129,24 @@ impl FrameHeader {
         }
     }
 
-    fn check_limits(&self, limits: &FrameLimits) -> Result<(), FrameError> {
+    pub(crate) fn check_limits(&self, limits: &FrameLimits) -> Result<(), FrameError> {
         let too_large = |what, len, max| FrameError::TooLarge { header: *self, what, len, max };
         if self.body_len > limits.max_body {
             return Err(too_large("body", self.body_len, limits.max_body));
         }
         if self.payload_len > limits.max_payload {
             return Err(too_large("payload", self.payload_len, limits.max_payload));
+        }
+        Ok(())
+    }
+
+    /// Checks the body and payload read after this header against its checksums.
+    pub(crate) fn check_data(&self, body: &[u8], payload: &[u8]) -> Result<(), FrameError> {
+        if crc32c::crc32c(body) != self.body_crc {
+            return Err(FrameError::DataChecksum { header: *self, what: "body" });
+        }
+        if crc32c::crc32c(payload) != self.payload_crc {
+            return Err(FrameError::DataChecksum { header: *self, what: "payload" });
         }
         Ok(())
     }
@@ -163,12 +174,7 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     header.check_limits(limits)?;
     let body = read_exact_bytes(r, header.body_len as usize).await?;
     let payload = read_exact_bytes(r, header.payload_len as usize).await?;
-    if crc32c::crc32c(&body) != header.body_crc {
-        return Err(FrameError::DataChecksum { header, what: "body" });
-    }
-    if crc32c::crc32c(&payload) != header.payload_crc {
-        return Err(FrameError::DataChecksum { header, what: "payload" });
-    }
+    header.check_data(&body, &payload)?;
     Ok(Frame { header, body, payload })
 }
 

@@ -10,11 +10,13 @@
 mod client;
 mod frame;
 mod inline;
+mod own_conn;
 pub mod routing;
 mod server;
 mod transport;
 
 pub use client::{PeerPool, RpcClient};
+pub use own_conn::own_connections_on_this_thread;
 pub use frame::{FrameError, FrameHeader, FrameKind, FrameLimits, HEADER_LEN, MAGIC, VERSION};
 pub use server::{serve, serve_stream, Request, Response, Service, ServiceFuture};
 pub use transport::{blocking, run_blocking_inline_on_this_thread, BoxRead, BoxWrite, DialFuture, Dialer};

@@ -21,27 +21,36 @@ pub type DialFuture = Pin<Box<dyn Future<Output = io::Result<(BoxRead, BoxWrite)
 
 /// Opens a connection to an address and returns its two halves.
 #[derive(Clone)]
-pub struct Dialer(Arc<dyn Fn(String) -> DialFuture + Send + Sync>);
+pub struct Dialer {
+    dial: Arc<dyn Fn(String) -> DialFuture + Send + Sync>,
+    /// Plain TCP: a thread's own blocking connections (`own_conn.rs`) may stand in for it.
+    tcp: bool,
+}
 
 impl Dialer {
     pub fn new(f: impl Fn(String) -> DialFuture + Send + Sync + 'static) -> Self {
-        Dialer(Arc::new(f))
+        Dialer { dial: Arc::new(f), tcp: false }
     }
 
     /// Plain TCP with Nagle off: requests are small and latency-bound.
     pub fn tcp() -> Self {
-        Dialer::new(|addr| {
+        let dialer = Dialer::new(|addr| {
             Box::pin(async move {
                 let stream = tokio::net::TcpStream::connect(&addr).await?;
                 let _ = stream.set_nodelay(true);
                 let (rd, wr) = stream.into_split();
                 Ok((Box::new(rd) as BoxRead, Box::new(wr) as BoxWrite))
             })
-        })
+        });
+        Dialer { tcp: true, ..dialer }
     }
 
     pub(crate) fn dial(&self, addr: &str) -> DialFuture {
-        (self.0)(addr.to_owned())
+        (self.dial)(addr.to_owned())
+    }
+
+    pub(crate) fn is_tcp(&self) -> bool {
+        self.tcp
     }
 }
 

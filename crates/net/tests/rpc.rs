@@ -4,15 +4,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ember_net::{serve, FrameHeader, FrameKind, FrameLimits, Request, Response, RpcClient, Service, ServiceFuture, HEADER_LEN};
+use ember_net::{own_connections_on_this_thread, serve, FrameHeader, FrameKind, FrameLimits, Request, Response, RpcClient, Service, ServiceFuture, HEADER_LEN};
 use ember_proto::meta::{GetAttrReq, AttrResp, Attr};
 use ember_proto::Method;
 use ember_types::{Status, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Echoes the inode of a GetAttr back as the attr, the payload back as the payload, and
-/// sleeps for `inode` milliseconds when the inode is below 10,000 (to test deadlines).
+/// Echoes the inode of a GetAttr back as the attr (with the caller's port as its size), the
+/// payload back as the payload, sleeps for `inode` milliseconds when the inode is below 10,000
+/// (to test deadlines) and answers inode 99,999 with `NotFound`.
 struct Echo;
 
 impl Service for Echo {
@@ -25,7 +26,10 @@ impl Service for Echo {
             if r.inode < 10_000 {
                 tokio::time::sleep(Duration::from_millis(r.inode)).await;
             }
-            let attr = Attr { inode: r.inode, ..Default::default() };
+            if r.inode == 99_999 {
+                return Err(Status::new(StatusCode::NotFound, "no inode 99999"));
+            }
+            let attr = Attr { inode: r.inode, size: u64::from(req.peer.port()), ..Default::default() };
             Ok(Response::with_payload(&AttrResp { attr: Some(attr), parent: None }, req.payload))
         })
     }
@@ -144,4 +148,53 @@ async fn client_reconnects_after_a_dropped_connection() {
     tokio::spawn(serve(listener, Arc::new(Echo), FrameLimits::default()));
     let resp = client.unary(&GetAttrReq { inode: 10_006 }).await.unwrap();
     assert_eq!(resp.attr.unwrap().inode, 10_006);
+}
+
+/// Runs `f` on a plain thread that asked for its own connections, as a FUSE worker does; `f`
+/// gets a call of `unary_here` that returns the caller's port as the server saw it.
+fn on_own_thread<T: Send + 'static>(
+    client: Arc<RpcClient>,
+    f: impl FnOnce(&dyn Fn(u64) -> Result<u64, StatusCode>) -> T + Send + 'static,
+) -> T {
+    let rt = tokio::runtime::Handle::current();
+    std::thread::spawn(move || {
+        own_connections_on_this_thread();
+        let call = |inode| {
+            let resp = rt.block_on(client.unary_here(&GetAttrReq { inode })).map_err(|e| e.code)?;
+            let attr = resp.attr.unwrap();
+            assert_eq!(attr.inode, inode);
+            Ok(attr.size)
+        };
+        f(&call)
+    })
+    .join()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_with_its_own_connection_keeps_it_and_redials_after_a_timeout() {
+    let addr = start().await;
+    let client = Arc::new(RpcClient::new(addr).with_timeout(Duration::from_millis(300)));
+    let shared = client.unary_here(&GetAttrReq { inode: 10_000 }).await.unwrap().attr.unwrap().size;
+    on_own_thread(client, move |call| {
+        let own = call(10_001).unwrap();
+        assert_ne!(own, shared, "a runtime task uses the shared connection");
+        assert_eq!(call(10_002), Ok(own), "the thread keeps its connection");
+        assert_eq!(call(99_999), Err(StatusCode::NotFound), "an error reply is the server's status");
+        assert_eq!(call(10_003), Ok(own), "an error reply keeps the connection");
+        assert_eq!(call(2_000), Err(StatusCode::Timeout));
+        // The server answers the call that timed out now; a reused connection would hand that
+        // late reply to the next call.
+        std::thread::sleep(Duration::from_millis(2_200));
+        assert!(call(10_004).is_ok());
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_whose_server_is_gone_gets_unavailable() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let client = Arc::new(RpcClient::new(addr));
+    assert_eq!(on_own_thread(client, |call| call(10_001)), Err(StatusCode::Unavailable));
 }
