@@ -14,6 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -50,7 +51,7 @@ pub(crate) fn enabled() -> bool {
 pub(crate) fn call(addr: &str, method: u16, body: &[u8], timeout: Duration, limits: &FrameLimits) -> Reply {
     // Out of the map while in use, so a failure simply leaves it dropped.
     let taken = CONNS.with(|c| c.borrow_mut().remove(addr));
-    let mut conn = match taken {
+    let mut conn = match taken.filter(Conn::is_open) {
         Some(c) => c,
         None => connect(addr)?,
     };
@@ -78,6 +79,20 @@ fn connect(addr: &str) -> Result<Conn, Status> {
 }
 
 impl Conn {
+    /// Whether the server has not closed the connection while it sat idle (a restarted
+    /// server): then a request sent on it is certainly lost, and a new connection is dialed
+    /// before sending instead, which keeps requests that may not be repeated (an exclusive
+    /// create) from failing for nothing.
+    fn is_open(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: a valid socket descriptor and a one-byte buffer that outlives the call.
+        let n = unsafe {
+            libc::recv(self.stream.as_raw_fd(), (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        };
+        // Nothing to read is the healthy state; a byte before any request is a protocol error.
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    }
+
     /// Each read and write waits at most `timeout` (the call's deadline).
     fn set_timeout(&mut self, timeout: Duration) -> io::Result<()> {
         // A zero timeout would mean "none" to the socket.

@@ -198,3 +198,38 @@ async fn a_thread_whose_server_is_gone_gets_unavailable() {
     let client = Arc::new(RpcClient::new(addr));
     assert_eq!(on_own_thread(client, |call| call(10_001)), Err(StatusCode::Unavailable));
 }
+
+/// Answers one GetAttr per connection, then closes it, as a server that restarts between two
+/// calls does.
+async fn start_one_reply_per_connection() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut hb = [0u8; HEADER_LEN];
+            s.read_exact(&mut hb).await.unwrap();
+            let h = FrameHeader::decode(&hb).unwrap();
+            let mut body = vec![0u8; h.body_len as usize];
+            s.read_exact(&mut body).await.unwrap();
+            let req: GetAttrReq = ember_net::decode_body(&body).unwrap();
+            let resp = prost::Message::encode_to_vec(&AttrResp { attr: Some(Attr { inode: req.inode, ..Default::default() }), parent: None });
+            let header = FrameHeader::for_data(FrameKind::Response, h.method, h.request_id, &resp, &[]);
+            s.write_all(&header.encode()).await.unwrap();
+            s.write_all(&resp).await.unwrap();
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_closed_while_idle_is_redialed_before_sending() {
+    let client = Arc::new(RpcClient::new(start_one_reply_per_connection().await));
+    let calls = on_own_thread(client, |call| {
+        let first = call(10_001);
+        // Idle long enough for the server's close to arrive.
+        std::thread::sleep(Duration::from_millis(100));
+        (first, call(10_002))
+    });
+    assert!(calls.0.is_ok() && calls.1.is_ok(), "{calls:?}");
+}
