@@ -115,7 +115,7 @@ impl MetaArgs {
         set(&mut c.mgmtd, self.mgmtd);
         set(&mut c.data_dir, self.data);
         if let Some(d) = self.meta_durability {
-            c.durability = if d == "periodic" { ember_meta::MetaDurability::Periodic } else { ember_meta::MetaDurability::Sync };
+            c.durability = durability(&d);
         }
         Ok(Some(c))
     }
@@ -168,15 +168,66 @@ pub struct MountArgs {
     /// FUSE worker threads.
     #[arg(long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub meta: InProcessMetaArgs,
+}
+
+/// A metadata server run inside the mount process (`ember up` does this): other clients reach
+/// it over TCP as any meta server, this mount's own requests need no socket.
+#[derive(Args, Clone, Debug, Default)]
+pub struct InProcessMetaArgs {
+    /// Run a metadata server in this process, with its state (embedded KV) in this directory.
+    #[arg(long)]
+    pub meta_data: Option<PathBuf>,
+    /// That server's configuration file (as `ember meta --config` takes); the flags below
+    /// override it.
+    #[arg(long, requires = "meta_data")]
+    pub meta_config: Option<PathBuf>,
+    /// That server's RPC listen address.
+    #[arg(long, requires = "meta_data")]
+    pub meta_listen: Option<String>,
+    /// That server's Prometheus metrics address ("" disables).
+    #[arg(long, requires = "meta_data")]
+    pub meta_metrics_listen: Option<String>,
+    /// That server's durability: sync (on disk) or periodic (in the OS, on disk within a second).
+    #[arg(long, requires = "meta_data", value_parser = ["sync", "periodic"])]
+    pub meta_durability: Option<String>,
 }
 
 impl MountArgs {
-    pub fn resolve(self) -> Result<Option<ember_fuse::MountConfig>, Failure> {
+    /// The mount's configuration, and that of the metadata server to run with it, if any.
+    pub fn resolve(self) -> Result<Option<(ember_fuse::MountConfig, Option<ember_meta::MetaConfig>)>, Failure> {
         let Some(mut c) = load::<ember_fuse::MountConfig>(&self.common)? else { return Ok(None) };
         set(&mut c.mountpoint, self.mountpoint);
         set(&mut c.mgmtd, self.mgmtd);
         set(&mut c.metrics_listen, self.metrics_listen);
         set(&mut c.threads, self.threads);
+        let meta = self.meta.resolve(&c.mgmtd)?;
+        Ok(Some((c, meta)))
+    }
+}
+
+impl InProcessMetaArgs {
+    fn resolve(self, mgmtd: &str) -> Result<Option<ember_meta::MetaConfig>, Failure> {
+        let Some(data) = self.meta_data else { return Ok(None) };
+        let common = Common { config: self.meta_config, print_default_config: false };
+        let Some(mut c) = load::<ember_meta::MetaConfig>(&common)? else { return Ok(None) };
+        c.data_dir = data;
+        c.mgmtd = mgmtd.to_owned();
+        c.in_process = true;
+        set(&mut c.listen, self.meta_listen);
+        set(&mut c.metrics_listen, self.meta_metrics_listen);
+        if let Some(d) = self.meta_durability {
+            c.durability = durability(&d);
+        }
         Ok(Some(c))
+    }
+}
+
+fn durability(name: &str) -> ember_meta::MetaDurability {
+    if name == "periodic" {
+        ember_meta::MetaDurability::Periodic
+    } else {
+        ember_meta::MetaDurability::Sync
     }
 }

@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start a whole single-node cluster (mgmtd, meta, storage as separate processes) and mount it.
+    /// Start a whole single-node cluster (mgmtd, storage, and the mount with the metadata
+    /// server in its process) and mount it.
     Up(up::UpArgs),
     /// Run the cluster manager.
     Mgmtd(config::MgmtdArgs),
@@ -102,12 +103,39 @@ async fn run(command: Command) -> Result<(), Failure> {
             let Some(c) = a.resolve()? else { return Ok(()) };
             ember_storage::run_storage(c, shutdown_signal()).await.map_err(Failure::from)
         }
-        Command::Mount(a) => {
-            let Some(c) = a.resolve()? else { return Ok(()) };
-            ember_fuse::run_mount(c, shutdown_signal()).await.map_err(Failure::from)
-        }
+        Command::Mount(a) => match a.resolve()? {
+            None => Ok(()),
+            Some((c, None)) => ember_fuse::run_mount(c, shutdown_signal()).await.map_err(Failure::from),
+            Some((c, Some(meta))) => mount_with_meta(c, meta).await,
+        },
         Command::Admin(a) => admin::run(a).await,
     }
+}
+
+/// Serves a mount and a metadata server in this process. The server starts first and stops
+/// last, after the mount has ended its sessions with it; if it fails, the mount stops too.
+async fn mount_with_meta(mount: ember_fuse::MountConfig, meta: ember_meta::MetaConfig) -> Result<(), Failure> {
+    let (stop_meta, meta_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut meta_task = tokio::spawn(ember_meta::run_meta(meta, async move {
+        let _ = meta_stopped.await;
+    }));
+    let signal = shutdown_signal();
+    let mut meta_ended = None;
+    let mounted = ember_fuse::run_mount(mount, async {
+        tokio::select! {
+            () = signal => {}
+            r = &mut meta_task => meta_ended = Some(r),
+        }
+    })
+    .await;
+    let _ = stop_meta.send(());
+    let meta_result = match meta_ended {
+        Some(r) => r,
+        None => meta_task.await,
+    };
+    // A server that failed is the likelier cause of a mount that stopped with it.
+    meta_result.map_err(|e| anyhow::anyhow!("metadata server task failed: {e}"))??;
+    Ok(mounted?)
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when

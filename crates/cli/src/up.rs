@@ -1,6 +1,8 @@
-//! `ember up`: a whole single-node cluster from one command. mgmtd, meta, storage and the
-//! mount run as separate child processes of this binary, each logging to `<data>/logs`; this
-//! process waits for each to be ready, then supervises them and stops them in order.
+//! `ember up`: a whole single-node cluster from one command. mgmtd, storage and the mount run
+//! as separate child processes of this binary, each logging to `<data>/logs`; the metadata
+//! server runs inside the mount process (its own requests then need no socket), or as a
+//! process of its own with `--separate-meta`. This process waits for each to be ready, then
+//! supervises them and stops them in order.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -43,6 +45,9 @@ pub struct UpArgs {
     /// OS, on disk within a second).
     #[arg(long, value_parser = ["sync", "periodic"])]
     pub meta_durability: Option<String>,
+    /// Run the metadata server as a process of its own instead of inside the mount process.
+    #[arg(long)]
+    pub separate_meta: bool,
     /// Let every service pick a free port instead of the configured ones.
     #[arg(long)]
     pub any_port: bool,
@@ -62,6 +67,10 @@ pub struct UpConfig {
     pub replication_mode: String,
     /// "sync" or "periodic".
     pub meta_durability: String,
+    /// Run the metadata server inside the mount process: the mount's own metadata requests
+    /// then need no socket, but a crash of either takes both (`ember up` then stops, as when
+    /// the mount alone exits). false: a process of its own, restarted if it exits.
+    pub meta_in_mount: bool,
     pub mgmtd_listen: String,
     pub meta_listen: String,
     pub storage_listen: String,
@@ -79,6 +88,7 @@ impl Default for UpConfig {
             replicas: 1,
             replication_mode: "fan-out".into(),
             meta_durability: "sync".into(),
+            meta_in_mount: true,
             mgmtd_listen: "127.0.0.1:9000".into(),
             meta_listen: "127.0.0.1:9100".into(),
             storage_listen: "127.0.0.1:9200".into(),
@@ -166,6 +176,9 @@ fn resolve(args: UpArgs) -> Result<Option<UpConfig>, Failure> {
     if let Some(d) = args.meta_durability {
         c.meta_durability = d;
     }
+    if args.separate_meta {
+        c.meta_in_mount = false;
+    }
     if c.replicas > c.storage_nodes || !(c.targets * c.storage_nodes).is_multiple_of(c.replicas) {
         let error = anyhow!(
             "--replicas {} needs at least as many storage nodes and a target count ({} nodes x {} targets) it divides",
@@ -232,9 +245,11 @@ async fn start_all(c: &UpConfig, roles: &mut Vec<Role>) -> anyhow::Result<()> {
     pin_listen(roles, "mgmtd", &mgmtd);
 
     let meta_dir = s(&dir("meta"));
-    let args = ["meta", "--data", &meta_dir, "--listen", &c.meta_listen, "--mgmtd", &mgmtd, "--metrics-listen", &metrics_addr(c, 1, 0)];
-    let args = [&args[..], &["--meta-durability", &c.meta_durability]].concat();
-    roles.push(spawn("meta", &args, &logs)?);
+    let meta_args = ["--meta-durability", &c.meta_durability];
+    if !c.meta_in_mount {
+        let args = ["meta", "--data", &meta_dir, "--listen", &c.meta_listen, "--mgmtd", &mgmtd, "--metrics-listen", &metrics_addr(c, 1, 0)];
+        roles.push(spawn("meta", &[&args[..], &meta_args].concat(), &logs)?);
+    }
 
     for i in 0..c.storage_nodes {
         let role = storage_role(i);
@@ -246,8 +261,10 @@ async fn start_all(c: &UpConfig, roles: &mut Vec<Role>) -> anyhow::Result<()> {
         }
         roles.push(spawn(role, &args, &logs)?);
     }
-    let meta = wait_for_file(&dir("meta").join("meta.addr"), roles).await?;
-    pin_listen(roles, "meta", &meta);
+    if !c.meta_in_mount {
+        let meta = wait_for_file(&dir("meta").join("meta.addr"), roles).await?;
+        pin_listen(roles, "meta", &meta);
+    }
     for i in 0..c.storage_nodes {
         let role = storage_role(i);
         let addr = wait_for_file(&dir(&role).join("storage.addr"), roles).await?;
@@ -259,7 +276,13 @@ async fn start_all(c: &UpConfig, roles: &mut Vec<Role>) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&c.mountpoint).with_context(|| format!("creating {}", c.mountpoint.display()))?;
     let mnt = s(&c.mountpoint);
-    let args = ["mount", &mnt, "--mgmtd", &mgmtd, "--metrics-listen", &metrics_addr(c, 3, 0)];
+    let mut args = vec!["mount", &mnt, "--mgmtd", &mgmtd];
+    let (mount_metrics, meta_metrics) = (metrics_addr(c, 3, 0), metrics_addr(c, 1, 0));
+    args.extend(["--metrics-listen", &mount_metrics]);
+    if c.meta_in_mount {
+        args.extend(["--meta-data", &meta_dir, "--meta-listen", &c.meta_listen, "--meta-metrics-listen", &meta_metrics]);
+        args.extend(meta_args);
+    }
     roles.push(spawn("mount", &args, &logs)?);
     wait_for_mount(&c.mountpoint, roles).await
 }

@@ -245,3 +245,72 @@ fn up_restarts_a_storage_node_that_dies_and_the_chain_recovers() {
     assert_eq!(std::fs::read(mnt.join("during")).unwrap(), b"written while a replica restarts");
     assert!(up.stop().success());
 }
+
+/// The value of one sample (`name{labels}` as printed) in a `/metrics` text; 0 if absent.
+fn sample(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until `path` holds `want` (another mount's change shows within its caches' TTLs).
+fn wait_for_contents(path: &Path, want: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read(path).ok().as_deref() != Some(want) {
+        assert!(Instant::now() < deadline, "{} never showed the other mount's bytes", path.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn up_runs_meta_in_the_mount_process_reachable_by_others_and_its_kill9_loses_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (data, mnt) = (dir.path().join("data"), dir.path().join("mnt"));
+    let mut up = Up::start_with(&data, &mnt, &["--meta-durability", "periodic"]);
+    let pattern = format!("mount {} ", mnt.display());
+    let out = Command::new("pgrep").args(["-f", &pattern]).output().unwrap();
+    let mount_pid: i32 = String::from_utf8_lossy(&out.stdout).lines().next().unwrap().trim().parse().unwrap();
+    let meta_out = Command::new("pgrep").args(["-f", &format!("meta --data {}", data.join("meta").display())]).output().unwrap();
+    assert!(meta_out.stdout.is_empty(), "no meta process of its own");
+
+    // Inline, just past the inline limit, and chunked; fsynced or only closed.
+    std::fs::create_dir(mnt.join("d")).unwrap();
+    let files: Vec<(String, Vec<u8>)> =
+        [(0, 100), (1, 4097), (2, 300_000)].iter().map(|&(i, n)| (format!("d/f{i}"), ember_testkit::random_bytes(i, n))).collect();
+    for (i, (name, bytes)) in files.iter().enumerate() {
+        let mut f = std::fs::File::create(mnt.join(name)).unwrap();
+        std::io::Write::write_all(&mut f, bytes).unwrap();
+        if i % 2 == 0 {
+            f.sync_all().unwrap();
+        }
+    }
+    let metrics = scrape(&data.join("meta/metrics.addr"));
+    let created = sample(&metrics, "ember_rpc_in_process_total{method=\"meta.create\"}");
+    assert!(created >= 3, "the mount's creates reached meta in process ({created}):\n{metrics}");
+
+    // Another mount reaches the same metadata server over TCP.
+    let mgmtd = std::fs::read_to_string(data.join("mgmtd/mgmtd.addr")).unwrap();
+    let mut other = ember_testkit::Mount::start(Path::new(env!("CARGO_BIN_EXE_ember")), mgmtd.trim(), dir.path());
+    assert_eq!(std::fs::read(other.join("d/f0")).unwrap(), files[0].1);
+    std::fs::write(other.join("d/from-other"), b"written by another mount").unwrap();
+    wait_for_contents(&mnt.join("d/from-other"), b"written by another mount");
+    assert!(other.unmount());
+
+    // SIGKILL of the mount takes its metadata server down with it; `up` stops.
+    unsafe { libc::kill(mount_pid, libc::SIGKILL) };
+    let status = up.child.wait().unwrap();
+    assert!(!status.success(), "up reports the lost mount");
+    drop(up); // clears the dead mount
+
+    let up = Up::start(&data, &mnt);
+    for (name, bytes) in &files {
+        assert!(std::fs::read(mnt.join(name)).unwrap() == *bytes, "{name} after the crash");
+    }
+    assert_eq!(std::fs::read(mnt.join("d/from-other")).unwrap(), b"written by another mount");
+    assert!(up.stop().success());
+}

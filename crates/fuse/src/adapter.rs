@@ -43,10 +43,12 @@ impl EmberFs {
         EmberFs { vfs, rt, ttl, notifier, acls: false, kills_privileges: false }
     }
 
-    /// Runs one operation to completion on the runtime (fuser worker threads block here, so
-    /// their metadata requests go on connections of their own, read by themselves).
+    /// Runs one operation to completion on the runtime. fuser worker threads block here, so
+    /// their metadata requests go on connections of their own, read by themselves, and work
+    /// that must block (a metadata server's commit, when it runs in this process) runs on them.
     fn run<T>(&self, op: &'static str, fut: impl Future<Output = Result<T, Status>>) -> Result<T, Errno> {
         ember_net::own_connections_on_this_thread();
+        ember_net::run_blocking_inline_on_this_thread();
         let started = Instant::now();
         let span = tracing::debug_span!("fuse", op);
         observe(op, started, self.rt.block_on(fut.instrument(span)))

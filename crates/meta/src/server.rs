@@ -54,6 +54,10 @@ pub struct MetaConfig {
     /// `periodic`, once it is in the operating system, on disk within a second (a power loss
     /// may take the last second of changes; a crash of the process takes nothing).
     pub durability: MetaDurability,
+    /// Also answer this process's own requests to this server without a socket (set by a
+    /// mount that runs its metadata server in process; not a configuration setting).
+    #[serde(skip)]
+    pub in_process: bool,
 }
 
 /// See [`MetaConfig::durability`].
@@ -91,6 +95,7 @@ impl Default for MetaConfig {
             gc_interval_ms: 1000,
             inline_max_bytes: store.inline_max,
             durability: MetaDurability::Sync,
+            in_process: false,
         }
     }
 }
@@ -134,6 +139,7 @@ pub async fn run_meta(
     tracing::info!(listen = %bound, mgmtd = %config.mgmtd, "meta server listening");
 
     let service = MetaService::new(store.clone(), config.durability == MetaDurability::Sync);
+    let in_process = config.in_process.then(|| ember_net::serve_in_process(&advertise, service.clone()));
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     tasks.push(tokio::spawn(ember_net::serve(
         listener,
@@ -163,6 +169,7 @@ pub async fn run_meta(
         t.abort();
         let _ = t.await;
     }
+    drop(in_process);
     service.close();
     release(store).await;
     Ok(())

@@ -85,7 +85,7 @@ impl RpcClient {
     /// [`unary`](Self::unary), on this thread's own connection if the thread asked for that
     /// (`own_conn.rs`): for callers that block for the reply anyway.
     pub async fn unary_here<R: Rpc>(&self, req: &R) -> Result<R::Response, Status> {
-        if !(crate::own_conn::enabled() && self.dialer.is_tcp()) {
+        if !(crate::own_conn::enabled() && self.dialer.is_tcp()) || self.in_process().is_some() {
             return self.unary(req).await;
         }
         let body = req.encode_to_vec();
@@ -100,6 +100,9 @@ impl RpcClient {
     }
 
     pub async fn call_raw(&self, method: u16, body: Bytes, payload: Bytes, timeout: Duration) -> Reply {
+        if let Some(service) = self.in_process() {
+            return crate::local::call(service, method, body, payload, timeout).await;
+        }
         let mut used: Option<(Arc<Connection>, u64)> = None;
         let work = async {
             let conn = self.connection().await?;
@@ -131,6 +134,14 @@ impl RpcClient {
                 Err(Status::new(StatusCode::Timeout, format!("rpc to {} timed out after {timeout:?}", self.addr)))
             }
         }
+    }
+
+    /// The service behind this address if this process serves it (`local.rs`).
+    fn in_process(&self) -> Option<Arc<dyn crate::Service>> {
+        if !self.dialer.is_tcp() {
+            return None;
+        }
+        crate::local::service_at(&self.addr)
     }
 
     async fn connection(&self) -> Result<Arc<Connection>, Status> {

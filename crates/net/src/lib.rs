@@ -10,12 +10,14 @@
 mod client;
 mod frame;
 mod inline;
+mod local;
 mod own_conn;
 pub mod routing;
 mod server;
 mod transport;
 
 pub use client::{PeerPool, RpcClient};
+pub use local::{serve_in_process, InProcess};
 pub use own_conn::own_connections_on_this_thread;
 pub use frame::{FrameError, FrameHeader, FrameKind, FrameLimits, HEADER_LEN, MAGIC, VERSION};
 pub use server::{serve, serve_stream, Request, Response, Service, ServiceFuture};

@@ -1,7 +1,9 @@
 use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -165,25 +167,56 @@ fn deadline_of(h: &FrameHeader) -> Option<Instant> {
 
 async fn handle(svc: Arc<dyn Service>, req: Request, request_id: u64) -> OutFrame {
     let method = req.method;
-    let name = Method::from_u16(method).map(Method::name).unwrap_or("unknown");
-    let started = Instant::now();
-    let result = match req.deadline {
-        Some(d) => match tokio::time::timeout_at(d, svc.call(req)).await {
-            Ok(r) => r,
-            Err(_) => Err(Status::new(StatusCode::Timeout, "deadline expired on the server")),
-        },
-        None => svc.call(req).await,
-    };
-    let code = result.as_ref().err().map(|s| s.code).unwrap_or(StatusCode::Ok);
-    let reg = ember_telemetry::global();
-    reg.inc("ember_rpc_requests_total", &format!("method=\"{name}\",status=\"{code:?}\""), 1);
-    reg.observe("ember_rpc_seconds", &format!("method=\"{name}\""), started.elapsed());
-    match result {
+    match answer(svc, req).await {
         Ok(resp) => {
             let header = FrameHeader::for_data(FrameKind::Response, method, request_id, &resp.body, &resp.payload);
             OutFrame { header, body: resp.body, payload: resp.payload }
         }
         Err(st) => error_frame(method, request_id, &st),
+    }
+}
+
+/// Runs one request within its deadline and counts it, wherever it came from (a connection or
+/// this process, `local.rs`). A handler that panics answers `Internal` instead of taking its
+/// caller down with it.
+pub(crate) async fn answer(svc: Arc<dyn Service>, req: Request) -> Result<Response, Status> {
+    let name = Method::from_u16(req.method).map(Method::name).unwrap_or("unknown");
+    let started = Instant::now();
+    let deadline = req.deadline;
+    let call = CatchPanic(svc.call(req));
+    let result = match deadline {
+        Some(d) => match tokio::time::timeout_at(d, call).await {
+            Ok(r) => r,
+            Err(_) => Err(Status::new(StatusCode::Timeout, "deadline expired on the server")),
+        },
+        None => call.await,
+    };
+    let code = result.as_ref().err().map(|s| s.code).unwrap_or(StatusCode::Ok);
+    let reg = ember_telemetry::global();
+    reg.inc("ember_rpc_requests_total", &format!("method=\"{name}\",status=\"{code:?}\""), 1);
+    reg.observe("ember_rpc_seconds", &format!("method=\"{name}\""), started.elapsed());
+    result
+}
+
+/// A handler's future whose panic becomes an error reply.
+struct CatchPanic(ServiceFuture);
+
+impl Future for CatchPanic {
+    type Output = Result<Response, Status>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %what, "request handler panicked");
+                Poll::Ready(Err(Status::internal(format!("request handler panicked: {what}"))))
+            }
+        }
     }
 }
 

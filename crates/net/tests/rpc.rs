@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ember_net::{own_connections_on_this_thread, serve, FrameHeader, FrameKind, FrameLimits, Request, Response, RpcClient, Service, ServiceFuture, HEADER_LEN};
+use ember_net::{own_connections_on_this_thread, serve, serve_in_process, FrameHeader, FrameKind, FrameLimits, Request, Response, RpcClient, Service, ServiceFuture, HEADER_LEN};
 use ember_proto::meta::{GetAttrReq, AttrResp, Attr};
 use ember_proto::Method;
 use ember_types::{Status, StatusCode};
@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Echoes the inode of a GetAttr back as the attr (with the caller's port as its size), the
 /// payload back as the payload, sleeps for `inode` milliseconds when the inode is below 10,000
-/// (to test deadlines) and answers inode 99,999 with `NotFound`.
+/// (to test deadlines), answers inode 99,999 with `NotFound` and panics on inode 66,666.
 struct Echo;
 
 impl Service for Echo {
@@ -29,6 +29,7 @@ impl Service for Echo {
             if r.inode == 99_999 {
                 return Err(Status::new(StatusCode::NotFound, "no inode 99999"));
             }
+            assert_ne!(r.inode, 66_666, "inode 66666 makes the handler panic");
             let attr = Attr { inode: r.inode, size: u64::from(req.peer.port()), ..Default::default() };
             Ok(Response::with_payload(&AttrResp { attr: Some(attr), parent: None }, req.payload))
         })
@@ -232,4 +233,40 @@ async fn a_connection_the_server_closed_while_idle_is_redialed_before_sending() 
         (first, call(10_002))
     });
     assert!(calls.0.is_ok() && calls.1.is_ok(), "{calls:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_answers_internal_and_the_server_keeps_serving() {
+    let addr = start().await;
+    let client = RpcClient::new(addr);
+    assert_eq!(client.unary(&GetAttrReq { inode: 66_666 }).await.unwrap_err().code, StatusCode::Internal);
+    assert_eq!(client.unary(&GetAttrReq { inode: 10_001 }).await.unwrap().attr.unwrap().inode, 10_001);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_of_this_process_is_called_without_a_socket_while_registered() {
+    let addr = start().await;
+    // Echo answers with the caller's port: the server saw a real connection unless it is 0.
+    let client = Arc::new(RpcClient::new(addr.clone()).with_timeout(Duration::from_millis(300)));
+    let over_tcp = client.unary(&GetAttrReq { inode: 10_000 }).await.unwrap().attr.unwrap().size;
+    assert_ne!(over_tcp, 0);
+
+    let local = serve_in_process(&addr, Arc::new(Echo));
+    let payload = Bytes::from_static(b"payload, as on the wire");
+    let (resp, back) = client.call(&GetAttrReq { inode: 10_001 }, payload.clone()).await.unwrap();
+    assert_eq!((resp.attr.unwrap().size, back), (0, payload));
+    let err = |inode| {
+        let client = client.clone();
+        async move { client.unary(&GetAttrReq { inode }).await.unwrap_err().code }
+    };
+    assert_eq!(err(99_999).await, StatusCode::NotFound, "an error is the service's status");
+    assert_eq!(err(2_000).await, StatusCode::Timeout, "the caller's deadline applies");
+    assert_eq!(err(66_666).await, StatusCode::Internal, "a panic is an error, not the caller's");
+    let other = Arc::new(RpcClient::new("127.0.0.1:1"));
+    assert_eq!(other.unary(&GetAttrReq { inode: 10_002 }).await.unwrap_err().code, StatusCode::Unavailable, "other addresses still dial");
+    let own = on_own_thread(client.clone(), |call| call(10_003));
+    assert_eq!(own, Ok(0), "a thread with its own connections calls in process too");
+
+    drop(local);
+    assert_ne!(client.unary(&GetAttrReq { inode: 10_004 }).await.unwrap().attr.unwrap().size, 0);
 }

@@ -349,24 +349,7 @@ impl Cluster {
     }
 
     pub fn mount(&self) -> Mount {
-        let path = self.dir.path().join(format!("mnt-{}", unique()));
-        std::fs::create_dir_all(&path).expect("mountpoint");
-        let args = vec![
-            path.display().to_string(),
-            "--mgmtd".into(),
-            self.mgmtd_addr.clone(),
-            "--metrics-listen".into(),
-            String::new(),
-        ];
-        let log = self.dir.path().join("logs").join(format!("mount-{}.log", unique()));
-        let mut proc = Proc::spawn(&self.bin, "mount", args, log);
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while !is_mounted(&path) {
-            assert!(!proc.exited(), "mount exited during start-up:\n{}", proc.log_tail());
-            assert!(Instant::now() < deadline, "mount never appeared:\n{}", proc.log_tail());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Mount { path, proc }
+        Mount::start(&self.bin, &self.mgmtd_addr, self.dir.path())
     }
 
     /// Log tails of every service, for assertion messages.
@@ -392,6 +375,24 @@ pub struct Mount {
 }
 
 impl Mount {
+    /// Mounts the cluster whose mgmtd listens at `mgmtd` on a new directory in `dir` (its log
+    /// in `dir/logs`), and waits until the kernel shows the mount.
+    pub fn start(bin: &Path, mgmtd: &str, dir: &Path) -> Mount {
+        let path = dir.join(format!("mnt-{}", unique()));
+        std::fs::create_dir_all(&path).expect("mountpoint");
+        std::fs::create_dir_all(dir.join("logs")).expect("logs dir");
+        let args = vec![path.display().to_string(), "--mgmtd".into(), mgmtd.to_owned(), "--metrics-listen".into(), String::new()];
+        let log = dir.join("logs").join(format!("mount-{}.log", unique()));
+        let mut proc = Proc::spawn(bin, "mount", args, log);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !is_mounted(&path) {
+            assert!(!proc.exited(), "mount exited during start-up:\n{}", proc.log_tail());
+            assert!(Instant::now() < deadline, "mount never appeared:\n{}", proc.log_tail());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mount { path, proc }
+    }
+
     pub fn join(&self, rel: &str) -> PathBuf {
         self.path.join(rel)
     }
