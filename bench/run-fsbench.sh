@@ -6,9 +6,12 @@
 #
 #   usage: sudo bench/run-fsbench.sh [ROUNDS]        (default 2)
 #   env:   PHASES      fsbench phases            (default "meta tree append")
-#          PEERS       peer names under /mnt/peers to include (default "passthrough")
+#          PEERS       peer names under /mnt/peers to include (default "passthrough"); "ext4" is
+#                      no peer but /var/tmp/fsbench-ext4 on the backing disk, for the disk's own rates
 #          DURABILITY  Ember metadata durability modes, one cluster each (default "sync periodic");
 #                      labelled ember-sync, ember-periodic
+#          SEPARATE_META  1: one more cluster per mode with meta as a process of its own
+#                      (`ember up --separate-meta`), labelled ember-sync-separate and so on
 #          OUT         results directory         (default bench/results/<timestamp>)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,11 +27,23 @@ mnt=${EMBER_BENCH_MNT:-/mnt/ember-bench}
 mkdir -p "$out"
 cargo build --release --locked -p ember-cli >&2
 
+peer_dir() { if [[ $1 == ext4 ]]; then echo /var/tmp/fsbench-ext4; else echo "/mnt/peers/$1"; fi; }
 for p in $peers; do
-	mountpoint -q "/mnt/peers/$p" || bash "$kit/start-peers.sh" start "$p" >&2
+	if [[ $p == ext4 ]]; then
+		mkdir -p "$(peer_dir ext4)"
+	else
+		mountpoint -q "/mnt/peers/$p" || bash "$kit/start-peers.sh" start "$p" >&2
+	fi
 done
 
 modes=${DURABILITY:-sync periodic}
+# One cluster per label: "<mode>" has meta in the mount process (the default of `ember up`),
+# "<mode>-separate" runs it as a process of its own.
+clusters=()
+for m in $modes; do
+	clusters+=("$m")
+	[[ ${SEPARATE_META:-0} == 1 ]] && clusters+=("$m-separate")
+done
 rm -rf "$data"
 up_pids=()
 stop_ember() {
@@ -36,21 +51,23 @@ stop_ember() {
 	for pid in "${up_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
 }
 trap stop_ember EXIT
-for m in $modes; do
-	mkdir -p "$data/$m" "$mnt-$m"
-	./target/release/ember up --any-port --meta-durability "$m" --data "$data/$m/cluster" --mount "$mnt-$m" \
-		>"$data/$m/up.log" 2>&1 &
+for c in "${clusters[@]}"; do
+	layout=()
+	[[ $c == *-separate ]] && layout=(--separate-meta)
+	mkdir -p "$data/$c" "$mnt-$c"
+	./target/release/ember up --any-port "${layout[@]}" --meta-durability "${c%-separate}" \
+		--data "$data/$c/cluster" --mount "$mnt-$c" >"$data/$c/up.log" 2>&1 &
 	up_pids+=($!)
 done
-for m in $modes; do
-	for _ in $(seq 1 600); do mountpoint -q "$mnt-$m" && break; sleep 0.1; done
-	mountpoint -q "$mnt-$m" || { echo "ember ($m) did not mount; see $data/$m/up.log" >&2; exit 1; }
+for c in "${clusters[@]}"; do
+	for _ in $(seq 1 600); do mountpoint -q "$mnt-$c" && break; sleep 0.1; done
+	mountpoint -q "$mnt-$c" || { echo "ember ($c) did not mount; see $data/$c/up.log" >&2; exit 1; }
 done
 
 echo "uptime before: $(uptime)" | tee "$out/uptime.txt" >&2
 targets=()
-for p in $peers; do targets+=("$p=/mnt/peers/$p"); done
-for m in $modes; do targets+=("ember-$m=$mnt-$m"); done
+for p in $peers; do targets+=("$p=$(peer_dir "$p")"); done
+for c in "${clusters[@]}"; do targets+=("ember-$c=$mnt-$c"); done
 for r in $(seq 1 "$rounds"); do
 	order=("${targets[@]}")
 	# Alternate the order every round so neither side always runs on a warmer machine.

@@ -225,9 +225,7 @@ fn up_restarts_a_storage_node_that_dies_and_the_chain_recovers() {
     std::fs::write(mnt.join("before"), b"written before the crash").unwrap();
 
     // The storage process `up` started for node 1 (found by its data directory).
-    let pattern = format!("storage --data {} ", data.join("storage1").display());
-    let out = Command::new("pgrep").args(["-f", &pattern]).output().unwrap();
-    let pid: i32 = String::from_utf8_lossy(&out.stdout).lines().next().unwrap().trim().parse().unwrap();
+    let pid = pids_of(&format!("storage --data {} ", data.join("storage1").display()))[0];
     unsafe { libc::kill(pid, libc::SIGKILL) };
     std::fs::write(mnt.join("during"), b"written while a replica restarts").unwrap();
 
@@ -244,6 +242,13 @@ fn up_restarts_a_storage_node_that_dies_and_the_chain_recovers() {
     assert_eq!(std::fs::read(mnt.join("before")).unwrap(), b"written before the crash");
     assert_eq!(std::fs::read(mnt.join("during")).unwrap(), b"written while a replica restarts");
     assert!(up.stop().success());
+}
+
+/// Processes whose command line contains `pattern` (the roles a test's `up` started are found
+/// by their data directory or mount point, which only that test uses).
+fn pids_of(pattern: &str) -> Vec<i32> {
+    let out = Command::new("pgrep").args(["-f", pattern]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().parse().unwrap()).collect()
 }
 
 /// The value of one sample (`name{labels}` as printed) in a `/metrics` text; 0 if absent.
@@ -272,11 +277,8 @@ fn up_runs_meta_in_the_mount_process_reachable_by_others_and_its_kill9_loses_not
     let dir = tempfile::tempdir().unwrap();
     let (data, mnt) = (dir.path().join("data"), dir.path().join("mnt"));
     let mut up = Up::start_with(&data, &mnt, &["--meta-durability", "periodic"]);
-    let pattern = format!("mount {} ", mnt.display());
-    let out = Command::new("pgrep").args(["-f", &pattern]).output().unwrap();
-    let mount_pid: i32 = String::from_utf8_lossy(&out.stdout).lines().next().unwrap().trim().parse().unwrap();
-    let meta_out = Command::new("pgrep").args(["-f", &format!("meta --data {}", data.join("meta").display())]).output().unwrap();
-    assert!(meta_out.stdout.is_empty(), "no meta process of its own");
+    let mount_pid = pids_of(&format!("mount {} ", mnt.display()))[0];
+    assert!(pids_of(&format!("meta --data {}", data.join("meta").display())).is_empty(), "no meta process of its own");
 
     // Inline, just past the inline limit, and chunked; fsynced or only closed.
     std::fs::create_dir(mnt.join("d")).unwrap();
