@@ -83,5 +83,5 @@ for r in $(seq 1 "$rounds"); do
 	echo "uptime after round $r: $(uptime)" | tee -a "$out/uptime.txt" >&2
 done
 files=()
-for t in "${targets[@]}"; do files+=("$out/${t%%=*}"-*.txt); done
+for t in "${targets[@]}"; do files+=("$out/${t%%=*}"-[0-9]*.txt); done
 python3 "$kit/fsbench-table.py" --median "${files[@]}" | tee "$out/table.md"

@@ -1,9 +1,10 @@
 //! The RPC face of [`MetaStore`]: decodes a request by method id, runs the store call, encodes
 //! the reply. Under `sync` durability, calls that change something run on the blocking pool
 //! (their commit waits for an fsync), or in place on a caller's thread that may block (a FUSE
-//! worker of a mount that runs this server in process). Everything else (read-only calls, and every call under
-//! `periodic` durability, whose commits only hand the journal to the OS) takes microseconds
-//! from the KV's cache and runs in place, saving the round trip through that pool.
+//! worker of a mount that runs this server in process). Everything else (read-only calls, and
+//! every call under `periodic` durability, whose commits only hand the journal to the OS)
+//! takes microseconds from the KV's cache and runs in place, saving the round trip through
+//! that pool.
 
 use std::sync::{Arc, RwLock};
 
