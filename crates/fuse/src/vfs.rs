@@ -37,7 +37,7 @@ pub use holes::SeekFor;
 pub use locks::LockSpec;
 
 /// Written extents held before a flush; past this many, they are sent even if small.
-const MAX_DIRTY_EXTENTS: usize = 256;
+const MAX_DIRTY_EXTENTS: usize = 1024;
 
 #[derive(Clone, Debug)]
 pub struct VfsConfig {
