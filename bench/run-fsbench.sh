@@ -29,11 +29,8 @@ cargo build --release --locked -p ember-cli >&2
 
 peer_dir() { if [[ $1 == ext4 ]]; then echo /var/tmp/fsbench-ext4; else echo "/mnt/peers/$1"; fi; }
 for p in $peers; do
-	if [[ $p == ext4 ]]; then
-		mkdir -p "$(peer_dir ext4)"
-	else
-		mountpoint -q "/mnt/peers/$p" || bash "$kit/start-peers.sh" start "$p" >&2
-	fi
+	if [[ $p == ext4 ]]; then mkdir -p "$(peer_dir "$p")"; continue; fi
+	mountpoint -q "/mnt/peers/$p" || bash "$kit/start-peers.sh" start "$p" >&2
 done
 
 modes=${DURABILITY:-sync periodic}

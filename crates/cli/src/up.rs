@@ -276,9 +276,8 @@ async fn start_all(c: &UpConfig, roles: &mut Vec<Role>) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&c.mountpoint).with_context(|| format!("creating {}", c.mountpoint.display()))?;
     let mnt = s(&c.mountpoint);
-    let mut args = vec!["mount", &mnt, "--mgmtd", &mgmtd];
     let (mount_metrics, meta_metrics) = (metrics_addr(c, 3, 0), metrics_addr(c, 1, 0));
-    args.extend(["--metrics-listen", &mount_metrics]);
+    let mut args = vec!["mount", &mnt, "--mgmtd", &mgmtd, "--metrics-listen", &mount_metrics];
     if c.meta_in_mount {
         args.extend(["--meta-data", &meta_dir, "--meta-listen", &c.meta_listen, "--meta-metrics-listen", &meta_metrics]);
         args.extend(meta_args);

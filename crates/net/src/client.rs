@@ -85,11 +85,14 @@ impl RpcClient {
     /// [`unary`](Self::unary), on this thread's own connection if the thread asked for that
     /// (`own_conn.rs`): for callers that block for the reply anyway.
     pub async fn unary_here<R: Rpc>(&self, req: &R) -> Result<R::Response, Status> {
-        if !(crate::own_conn::enabled() && self.dialer.is_tcp()) || self.in_process().is_some() {
-            return self.unary(req).await;
-        }
-        let body = req.encode_to_vec();
-        let (rbody, _) = crate::own_conn::call(&self.addr, R::METHOD as u16, &body, self.timeout, &self.limits)?;
+        let (method, body) = (R::METHOD as u16, Bytes::from(req.encode_to_vec()));
+        let rbody = match self.in_process() {
+            Some(service) => crate::local::call(service, method, body, Bytes::new(), self.timeout).await?.0,
+            None if crate::own_conn::enabled() && self.dialer.is_tcp() => {
+                crate::own_conn::call(&self.addr, method, &body, self.timeout, &self.limits)?.0
+            }
+            None => self.call_on_connection(method, body, Bytes::new(), self.timeout).await?.0,
+        };
         crate::decode_body::<R::Response>(&rbody)
     }
 
@@ -100,9 +103,14 @@ impl RpcClient {
     }
 
     pub async fn call_raw(&self, method: u16, body: Bytes, payload: Bytes, timeout: Duration) -> Reply {
-        if let Some(service) = self.in_process() {
-            return crate::local::call(service, method, body, payload, timeout).await;
+        match self.in_process() {
+            Some(service) => crate::local::call(service, method, body, payload, timeout).await,
+            None => self.call_on_connection(method, body, payload, timeout).await,
         }
+    }
+
+    /// One call on the shared, multiplexed connection.
+    async fn call_on_connection(&self, method: u16, body: Bytes, payload: Bytes, timeout: Duration) -> Reply {
         let mut used: Option<(Arc<Connection>, u64)> = None;
         let work = async {
             let conn = self.connection().await?;
