@@ -1,6 +1,7 @@
 //! POSIX ACLs through the real mount, enforced by the kernel for another user: access ACLs,
 //! chmod's effect on them, default ACLs in place of the umask, and setuid, setgid and file
-//! capabilities dropped when another user writes, truncates or fallocates, and on chown.
+//! capabilities dropped when another user writes, truncates or fallocates, on chown, and
+//! setgid when someone outside the file's group sets its ACL.
 
 use std::ffi::CString;
 use std::fs;
@@ -141,6 +142,8 @@ fn a_write_truncate_or_chown_clears_setuid_and_setgid() {
     fs::set_permissions(&f, fs::Permissions::from_mode(0o6777)).unwrap();
     assert_eq!(append_byte(&path), 0);
     assert_eq!(mode(&f), 0o6777, "a write by root keeps setuid and setgid");
+    assert_eq!(unsafe { libc::truncate(path.as_ptr(), 2) }, 0);
+    assert_eq!(mode(&f), 0o6777, "a truncate by root keeps setuid and setgid");
 
     let fallocated = as_user(USER, || unsafe {
         let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
@@ -148,6 +151,42 @@ fn a_write_truncate_or_chown_clears_setuid_and_setgid() {
     });
     assert_eq!(fallocated, 0);
     assert_eq!(mode(&f), 0o777, "fallocate by someone else must drop setuid and setgid");
+
+    // What counts is CAP_FSETID, not uid 0: root without it is like anyone else.
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o6777)).unwrap();
+    let without_fsetid = Forked::start(|| unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+        i32::from(fd < 0 || !drop_effective_capability(CAP_FSETID) || libc::fallocate(fd, 0, 0, 16384) != 0)
+    });
+    assert_eq!(without_fsetid.wait(), 0);
+    assert_eq!(mode(&f), 0o777, "fallocate by root without CAP_FSETID must drop setuid and setgid");
+}
+
+const CAP_FSETID: u32 = 4;
+
+/// Takes `cap` out of this thread's effective capabilities (capget/capset, version 3).
+fn drop_effective_capability(cap: u32) -> bool {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut header = Header { version: 0x2008_0522, pid: 0 };
+    let mut data = [Data::default(); 2];
+    unsafe {
+        if libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) != 0 {
+            return false;
+        }
+        data[(cap / 32) as usize].effective &= !(1 << (cap % 32));
+        libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) == 0
+    }
 }
 
 #[test]
@@ -176,6 +215,29 @@ fn any_write_drops_the_file_capability() {
     assert_eq!(append_byte(&path), 0);
     assert!(!has_xattr(&f, "security.capability"), "a write by root must drop the capability too");
     assert_eq!(fs::metadata(&f).unwrap().len(), 100_002);
+}
+
+#[test]
+fn an_acl_set_by_someone_outside_the_files_group_drops_setgid() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let a = cluster.mount();
+    let f = a.join("shared");
+    fs::write(&f, b"x").unwrap();
+    std::os::unix::fs::chown(&f, Some(USER), Some(0)).unwrap();
+    let access = acl(&[(USER_OBJ, 7, NO_ID), (GROUP_OBJ, 7, NO_ID), (OTHER, 0, NO_ID)]);
+    let (path, name) = (cpath(&f), CString::new("system.posix_acl_access").unwrap());
+    let set = |value: &[u8]| unsafe { i32::from(libc::setxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) != 0) };
+
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o2750)).unwrap();
+    assert_eq!(as_user(USER, || set(&access)), 0, "the owner may set an ACL");
+    assert_eq!(mode(&f), 0o770, "the owner is not in the file's group: setgid goes");
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o2750)).unwrap();
+    assert_eq!(set(&access), 0);
+    assert_eq!(mode(&f), 0o2770, "root may keep setgid");
 }
 
 /// 0 if one byte could be appended to `path`.

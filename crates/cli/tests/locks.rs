@@ -148,6 +148,34 @@ fn flock_holds_per_open_file_across_mounts_and_goes_with_the_last_close() {
     flock(second.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB).unwrap();
 }
 
+#[test]
+fn flock_and_fcntl_locks_of_one_file_never_meet() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let (a, b) = (cluster.mount(), cluster.mount());
+    fs::write(a.join("f"), b"x").unwrap();
+    let (whole, other) = (open_rw(&a.join("f")), open_rw(&a.join("f")));
+    let remote = open_rw(&b.join("f"));
+
+    flock(whole.as_raw_fd(), libc::LOCK_EX).unwrap();
+    fcntl_lock(remote.as_raw_fd(), libc::F_SETLK, libc::F_WRLCK, 0, 0).expect("an flock does not stand in a POSIX lock's way");
+    assert_eq!(flock(remote.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB), Err(libc::EWOULDBLOCK), "flocks still meet each other");
+    assert_eq!(fcntl_lock(other.as_raw_fd(), libc::F_SETLK, libc::F_RDLCK, 0, 0), Err(libc::EAGAIN), "POSIX locks still meet each other");
+    assert_eq!(getlk(other.as_raw_fd(), libc::F_WRLCK, 0, 0).map(|h| h.0), Some(libc::F_WRLCK), "F_GETLK reports the POSIX holder");
+
+    drop(whole);
+    let free = || flock(remote.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB).is_ok();
+    assert!(eventually(Duration::from_secs(5), free), "the flock goes with its last close");
+    assert_eq!(fcntl_lock(other.as_raw_fd(), libc::F_SETLK, libc::F_RDLCK, 0, 0), Err(libc::EAGAIN), "the POSIX lock stays");
+    // Closing a descriptor drops the process's POSIX locks of that file, not its flocks.
+    drop(open_rw(&b.join("f")));
+    assert!(getlk(other.as_raw_fd(), libc::F_RDLCK, 0, 0).is_none(), "close gives the POSIX lock back");
+    assert_eq!(flock(other.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB), Err(libc::EWOULDBLOCK), "the flock stays");
+}
+
 extern "C" fn ignore_signal(_: i32) {}
 
 /// A child process waiting (F_SETLKW) for a write lock on the whole of `fd`; it exits with 0

@@ -716,3 +716,61 @@ fn supplementary_groups_grant_group_access() {
     assert_eq!(reads(&[GROUP]), 0, "a supplementary group of the caller owns the file");
     assert_eq!(reads(&[]), libc::EACCES);
 }
+
+/// open(2) with O_TMPFILE in `dir`: the descriptor or the errno.
+fn open_tmpfile(dir: &Path, extra: i32) -> Result<i32, i32> {
+    let path = cpath(dir);
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_TMPFILE | libc::O_RDWR | extra, 0o640) };
+    if fd < 0 {
+        Err(errno())
+    } else {
+        Ok(fd)
+    }
+}
+
+/// linkat(fd, "", AT_FDCWD, to, AT_EMPTY_PATH): gives an open file a name (root may).
+fn link_open_file(fd: i32, to: &Path) -> Result<(), i32> {
+    let to = cpath(to);
+    if unsafe { libc::linkat(fd, c"".as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_EMPTY_PATH) } == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+#[test]
+fn an_o_tmpfile_file_has_no_name_until_linkat_gives_it_one() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let cluster = Cluster::start(bin(), 1);
+    let (m, other) = (cluster.mount(), cluster.mount());
+    fs::create_dir(m.join("d")).unwrap();
+    let before = fs::metadata(m.join("d")).unwrap();
+    let data = random_bytes(9, 300_000);
+
+    let fd = open_tmpfile(&m.join("d"), 0).unwrap();
+    let mut file = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    file.write_all(&data).unwrap();
+    let st = file.metadata().unwrap();
+    assert_eq!((st.nlink(), st.len(), st.mode() & 0o7777), (0, data.len() as u64, 0o640));
+    assert_eq!(fs::read_dir(m.join("d")).unwrap().count(), 0, "no name until linked");
+    let after = fs::metadata(m.join("d")).unwrap();
+    assert_eq!((after.mtime(), after.mtime_nsec()), (before.mtime(), before.mtime_nsec()), "the directory is unchanged");
+
+    link_open_file(fd, &m.join("d/kept")).unwrap();
+    assert_eq!(file.metadata().unwrap().nlink(), 1);
+    drop(file);
+    assert_eq!(sha256(&fs::read(other.join("d/kept")).unwrap()), sha256(&data), "linked: another mount reads it");
+
+    let excl = open_tmpfile(&m.join("d"), libc::O_EXCL).unwrap();
+    assert_eq!(link_open_file(excl, &m.join("d/never")), Err(libc::ENOENT), "O_EXCL: never linkable");
+    unsafe { libc::close(excl) };
+    let dropped = open_tmpfile(&m.join("d"), 0).unwrap();
+    assert_eq!(unsafe { libc::write(dropped, b"gone".as_ptr().cast(), 4) }, 4);
+    unsafe { libc::close(dropped) };
+    let names: Vec<_> = fs::read_dir(other.join("d")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("kept")]);
+    assert_eq!(open_tmpfile(&m.join("d/kept"), 0), Err(libc::ENOTDIR));
+}

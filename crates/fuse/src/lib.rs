@@ -1,14 +1,15 @@
 //! Ember's FUSE mount.
 //!
 //! All file-system logic lives in [`Vfs`], a plain async type that tests can drive without
-//! the kernel. [`adapter`] is a thin layer over `fuser` that turns each kernel request into one
-//! `Vfs` call, with one tracing span, one metrics observation and one status-to-errno mapping
-//! per operation.
+//! the kernel. [`adapter`] is a thin layer over [`kernel`], Ember's own speaker of the FUSE
+//! protocol, that turns each kernel request into one `Vfs` call, with one tracing span, one
+//! metrics observation and one status-to-errno mapping per operation.
 
 mod adapter;
+mod caller;
 mod errno;
+mod kernel;
 mod mount;
-mod signals;
 mod vfs;
 
 pub use errno::errno_of;

@@ -2,14 +2,14 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ember_client::{ClientConfig, EmberClient};
 use ember_types::Status;
-use fuser::{Config, MountOption, SessionACL};
 
-use crate::adapter::EmberFs;
+use crate::adapter::{EmberFs, MAX_IO};
+use crate::kernel::{self, Limits, Session};
 use crate::{Vfs, VfsConfig};
 
 const UNMOUNT_WAIT: Duration = Duration::from_secs(10);
@@ -75,34 +75,30 @@ pub async fn run_mount(config: MountConfig, shutdown: impl Future<Output = ()>) 
         ..VfsConfig::default()
     };
     let vfs = Arc::new(Vfs::new(client, vfs_config));
-    let notifier = Arc::new(OnceLock::new());
     let ttl = Duration::from_millis(config.attr_ttl_ms);
-    let fs = EmberFs::new(vfs.clone(), tokio::runtime::Handle::current(), ttl, notifier.clone());
-    let options = vec![
-        MountOption::FSName("ember".into()),
-        MountOption::Subtype("ember".into()),
-        MountOption::DefaultPermissions,
-    ];
-    // No auto_unmount: it hands unmounting to a fusermount3 helper that did not unmount here
-    // when the session ended. A crashed mount is cleaned with `umount -l`, as with any FUSE.
-    let acl = if config.allow_other { SessionACL::All } else { SessionACL::Owner };
-    let mut fuse_config = Config::default();
-    fuse_config.mount_options = options;
-    fuse_config.acl = acl;
-    fuse_config.n_threads = Some(config.threads.max(1));
-    let mountpoint = config.mountpoint.clone();
-    let session = tokio::task::spawn_blocking(move || fuser::spawn_mount(fs, &mountpoint, &fuse_config))
+    let (mountpoint, allow_other) = (config.mountpoint.clone(), config.allow_other);
+    // No auto_unmount: a crashed mount is cleaned with `umount -l`, as with any FUSE.
+    let device = tokio::task::spawn_blocking(move || kernel::mount(&mountpoint, allow_other))
         .await
         .map_err(|e| Status::internal(format!("mount task failed: {e}")))?
         .map_err(|e| Status::invalid(format!("mount {}: {e}", config.mountpoint.display())))?;
-    let _ = notifier.set(session.notifier());
+    let device = Arc::new(device);
+    let fs = EmberFs::new(vfs.clone(), tokio::runtime::Handle::current(), ttl, device.clone());
+    let limits = Limits { max_io: MAX_IO, threads: config.threads.max(1) };
+    let session = match Session::start(device, fs, limits) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = kernel::unmount(&config.mountpoint, true);
+            return Err(Status::internal(format!("cannot start FUSE workers: {e}")));
+        }
+    };
     tracing::info!(mountpoint = %config.mountpoint.display(), "mounted");
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                if session.guard.is_finished() {
-                    let ended = session.join().map_err(|e| Status::internal(format!("FUSE session failed: {e}")));
+                if session.ended() {
+                    let ended = join(session).await;
                     if ended.is_ok() {
                         tracing::info!("unmounted from outside");
                     }
@@ -113,20 +109,26 @@ pub async fn run_mount(config: MountConfig, shutdown: impl Future<Output = ()>) 
         }
     }
     tracing::info!("unmounting");
-    let mountpoint = config.mountpoint.clone();
-    let unmounted = tokio::task::spawn_blocking(move || session.umount_and_join());
-    match tokio::time::timeout(UNMOUNT_WAIT, unmounted).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => {
-            // Busy: detach it so new opens fail; the kernel finishes once the last user leaves.
-            tracing::warn!(error = %e, "unmount failed; detaching lazily");
-            lazy_unmount(&mountpoint);
+    if let Err(e) = kernel::unmount(&config.mountpoint, false) {
+        // Busy: detach it so new opens fail; the kernel finishes once the last user leaves.
+        tracing::warn!(error = %e, "unmount failed; detaching lazily");
+        if let Err(e) = kernel::unmount(&config.mountpoint, true) {
+            tracing::warn!(error = %e, "lazy unmount failed");
         }
-        Ok(Err(e)) => return Err(Status::internal(format!("unmount task failed: {e}"))),
+    }
+    match tokio::time::timeout(UNMOUNT_WAIT, join(session)).await {
+        Ok(r) => r?,
         Err(_) => tracing::warn!("FUSE workers did not stop in {UNMOUNT_WAIT:?}; exiting anyway"),
     }
     end_sessions(&vfs).await;
     Ok(())
+}
+
+async fn join(session: Session) -> Result<(), Status> {
+    tokio::task::spawn_blocking(move || session.join())
+        .await
+        .map_err(|e| Status::internal(format!("FUSE session task failed: {e}")))?
+        .map_err(|e| Status::internal(format!("FUSE session failed: {e}")))
 }
 
 async fn end_sessions(vfs: &Vfs) {
@@ -151,13 +153,4 @@ async fn connect(config: &MountConfig) -> Result<Arc<EmberClient>, Status> {
         }
     }
     EmberClient::connect(client_config).await
-}
-
-fn lazy_unmount(path: &std::path::Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return };
-    // SAFETY: umount2(2) with a valid NUL-terminated path; failure is reported, not fatal.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "lazy unmount failed");
-    }
 }

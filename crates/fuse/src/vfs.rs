@@ -116,7 +116,7 @@ struct InodeState {
     /// The bytes of an inline file; `None` for a chunked one.
     inline: Option<InlineFile>,
     /// Lock owners that may hold locks on the file through this mount.
-    lock_owners: HashSet<u64>,
+    lock_owners: HashSet<locks::LockOwner>,
 }
 
 struct Handle {
@@ -125,7 +125,7 @@ struct Handle {
     layout: Option<Layout>,
     state: Arc<tokio::sync::Mutex<InodeState>>,
     /// Lock owners that locked through this handle (flock's owner is the open file).
-    lock_owners: Mutex<HashSet<u64>>,
+    lock_owners: Mutex<HashSet<locks::LockOwner>>,
     /// The client's session lapses before the first lock through this handle was asked for:
     /// one more since, and those locks may be gone (`vfs::locks`).
     locked_at_lapses: std::sync::OnceLock<u64>,
@@ -483,6 +483,20 @@ impl Vfs {
         let attr = resp.attr.ok_or_else(|| Status::internal("create replied without attributes"))?;
         // An existing file opened by a create may have been truncated.
         self.statahead.mark(attr.inode);
+        let fh = self.register_handle(&attr, resp.session_id, resp.inline_data).await?;
+        Ok((self.local_view(attr).await, fh))
+    }
+
+    /// Creates a regular file without a name in `parent` and opens it (open(2) with
+    /// O_TMPFILE); `link` may name it later. No name changes, so nothing known of `parent`'s
+    /// names does. `_flags` are the open's: their O_EXCL (the file may never be linked) is
+    /// the kernel's to enforce.
+    pub async fn tmpfile(&self, parent: u64, mode: u32, who: Creator, _flags: i32) -> Result<(Attr, u64), Status> {
+        let client_id = self.client.client_id();
+        let r = TmpfileReq { parent, mode, uid: who.uid, gid: who.gid, client_id, umask: who.umask };
+        // A repeat would make a second file, held by its session until this client is gone.
+        let resp = self.client.meta(&r, Retry::OnlyIfNotSent).await?;
+        let attr = resp.attr.ok_or_else(|| Status::internal("tmpfile replied without attributes"))?;
         let fh = self.register_handle(&attr, resp.session_id, resp.inline_data).await?;
         Ok((self.local_view(attr).await, fh))
     }

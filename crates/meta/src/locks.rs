@@ -3,15 +3,19 @@
 //! Locks of one owner never overlap, and two of its locks of the same kind never touch (they
 //! are merged), so the table is the same whatever order an owner's requests came in. flock
 //! locks arrive from the kernel as whole-file locks whose owner is the open file, and follow
-//! the same rules.
+//! the same rules in a space of their own: an flock and a POSIX lock never conflict, as on
+//! Linux, and the flavor is part of the owner because the kernel numbers the two kinds of
+//! owner independently.
 
 use crate::schema::{LockEntry, LockRecord};
 
-/// Who holds a lock: the kernel's owner id is only unique within one client.
+/// Who holds a lock: the kernel's owner id is only unique within one client and one flavor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LockOwner {
     pub client_id: u64,
     pub owner: u64,
+    /// An flock owner (an open file) rather than a POSIX one (a process's file table).
+    pub flock: bool,
 }
 
 /// What a request does to its owner's locks on a range.
@@ -45,7 +49,17 @@ pub struct LockTable {
 }
 
 fn held_by(e: &LockEntry, who: LockOwner) -> bool {
-    e.client_id == who.client_id && e.owner == who.owner
+    e.client_id == who.client_id && e.owner == who.owner && e.flock == who.flock
+}
+
+fn owner_of(e: &LockEntry) -> LockOwner {
+    LockOwner { client_id: e.client_id, owner: e.owner, flock: e.flock }
+}
+
+/// Whether `e`, a lock of another owner of `who`'s flavor, stands in the way of a `write` or
+/// read lock of `range`.
+fn in_the_way(e: &LockEntry, who: LockOwner, range: ByteRange, write: bool) -> bool {
+    e.flock == who.flock && !held_by(e, who) && range.overlaps(e) && (write || e.write)
 }
 
 impl LockTable {
@@ -71,7 +85,7 @@ impl LockTable {
             return None;
         }
         let write = change == LockChange::Write;
-        self.locks.iter().find(|e| !held_by(e, who) && range.overlaps(e) && (write || e.write))
+        self.locks.iter().find(|e| in_the_way(e, who, range, write))
     }
 
     /// Every other owner whose lock a `change` of `range` by `who` would break.
@@ -81,8 +95,8 @@ impl LockTable {
         }
         let write = change == LockChange::Write;
         let mut owners: Vec<LockOwner> = Vec::new();
-        for e in self.locks.iter().filter(|e| !held_by(e, who) && range.overlaps(e) && (write || e.write)) {
-            let o = LockOwner { client_id: e.client_id, owner: e.owner };
+        for e in self.locks.iter().filter(|e| in_the_way(e, who, range, write)) {
+            let o = owner_of(e);
             if !owners.contains(&o) {
                 owners.push(o);
             }
@@ -113,16 +127,18 @@ impl LockTable {
             }
         }
         if change != LockChange::Unlock {
-            kept.push(LockEntry { client_id: who.client_id, owner: who.owner, start: merged.start, end: merged.end, write, pid });
+            kept.push(LockEntry { client_id: who.client_id, owner: who.owner, start: merged.start, end: merged.end, write, pid, flock: who.flock });
         }
-        kept.sort_by_key(|e| (e.start, e.client_id, e.owner));
+        kept.sort_by_key(|e| (e.start, e.client_id, e.owner, e.flock));
         self.locks = kept;
     }
 
-    /// Drops every lock of these owners of one client; returns whether any was held.
-    pub fn release_owners(&mut self, client_id: u64, owners: &[u64]) -> bool {
+    /// Drops every lock of these owners of one client, of one flavor (`flock`) or of both
+    /// (`None`); returns whether any was held.
+    pub fn release_owners(&mut self, client_id: u64, owners: &[u64], flock: Option<bool>) -> bool {
         let before = self.locks.len();
-        self.locks.retain(|e| e.client_id != client_id || !owners.contains(&e.owner));
+        let released = |e: &LockEntry| e.client_id == client_id && owners.contains(&e.owner) && flock.is_none_or(|f| f == e.flock);
+        self.locks.retain(|e| !released(e));
         self.locks.len() != before
     }
 
@@ -138,10 +154,12 @@ impl LockTable {
 mod tests {
     use super::*;
 
-    const A: LockOwner = LockOwner { client_id: 1, owner: 10 };
-    const B: LockOwner = LockOwner { client_id: 1, owner: 11 };
+    const A: LockOwner = LockOwner { client_id: 1, owner: 10, flock: false };
+    const B: LockOwner = LockOwner { client_id: 1, owner: 11, flock: false };
     /// Same kernel owner id as `A`, another mount.
-    const C: LockOwner = LockOwner { client_id: 2, owner: 10 };
+    const C: LockOwner = LockOwner { client_id: 2, owner: 10, flock: false };
+    /// Same client and kernel owner id as `A`, an flock owner.
+    const A_FLOCK: LockOwner = LockOwner { flock: true, ..A };
 
     fn r(start: u64, end: u64) -> ByteRange {
         ByteRange { start, end }
@@ -181,11 +199,42 @@ mod tests {
         t.apply(A, r(0, 9), LockChange::Write, 1);
         t.apply(B, r(20, 29), LockChange::Write, 2);
         t.apply(C, r(40, 49), LockChange::Read, 3);
-        assert!(!t.release_owners(1, &[99]));
-        assert!(t.release_owners(1, &[10]));
+        assert!(!t.release_owners(1, &[99], None));
+        assert!(t.release_owners(1, &[10], None));
         assert_eq!(ranges(&t), vec![(20, 29, true), (40, 49, false)]);
         assert_eq!(t.release_clients(|c| c == 2), 1);
         assert_eq!(ranges(&t), vec![(20, 29, true)]);
+    }
+
+    #[test]
+    fn flock_and_posix_locks_live_apart_even_with_one_owner_number() {
+        let mut t = LockTable::default();
+        t.apply(A, r(0, 9), LockChange::Write, 1);
+        assert!(t.conflict(A_FLOCK, r(0, 9), LockChange::Write).is_none(), "an flock never meets a POSIX lock");
+        assert!(t.blockers(A_FLOCK, r(0, 9), LockChange::Write).is_empty());
+        t.apply(A_FLOCK, r(0, 9), LockChange::Write, 2);
+        assert_eq!(ranges(&t), vec![(0, 9, true), (0, 9, true)], "one owner number holds a lock of each flavor");
+        assert_eq!(t.conflict(B, r(5, 5), LockChange::Read).map(|e| e.flock), Some(false));
+        let flock_b = LockOwner { flock: true, ..B };
+        assert_eq!(t.blockers(flock_b, r(5, 5), LockChange::Read), vec![A_FLOCK]);
+        t.apply(A_FLOCK, r(0, 9), LockChange::Unlock, 2);
+        assert_eq!(t.locks().iter().map(|e| (e.pid, e.flock)).collect::<Vec<_>>(), vec![(1, false)], "an flock unlock leaves the POSIX lock");
+    }
+
+    #[test]
+    fn release_of_one_flavor_leaves_the_other() {
+        let mut t = LockTable::default();
+        t.apply(A, r(0, 9), LockChange::Write, 1);
+        t.apply(A_FLOCK, r(0, 9), LockChange::Write, 2);
+        assert!(t.release_owners(1, &[10], Some(true)));
+        assert_eq!(t.locks().iter().map(|e| e.flock).collect::<Vec<_>>(), vec![false]);
+        assert!(!t.release_owners(1, &[10], Some(true)));
+        t.apply(A_FLOCK, r(0, 9), LockChange::Write, 2);
+        assert!(t.release_owners(1, &[10], Some(false)));
+        assert_eq!(t.locks().iter().map(|e| e.flock).collect::<Vec<_>>(), vec![true]);
+        t.apply(A, r(0, 9), LockChange::Write, 1);
+        assert!(t.release_owners(1, &[10], None));
+        assert!(t.is_empty(), "no flavor named: both go");
     }
 
     /// Per byte of a small file, what each owner holds: the reference the table is checked
@@ -249,7 +298,7 @@ mod tests {
             sorted.sort_by_key(|e| (e.client_id, e.owner, e.start));
             for w in sorted.windows(2) {
                 let touch = w[0].end + 1 == w[1].start && w[0].write == w[1].write;
-                assert!(!(held_by(&w[0], LockOwner { client_id: w[1].client_id, owner: w[1].owner }) && touch), "unmerged neighbours at step {step}: {t:?}");
+                assert!(!(held_by(&w[0], owner_of(&w[1])) && touch), "unmerged neighbours at step {step}: {t:?}");
             }
         }
     }

@@ -13,7 +13,7 @@
 //! | `INLN` id | [`InlineRecord`]: the bytes of an inline file (absent = empty) |
 //! | `XATR` id name | the value of one extended attribute |
 //! | `LOCK` id | [`LockRecord`]: the byte-range and flock locks held on a file |
-//! | `LKWT` client (8 B LE) owner (8 B BE) | [`LockWaitRecord`]: the lock an owner waits for |
+//! | `LKWT` client (8 B LE) owner (8 B BE) | [`LockWaitRecord`]: the lock a POSIX owner waits for |
 //! | `CBLK` id chunk (4 B big-endian) | u64 LE version, u32 LE blocks: what one chunk holds |
 //! | `GCQ_` id | [`GcRecord`]: unlinked file waiting for chunk removal |
 //! | `SING` `ino` shard | u64 LE: inode-id block counter of one shard |
@@ -331,10 +331,15 @@ pub struct LockEntry {
     pub write: bool,
     #[prost(uint32, tag = "6")]
     pub pid: u32,
+    /// An flock (whole file, `owner` an open file); a POSIX lock otherwise, as every lock
+    /// stored before the two were told apart.
+    #[prost(bool, tag = "7")]
+    pub flock: bool,
 }
 
-/// A blocking lock request that was refused, so its owner waits and asks again; it counts
-/// only until `until_ns` (the waiter refreshes it with every attempt).
+/// A blocking POSIX lock request that was refused, so its owner waits and asks again; it
+/// counts only until `until_ns` (the waiter refreshes it with every attempt). flock waits
+/// leave none: Linux looks for deadlocks among POSIX locks only.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LockWaitRecord {
     #[prost(uint64, tag = "1")]

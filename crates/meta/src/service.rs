@@ -137,6 +137,10 @@ impl Service for MetaService {
                 let made = s.create(InodeId(r.parent), &r.name, perm, r.exclusive, r.client_id)?;
                 Ok(OpenResp { parent: parent_after(s, r.parent), ..opened(made) })
             }),
+            Method::MetaTmpfile => unary(s, body, wait, |s, r: TmpfileReq| {
+                let perm = Perm::new(r.mode, r.uid, r.gid).with_umask(r.umask);
+                s.tmpfile(InodeId(r.parent), perm, r.client_id).map(opened)
+            }),
             // Sessions begin and end without waiting for the disk (`MetaStore::open`).
             Method::MetaOpen => unary(s, body, false, |s, r: OpenReq| {
                 s.open(InodeId(r.inode), r.client_id, r.write).map(opened)
@@ -228,7 +232,7 @@ impl Service for MetaService {
             Method::MetaSetLock => unary(s, body, wait, |s, r: SetLockReq| s.set_lock(&lock_of(r.lock)?)),
             Method::MetaGetLock => read_only(s, body, |s, r: GetLockReq| s.get_lock(&lock_of(r.lock)?)),
             Method::MetaReleaseLocks => unary(s, body, wait, |s, r: ReleaseLocksReq| {
-                s.release_locks(InodeId(r.inode), r.client_id, &r.owners).map(|()| EmptyResp {})
+                s.release_locks(InodeId(r.inode), r.client_id, &r.owners, r.flock).map(|()| EmptyResp {})
             }),
             other => {
                 let st = Status::new(

@@ -53,6 +53,7 @@ pub enum Method {
     MetaGetLock = 0x0219,
     MetaReleaseLocks = 0x021a,
     MetaCloseSessions = 0x021b,
+    MetaTmpfile = 0x021c,
 
     StorageWrite = 0x0301,
     StorageBatchRead = 0x0302,
@@ -70,7 +71,7 @@ pub enum Method {
 }
 
 impl Method {
-    const ALL: [Method; 47] = [
+    const ALL: [Method; 48] = [
         Method::MgmtdRegisterNode,
         Method::MgmtdHeartbeat,
         Method::MgmtdGetRouting,
@@ -105,6 +106,7 @@ impl Method {
         Method::MetaGetLock,
         Method::MetaReleaseLocks,
         Method::MetaCloseSessions,
+        Method::MetaTmpfile,
         Method::StorageWrite,
         Method::StorageBatchRead,
         Method::StorageTruncate,
@@ -161,6 +163,7 @@ impl Method {
             Method::MetaGetLock => "meta.get_lock",
             Method::MetaReleaseLocks => "meta.release_locks",
             Method::MetaCloseSessions => "meta.close_sessions",
+            Method::MetaTmpfile => "meta.tmpfile",
             Method::StorageWrite => "storage.write",
             Method::StorageBatchRead => "storage.batch_read",
             Method::StorageTruncate => "storage.truncate",

@@ -159,6 +159,31 @@ impl Rpc for CreateReq {
     type Response = OpenResp;
 }
 
+/// Creates a regular file without a name in a directory and opens it for writing (open(2)
+/// with O_TMPFILE). It has no links until `Link` gives it a name, and goes like an unlinked
+/// file once its last session ends without one.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TmpfileReq {
+    #[prost(uint64, tag = "1")]
+    pub parent: u64,
+    #[prost(uint32, tag = "2")]
+    pub mode: u32,
+    #[prost(uint32, tag = "3")]
+    pub uid: u32,
+    #[prost(uint32, tag = "4")]
+    pub gid: u32,
+    #[prost(uint64, tag = "5")]
+    pub client_id: u64,
+    /// As `CreateReq::umask`.
+    #[prost(uint32, tag = "6")]
+    pub umask: u32,
+}
+
+impl Rpc for TmpfileReq {
+    const METHOD: Method = Method::MetaTmpfile;
+    type Response = OpenResp;
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct OpenReq {
     #[prost(uint64, tag = "1")]
@@ -677,6 +702,11 @@ pub struct LockReq {
     /// wait, and one that would close a cycle of waiters fails as a deadlock instead.
     #[prost(bool, tag = "8")]
     pub wait: bool,
+    /// An flock rather than a POSIX (fcntl) lock. The two kinds never conflict with each
+    /// other, as on Linux; an flock covers the whole file whatever range it names. Absent in
+    /// older encodings, which meant POSIX.
+    #[prost(bool, tag = "9")]
+    pub flock: bool,
 }
 
 /// A lock of another owner that stands in the way.
@@ -745,6 +775,12 @@ pub struct ReleaseLocksReq {
     pub client_id: u64,
     #[prost(uint64, repeated, tag = "3")]
     pub owners: Vec<u64>,
+    /// Which kind of lock goes: `Some(true)` only flocks, `Some(false)` only POSIX locks. The
+    /// kernel's POSIX and flock owners are separate id spaces that may share a number, so a
+    /// release names its kind. Absent: both kinds, which is what a client that did not tell
+    /// them apart meant (all its locks were stored as POSIX ones).
+    #[prost(bool, optional, tag = "4")]
+    pub flock: Option<bool>,
 }
 
 impl Rpc for ReleaseLocksReq {

@@ -2,11 +2,13 @@
 //!
 //! The kernel names a lock's owner with an id only unique within this mount (the process's
 //! file table for POSIX locks, the open file for flock), so meta keys locks by this client's
-//! id and that owner. A blocking request asks meta again, backing off, until it is granted or
-//! the caller has a signal to take. Locks are given back when the kernel says their owner is
-//! done: a POSIX owner at every close of the file (FUSE flush), an flock owner at the last
-//! close of its open file (FUSE release). Only owners that locked through this mount cost a
-//! request then, so closing a file nobody locked stays one round trip.
+//! id and that owner. The two kinds are independent, as on Linux, and their owners are
+//! numbered apart, so every request and release says which kind it is. A blocking request
+//! asks meta again, backing off, until it is granted or the caller has a signal to take.
+//! Locks are given back when the kernel says their owner is done: a POSIX owner at every
+//! close of the file (FUSE flush), an flock owner at the last close of its open file (FUSE
+//! release). Only owners that locked through this mount cost a request then, so closing a
+//! file nobody locked stays one round trip.
 //!
 //! Data follows the locks as NFS has it: unlocking first writes out what this mount buffered,
 //! and a granted lock's reply brings the file's length (and an inline file's bytes), which
@@ -42,6 +44,31 @@ pub struct LockSpec {
     pub end: u64,
     pub kind: LockKind,
     pub pid: u32,
+    /// An flock (the kernel's `FUSE_LK_FLOCK`): `owner` is then an open file, and the lock
+    /// never meets POSIX ones.
+    pub flock: bool,
+}
+
+/// An owner that may hold locks through this mount: the kernel's POSIX and flock owner ids
+/// are separate spaces that may share a number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct LockOwner {
+    pub owner: u64,
+    pub flock: bool,
+}
+
+/// The release requests for `owners`: one per kind of lock they hold, each naming its kind.
+fn releases(inode: InodeId, client_id: u64, owners: &[LockOwner]) -> Vec<ReleaseLocksReq> {
+    [false, true]
+        .into_iter()
+        .map(|flock| ReleaseLocksReq {
+            inode: inode.0,
+            client_id,
+            owners: owners.iter().filter(|o| o.flock == flock).map(|o| o.owner).collect(),
+            flock: Some(flock),
+        })
+        .filter(|r| !r.owners.is_empty())
+        .collect()
 }
 
 impl Vfs {
@@ -55,6 +82,7 @@ impl Vfs {
             kind: spec.kind.into(),
             pid: spec.pid,
             wait: false,
+            flock: spec.flock,
         }
     }
 
@@ -78,8 +106,9 @@ impl Vfs {
             // Noted before asking: a grant whose reply is lost must still be given back, and
             // a lapse while the request is on its way may already have dropped the lock.
             h.locked_at_lapses.get_or_init(|| self.client.session_lapses());
-            h.state.lock().await.lock_owners.insert(spec.owner);
-            lock(&h.lock_owners).insert(spec.owner);
+            let owner = LockOwner { owner: spec.owner, flock: spec.flock };
+            h.state.lock().await.lock_owners.insert(owner);
+            lock(&h.lock_owners).insert(owner);
         }
         let r = SetLockReq { lock: Some(LockReq { wait, ..self.lock_req(&h, spec) }) };
         let mut pause = RETRY_FIRST;
@@ -123,11 +152,12 @@ impl Vfs {
     }
 
     /// Close of a descriptor: gives back the POSIX locks of `owner` on the file, if it took any
-    /// through this mount.
+    /// through this mount (its flocks, if an flock owner has the same number, stay).
     pub(super) async fn release_owner(&self, h: &Handle, owner: u64) -> Result<(), Status> {
+        let owner = LockOwner { owner, flock: false };
         let held = h.state.lock().await.lock_owners.remove(&owner);
         if held {
-            self.release_locks(h.inode, vec![owner]).await?;
+            self.release_locks(h.inode, &[owner]).await?;
         }
         Ok(())
     }
@@ -135,20 +165,19 @@ impl Vfs {
     /// Last close of an open file: gives back the locks of every owner that locked through it
     /// and has not given them back yet (flock owners; POSIX owners went at their flush).
     pub(super) async fn release_handle_owners(&self, h: &Handle) -> Result<(), Status> {
-        let mine: Vec<u64> = lock(&h.lock_owners).drain().collect();
-        let owners: Vec<u64> = {
+        let mine: Vec<LockOwner> = lock(&h.lock_owners).drain().collect();
+        let owners: Vec<LockOwner> = {
             let mut st = h.state.lock().await;
             mine.into_iter().filter(|o| st.lock_owners.remove(o)).collect()
         };
-        if owners.is_empty() {
-            return Ok(());
-        }
-        self.release_locks(h.inode, owners).await
+        self.release_locks(h.inode, &owners).await
     }
 
-    async fn release_locks(&self, inode: InodeId, owners: Vec<u64>) -> Result<(), Status> {
-        let r = ReleaseLocksReq { inode: inode.0, client_id: self.client.client_id(), owners };
-        self.client.meta(&r, Retry::Idempotent).await.map(|_| ())
+    async fn release_locks(&self, inode: InodeId, owners: &[LockOwner]) -> Result<(), Status> {
+        for r in releases(inode, self.client.client_id(), owners) {
+            self.client.meta(&r, Retry::Idempotent).await?;
+        }
+        Ok(())
     }
 }
 
@@ -164,5 +193,22 @@ async fn wait_unless_interrupted(pause: Duration, interrupted: &impl Fn() -> boo
             return Ok(());
         }
         tokio::time::sleep((until - now).min(SIGNAL_POLL)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_release_names_one_kind_of_lock() {
+        let (posix, flock) = (LockOwner { owner: 7, flock: false }, LockOwner { owner: 7, flock: true });
+        let kinds = |owners: &[LockOwner]| -> Vec<(Vec<u64>, Option<bool>)> {
+            releases(InodeId(3), 1, owners).into_iter().map(|r| (r.owners, r.flock)).collect()
+        };
+        assert!(kinds(&[]).is_empty(), "nothing to give back costs no request");
+        assert_eq!(kinds(&[flock]), vec![(vec![7], Some(true))]);
+        let other = LockOwner { owner: 8, flock: false };
+        assert_eq!(kinds(&[flock, posix, other]), vec![(vec![7, 8], Some(false)), (vec![7], Some(true))], "one number, two owners");
     }
 }

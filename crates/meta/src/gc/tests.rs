@@ -331,6 +331,7 @@ async fn locks_of_dead_clients_are_dropped_and_live_ones_kept() {
         kind: LockKind::Write.into(),
         pid: 1,
         wait: false,
+        flock: false,
     };
     assert!(store.set_lock(&lock(a, 1)).unwrap().granted);
     assert!(store.set_lock(&lock(b, 99)).unwrap().granted);

@@ -172,6 +172,17 @@ async fn serves_rpcs_registers_and_keeps_data_across_restart() {
     }
     let created = created.expect("create never succeeded").attr.unwrap();
     assert_eq!(created.layout.clone().unwrap().chains, vec![5]);
+    let tmp = TmpfileReq { parent: d, mode: 0o600, client_id: 1, ..Default::default() };
+    assert_eq!(client.unary(&tmp).await.unwrap().attr.unwrap().nlink, 0, "a tmpfile has no name");
+    let lock = |client_id, flock| LockReq { inode: created.inode, client_id, owner: 3, end: u64::MAX, kind: LockKind::Write.into(), flock, ..Default::default() };
+    for flock in [false, true] {
+        assert!(client.unary(&SetLockReq { lock: Some(lock(1, flock)) }).await.unwrap().granted);
+    }
+    let release = ReleaseLocksReq { inode: created.inode, client_id: 1, owners: vec![3], flock: Some(true) };
+    client.unary(&release).await.unwrap();
+    let free = |flock| GetLockReq { lock: Some(lock(2, flock)) };
+    assert!(client.unary(&free(true)).await.unwrap().granted, "the flock went");
+    assert!(!client.unary(&free(false)).await.unwrap().granted, "the POSIX lock stayed");
     let page = client
         .unary(&ReadDirReq {
             inode: d,

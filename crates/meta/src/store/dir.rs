@@ -5,7 +5,7 @@ use ember_types::{FileType, InodeId};
 
 use super::file::once;
 use super::{check_name, new_record, now_ns, MetaStore, Perm, Tx};
-use crate::schema::{inode_key, GcRecord, InodeRecord, MAX_SYMLINK_LEN};
+use crate::schema::{gc_key, inode_key, GcRecord, InodeRecord, MAX_SYMLINK_LEN};
 use crate::MetaError;
 
 /// Largest link count of a file (as ext4).
@@ -102,7 +102,8 @@ impl MetaStore {
         })
     }
 
-    /// Adds the name `new_parent/new_name` for the file or symlink `ino`.
+    /// Adds the name `new_parent/new_name` for the file or symlink `ino`, which may be a file
+    /// with no name yet (see `relink`).
     pub fn link(
         &self,
         ino: InodeId,
@@ -118,13 +119,13 @@ impl MetaStore {
                     "inode {ino} is a directory; hard links to directories are not allowed"
                 )));
             }
-            if rec.nlink == 0 {
-                return Err(MetaError::NotFound(format!("inode {ino} (unlinked)")));
-            }
             if rec.nlink >= MAX_LINKS {
                 return Err(MetaError::TooManyLinks(ino));
             }
             require_free_name(t, new_parent, new_name)?;
+            if rec.nlink == 0 {
+                relink(t, ino)?;
+            }
             let now = now_ns();
             rec.nlink += 1;
             rec.ctime_ns = now;
@@ -208,16 +209,30 @@ pub(super) fn drop_link(t: &mut Tx<'_>, ino: InodeId, now: i64) -> Result<(), Me
         }
         (FileType::File, 0) => {
             t.put_inode(ino, &rec);
-            t.put_gc_record(
-                ino,
-                &GcRecord {
-                    layout: rec.layout.clone(),
-                    queued_ns: now,
-                    removing: false,
-                },
-            );
+            queue_unlinked(t, ino, &rec, now);
         }
         _ => t.put_inode(ino, &rec),
     }
     Ok(())
+}
+
+/// Queues the file `ino` (`rec`), which has no name left, for GC: its chunks go once no
+/// session holds it.
+pub(super) fn queue_unlinked(t: &mut Tx<'_>, ino: InodeId, rec: &InodeRecord, now: i64) {
+    t.put_gc_record(ino, &GcRecord { layout: rec.layout.clone(), queued_ns: now, removing: false });
+}
+
+/// A file with no link may get one while GC has not started removing it: an O_TMPFILE file,
+/// which `linkat` names. The kernel refuses to link any other unlinked file (and an O_TMPFILE
+/// one opened with O_EXCL) itself, so meta need not tell them apart; only a mount whose
+/// kernel has not yet seen another mount's unlink can bring such a file back. Its queue
+/// record goes: a named file is not GC's.
+fn relink(t: &mut Tx<'_>, ino: InodeId) -> Result<(), MetaError> {
+    match t.gc_record(ino)? {
+        Some(g) if !g.removing => {
+            t.0.delete(&gc_key(ino));
+            Ok(())
+        }
+        _ => Err(MetaError::NotFound(format!("inode {ino} (unlinked)"))),
+    }
 }

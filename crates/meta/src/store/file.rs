@@ -1,4 +1,4 @@
-//! Regular files: create, open, close, sync (length reports) and setattr.
+//! Regular files: create, tmpfile, open, close, sync (length reports) and setattr.
 
 use ember_proto::meta::{Attr, ChunkBlocks};
 use ember_types::{FileType, InodeId, Layout};
@@ -63,28 +63,55 @@ impl MetaStore {
         client_id: u64,
     ) -> Result<Opened, MetaError> {
         check_name(name)?;
-        let session = new_session_id();
-        let (mut new_id, mut layout) = (None, None);
+        let mut new = NewFile::new(parent, perm, client_id);
         self.run(|t| {
             let dir = t.require_dir(parent)?;
             let now = now_ns();
             if let Some(entry) = t.entry(parent, name)? {
-                return open_existing(t, parent, name, entry, exclusive, (client_id, session), now);
+                return open_existing(t, parent, name, entry, exclusive, (client_id, new.session), now);
             }
-            let ino = once(&mut new_id, || self.ids.allocate())?;
-            let layout = once(&mut layout, || self.chains.layout())?;
-            let inline_limit = dir.dir_inline_max.unwrap_or(self.inline_max);
-            let (perm, acls) = super::xattr::new_inode_acls(t, parent, &dir, perm, false)?;
-            let mut rec = InodeRecord { inline_limit, ..new_file(&layout, perm, now) };
-            super::xattr::put_inherited(t, ino, &mut rec, &acls);
-            t.put_inode(ino, &rec);
+            let (ino, rec) = self.put_new_file(t, &mut new, &dir, 1, now)?;
             t.put_entry(parent, name, ino, FileType::File);
             t.touch_dir(parent, now);
-            t.count_inodes(1);
-            put_session(t, ino, session, client_id, true, now);
-            let inline = (rec.inline_limit > 0).then(Vec::new);
-            Ok(Opened { attr: t.attr(ino, &rec)?, session, inline })
+            opened_new(t, ino, &rec, new.session)
         })
+    }
+
+    /// Creates a regular file without a name in `parent` and opens it for writing (open(2)
+    /// with O_TMPFILE). It is queued for GC from the start, as an unlinked open file is, so
+    /// it goes once its last session ends unless `link` has given it a name meanwhile. No
+    /// entry of `parent` changes, so neither do its times.
+    pub fn tmpfile(&self, parent: InodeId, perm: Perm, client_id: u64) -> Result<Opened, MetaError> {
+        let mut new = NewFile::new(parent, perm, client_id);
+        self.run(|t| {
+            let dir = t.require_dir(parent)?;
+            let now = now_ns();
+            let (ino, rec) = self.put_new_file(t, &mut new, &dir, 0, now)?;
+            super::dir::queue_unlinked(t, ino, &rec, now);
+            opened_new(t, ino, &rec, new.session)
+        })
+    }
+
+    /// Puts a new regular file with `nlink` links, made in `new.parent` (whose record is
+    /// `dir`), into the KV, open for writing in `new.session`; the caller names it, or not.
+    fn put_new_file(
+        &self,
+        t: &mut Tx<'_>,
+        new: &mut NewFile,
+        dir: &InodeRecord,
+        nlink: u32,
+        now: i64,
+    ) -> Result<(InodeId, InodeRecord), MetaError> {
+        let ino = once(&mut new.id, || self.ids.allocate())?;
+        let layout = once(&mut new.layout, || self.chains.layout())?;
+        let inline_limit = dir.dir_inline_max.unwrap_or(self.inline_max);
+        let (perm, acls) = super::xattr::new_inode_acls(t, new.parent, dir, new.perm, false)?;
+        let mut rec = InodeRecord { inline_limit, nlink, ..new_file(&layout, perm, now) };
+        super::xattr::put_inherited(t, ino, &mut rec, &acls);
+        t.put_inode(ino, &rec);
+        t.count_inodes(1);
+        put_session(t, ino, new.session, new.client_id, true, now);
+        Ok((ino, rec))
     }
 
     /// Opens a file by inode; the session keeps its chunks alive until `close`.
@@ -268,6 +295,23 @@ fn new_file(layout: &Layout, perm: Perm, now: i64) -> InodeRecord {
     }
 }
 
+/// A regular file about to be made and opened.
+struct NewFile {
+    parent: InodeId,
+    perm: Perm,
+    client_id: u64,
+    session: u64,
+    /// Taken on the first attempt: a transaction retry reuses them instead of allocating again.
+    id: Option<InodeId>,
+    layout: Option<Layout>,
+}
+
+impl NewFile {
+    fn new(parent: InodeId, perm: Perm, client_id: u64) -> Self {
+        NewFile { parent, perm, client_id, session: new_session_id(), id: None, layout: None }
+    }
+}
+
 /// An open file: its attributes, the session and, for an inline file, its bytes.
 #[derive(Debug)]
 pub struct Opened {
@@ -278,6 +322,12 @@ pub struct Opened {
 
 fn opened(t: &mut Tx<'_>, ino: InodeId, rec: &InodeRecord, session: u64) -> Result<Opened, MetaError> {
     let inline = if rec.inline_limit > 0 { Some(t.inline(ino)?.data) } else { None };
+    Ok(Opened { attr: t.attr(ino, rec)?, session, inline })
+}
+
+/// A file just made: an inline one holds no bytes yet.
+fn opened_new(t: &mut Tx<'_>, ino: InodeId, rec: &InodeRecord, session: u64) -> Result<Opened, MetaError> {
+    let inline = (rec.inline_limit > 0).then(Vec::new);
     Ok(Opened { attr: t.attr(ino, rec)?, session, inline })
 }
 

@@ -3,10 +3,12 @@
 //! here; a client that wants to wait asks again. Locks of clients that are gone are dropped by
 //! GC ([`MetaStore::drop_client_locks`]).
 //!
-//! Deadlocks: a refused request whose owner will wait leaves an `LKWT` record of what it waits
-//! for, which each attempt renews and which counts for `WAIT_FRESH`. Before it is recorded,
-//! the owners in its way are followed through their own waits; reaching the requester means
-//! the wait would never end, and the request fails with EDEADLK instead.
+//! Deadlocks: a refused POSIX request whose owner will wait leaves an `LKWT` record of what it
+//! waits for, which each attempt renews and which counts for `WAIT_FRESH`. Before it is
+//! recorded, the owners in its way are followed through their own waits; reaching the
+//! requester means the wait would never end, and the request fails with EDEADLK instead.
+//! flock waits are neither recorded nor checked: Linux does no deadlock detection for flock,
+//! and flock and POSIX locks never wait for each other.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -29,6 +31,8 @@ struct Request {
     range: ByteRange,
     change: LockChange,
     pid: u32,
+    /// A refusal records the wait and looks for a cycle first (blocking POSIX requests).
+    tracks_wait: bool,
 }
 
 fn request(req: &LockReq) -> Result<Request, MetaError> {
@@ -41,14 +45,19 @@ fn request(req: &LockReq) -> Result<Request, MetaError> {
     if req.start > req.end {
         return Err(MetaError::InvalidArgument(format!("lock range {}..={}", req.start, req.end)));
     }
+    let range = if req.flock { WHOLE_FILE } else { ByteRange { start: req.start, end: req.end } };
     Ok(Request {
         ino: InodeId(req.inode),
-        who: LockOwner { client_id: req.client_id, owner: req.owner },
-        range: ByteRange { start: req.start, end: req.end },
+        who: LockOwner { client_id: req.client_id, owner: req.owner, flock: req.flock },
+        range,
         change,
         pid: req.pid,
+        tracks_wait: req.wait && !req.flock,
     })
 }
+
+/// What an flock covers, whatever range the request names.
+const WHOLE_FILE: ByteRange = ByteRange { start: 0, end: u64::MAX };
 
 /// How long a recorded wait counts without being renewed: a waiter asks again at least every
 /// 64 ms, so a record this old belongs to a wait that ended (granted, interrupted, or its
@@ -149,7 +158,7 @@ impl MetaStore {
             let (rec, mut table) = t.lockable(r.ino)?;
             if let Some(e) = table.conflict(r.who, r.range, r.change) {
                 let refused = LockResp { granted: false, conflict: Some(holder(e)), ..Default::default() };
-                if req.wait {
+                if r.tracks_wait {
                     let now = now_ns();
                     if t.closes_cycle(r.who, table.blockers(r.who, r.range, r.change), now)? {
                         return Err(MetaError::Deadlock(format!("waiting for inode {} would never end", r.ino)));
@@ -164,7 +173,7 @@ impl MetaStore {
             }
             table.apply(r.who, r.range, r.change, r.pid);
             t.put_locks(r.ino, table);
-            if req.wait {
+            if r.tracks_wait {
                 t.0.delete(&wait_key);
             }
             t.granted(r.ino, &rec, r.change)
@@ -190,11 +199,12 @@ impl MetaStore {
         })
     }
 
-    /// Gives back every lock these owners of `client_id` hold on `ino`.
-    pub fn release_locks(&self, ino: InodeId, client_id: u64, owners: &[u64]) -> Result<(), MetaError> {
+    /// Gives back every lock these owners of `client_id` hold on `ino`: their flocks
+    /// (`flock` true), their POSIX locks (false), or both (`None`).
+    pub fn release_locks(&self, ino: InodeId, client_id: u64, owners: &[u64], flock: Option<bool>) -> Result<(), MetaError> {
         self.run(|t| {
             let mut table = t.locks(ino)?;
-            if table.release_owners(client_id, owners) {
+            if table.release_owners(client_id, owners, flock) {
                 t.put_locks(ino, table);
             }
             Ok(())

@@ -363,7 +363,9 @@ fn hard_links() {
     assert!(gc_queue(&s).is_empty());
     s.unlink(d, b"g").unwrap();
     assert_eq!(gc_queue(&s), vec![ino]);
-    assert_eq!(code(s.link(ino, ROOT, b"back")), StatusCode::NotFound);
+    assert!(s.gc_claim(ino).unwrap());
+    assert_eq!(code(s.link(ino, ROOT, b"back")), StatusCode::NotFound, "GC is removing it");
+    assert_eq!(gc_queue(&s), vec![ino]);
 }
 
 #[test]
@@ -886,7 +888,11 @@ fn rename_exchange_swaps_two_names_of_any_type() {
 }
 
 fn lock_req(inode: u64, client_id: u64, owner: u64, range: (u64, u64), kind: ember_proto::meta::LockKind) -> ember_proto::meta::LockReq {
-    ember_proto::meta::LockReq { inode, client_id, owner, start: range.0, end: range.1, kind: kind.into(), pid: owner as u32, wait: false }
+    ember_proto::meta::LockReq { inode, client_id, owner, start: range.0, end: range.1, kind: kind.into(), pid: owner as u32, wait: false, flock: false }
+}
+
+fn flock_req(inode: u64, client_id: u64, owner: u64, kind: ember_proto::meta::LockKind) -> ember_proto::meta::LockReq {
+    ember_proto::meta::LockReq { flock: true, ..lock_req(inode, client_id, owner, (0, i64::MAX as u64), kind) }
 }
 
 fn waiting(req: ember_proto::meta::LockReq) -> ember_proto::meta::LockReq {
@@ -930,11 +936,63 @@ fn locks_conflict_between_owners_report_the_holder_and_go_with_release() {
 
     assert!(s.set_lock(&lock_req(f, 1, 10, (0, 49), Unlock)).unwrap().granted);
     assert!(s.set_lock(&lock_req(f, 2, 20, (0, 49), Read)).unwrap().granted);
-    s.release_locks(InodeId(f), 1, &[10]).unwrap();
+    s.release_locks(InodeId(f), 1, &[10], None).unwrap();
     assert!(s.set_lock(&lock_req(f, 3, 30, (50, 99), Write)).unwrap().granted);
-    s.release_locks(InodeId(f), 2, &[20]).unwrap();
-    s.release_locks(InodeId(f), 3, &[30]).unwrap();
+    s.release_locks(InodeId(f), 2, &[20], None).unwrap();
+    s.release_locks(InodeId(f), 3, &[30], None).unwrap();
     assert!(s.lock_scan(None, 10).unwrap().is_empty(), "an empty table leaves no record");
+}
+
+#[test]
+fn flock_and_fcntl_locks_of_one_file_are_independent() {
+    use ember_proto::meta::LockKind::{Read, Write};
+    let s = store();
+    let f = mkfile(&s, ROOT, "f").inode;
+    assert!(s.set_lock(&lock_req(f, 1, 10, (0, 99), Write)).unwrap().granted);
+    assert!(s.set_lock(&flock_req(f, 2, 20, Write)).unwrap().granted, "an flock beside another owner's fcntl write lock");
+    assert!(s.get_lock(&lock_req(f, 3, 30, (0, 0), Read)).unwrap().conflict.is_some_and(|c| c.pid == 10), "F_GETLK sees the POSIX lock only");
+    assert!(s.get_lock(&flock_req(f, 3, 30, Read)).unwrap().conflict.is_some_and(|c| c.pid == 20));
+    assert!(!s.set_lock(&flock_req(f, 3, 30, Read)).unwrap().granted, "two flocks conflict");
+    assert!(!s.set_lock(&lock_req(f, 3, 30, (50, 50), Read)).unwrap().granted, "two POSIX locks still conflict");
+    assert!(s.get_lock(&lock_req(f, 3, 30, (100, 200), Write)).unwrap().granted, "beyond the POSIX lock, the flock is no conflict");
+    let g = mkfile(&s, ROOT, "g").inode;
+    let ranged = |client_id, owner, start, end| ember_proto::meta::LockReq { start, end, ..flock_req(g, client_id, owner, Write) };
+    assert!(s.set_lock(&ranged(1, 10, 0, 0)).unwrap().granted);
+    assert!(!s.set_lock(&ranged(2, 20, 1000, 2000)).unwrap().granted, "an flock is whole-file whatever range it names");
+}
+
+#[test]
+fn a_release_of_one_lock_flavor_leaves_the_other() {
+    use ember_proto::meta::LockKind::Write;
+    let s = store();
+    let f = mkfile(&s, ROOT, "f").inode;
+    // The kernel's POSIX and flock owners are numbered apart: one number, two owners.
+    assert!(s.set_lock(&lock_req(f, 1, 10, (0, 9), Write)).unwrap().granted);
+    assert!(s.set_lock(&flock_req(f, 1, 10, Write)).unwrap().granted);
+    s.release_locks(InodeId(f), 1, &[10], Some(false)).unwrap();
+    assert!(s.set_lock(&lock_req(f, 2, 20, (0, 9), Write)).unwrap().granted, "the POSIX lock went");
+    assert!(!s.set_lock(&flock_req(f, 2, 20, Write)).unwrap().granted, "the flock stayed");
+    s.release_locks(InodeId(f), 1, &[10], Some(true)).unwrap();
+    assert!(s.set_lock(&flock_req(f, 2, 20, Write)).unwrap().granted);
+    s.release_locks(InodeId(f), 2, &[20], None).unwrap();
+    assert!(s.lock_scan(None, 10).unwrap().is_empty(), "no flavor named: both go");
+}
+
+#[test]
+fn waiting_flocks_are_never_a_deadlock() {
+    use ember_proto::meta::LockKind::Write;
+    let s = store();
+    let [f, g, h] = ["f", "g", "h"].map(|n| mkfile(&s, ROOT, n).inode);
+    assert!(s.set_lock(&flock_req(f, 1, 10, Write)).unwrap().granted);
+    assert!(s.set_lock(&flock_req(g, 2, 20, Write)).unwrap().granted);
+    assert!(!s.set_lock(&waiting(flock_req(g, 1, 10, Write))).unwrap().granted, "10 waits for 20");
+    assert!(!s.set_lock(&waiting(flock_req(f, 2, 20, Write))).unwrap().granted, "20 waits for 10: Linux lets them hang");
+    // A POSIX owner with the same numbers is someone else: no cycle through the flock waits.
+    assert!(s.set_lock(&lock_req(f, 1, 10, (0, 0), Write)).unwrap().granted);
+    assert!(s.set_lock(&lock_req(g, 2, 20, (0, 0), Write)).unwrap().granted);
+    assert!(!s.set_lock(&waiting(lock_req(g, 1, 10, (0, 0), Write))).unwrap().granted);
+    assert!(s.set_lock(&waiting(flock_req(h, 1, 10, Write))).unwrap().granted, "must not end the POSIX owner's wait");
+    assert_eq!(code(s.set_lock(&waiting(lock_req(f, 2, 20, (0, 0), Write)))), StatusCode::Deadlock, "POSIX waits are still checked");
 }
 
 #[test]
@@ -1066,4 +1124,65 @@ fn a_directory_counts_every_entry_added_or_removed() {
     s.rename(d, b"f", d, b"h", 0).unwrap();
     assert_eq!(changes(&s), 8, "a rename removes one name and adds one");
     assert_eq!(s.getattr(ROOT).unwrap().entry_changes, 1, "only the directory's own names count");
+}
+
+#[test]
+fn a_tmpfile_has_no_name_waits_in_the_gc_queue_and_takes_a_name_from_link() {
+    let s = store();
+    let d = mkdir(&s, ROOT, "d");
+    let before = s.getattr(d).unwrap();
+    let Opened { attr, session, inline } = s.tmpfile(d, Perm::new(0o666, 5, 6).with_umask(0o022), 7).unwrap();
+    let ino = InodeId(attr.inode);
+    assert_eq!((attr.nlink, attr.mode & 0o777, attr.uid, attr.gid), (0, 0o644, 5, 6));
+    assert_eq!(inline, Some(Vec::new()), "an inline file like any other new one");
+    assert!(names(&s, d).is_empty());
+    let after = s.getattr(d).unwrap();
+    assert_eq!((after.mtime_ns, after.entry_changes), (before.mtime_ns, before.entry_changes), "the directory did not change");
+    assert_eq!(s.statfs().unwrap().inodes, 3);
+    let queued = s.gc_scan(None, 10).unwrap();
+    assert_eq!((queued.len(), queued[0].inode, queued[0].sessions.len()), (1, ino, 1));
+    assert!(!s.gc_claim(ino).unwrap(), "its own session keeps it");
+
+    assert_eq!(s.link(ino, ROOT, b"named").unwrap().nlink, 1);
+    assert_eq!(s.lookup(ROOT, b"named").unwrap().inode, ino.0);
+    assert!(gc_queue(&s).is_empty());
+    s.close(ino, session, Some(3), None).unwrap();
+    assert!(!s.gc_claim(ino).unwrap());
+    assert_eq!(s.getattr(ino).unwrap().nlink, 1, "a named tmpfile outlives its session");
+}
+
+#[test]
+fn a_tmpfile_never_linked_goes_with_its_last_session() {
+    let s = store();
+    let Opened { attr, session, .. } = s.tmpfile(ROOT, perm(), 7).unwrap();
+    let ino = InodeId(attr.inode);
+    s.close(ino, session, None, None).unwrap();
+    assert!(s.gc_claim(ino).unwrap());
+    assert_eq!(code(s.link(ino, ROOT, b"late")), StatusCode::NotFound, "GC is removing it");
+    s.gc_finish(ino).unwrap();
+    assert_eq!(code(s.getattr(ino)), StatusCode::NotFound);
+    assert_eq!(s.statfs().unwrap().inodes, 1);
+}
+
+#[test]
+fn a_tmpfile_takes_the_directory_default_acl_and_inline_limit() {
+    use ember_proto::meta::XattrSetMode::Upsert;
+    let s = store();
+    let d = mkdir(&s, ROOT, "d");
+    let default = acl_value(&[(0x01, 7, NO_ID), (0x02, 7, 1000), (0x04, 5, NO_ID), (0x10, 7, NO_ID), (0x20, 0, NO_ID)]);
+    s.set_xattr(d, crate::acl::DEFAULT, &default, Upsert).unwrap();
+    s.set_xattr(d, DIR_INLINE_MAX, b"16384", Upsert).unwrap();
+    let attr = s.tmpfile(d, Perm::new(0o666, 0, 0).with_umask(0o077), 1).unwrap().attr;
+    assert_eq!(attr.mode & 0o777, 0o660, "the umask gives way to the default ACL");
+    assert!(s.get_xattr(InodeId(attr.inode), crate::acl::ACCESS).is_ok());
+    assert_eq!(attr.inline_limit, 16384);
+}
+
+#[test]
+fn a_tmpfile_needs_a_directory() {
+    let s = store();
+    let f = InodeId(mkfile(&s, ROOT, "f").inode);
+    assert_eq!(code(s.tmpfile(f, perm(), 1)), StatusCode::NotDirectory);
+    assert_eq!(code(s.tmpfile(InodeId(999_999), perm(), 1)), StatusCode::NotFound);
+    assert!(gc_queue(&s).is_empty());
 }
