@@ -2,6 +2,7 @@
 //! the real mount: the bytes, the length, the space on storage, and what a second mount sees.
 
 use std::fs::{self, File, OpenOptions};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -157,6 +158,14 @@ fn st_blocks_counts_what_storage_holds() {
     assert_eq!(copied, MIB as isize);
     drop(dst);
     assert_eq!(blocks(&b.join("g")), sectors(MIB / 2), "a copy of half data, half hole");
+
+    // Blocks a writer has not reported yet count at once for it, as delayed allocations do.
+    let mut open = File::create(a.join("open")).unwrap();
+    open.write_all(&random_bytes(9, 2 * MIB as usize)).unwrap();
+    assert_eq!(blocks(&a.join("open")), sectors(2 * MIB), "buffered writes, seen by their mount");
+    open.sync_all().unwrap();
+    assert_eq!(blocks(&a.join("open")), sectors(2 * MIB), "once stored");
+    drop(open);
 
     // An inline file counts its length.
     fs::write(a.join("small"), random_bytes(8, 3000)).unwrap();

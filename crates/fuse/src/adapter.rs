@@ -359,8 +359,10 @@ impl EmberFs {
         let atime = time_ns(s.valid, fattr::ATIME, fattr::ATIME_NOW, s.atime);
         let mtime = time_ns(s.valid, fattr::MTIME, fattr::MTIME_NOW, s.mtime);
         // The kernel flags a truncate by a caller without CAP_FSETID; a chown always drops
-        // setuid and setgid, as on a local file system.
-        let chown = uid.is_some() || gid.is_some();
+        // setuid and setgid, as on a local file system. A chown that changes neither owner
+        // still does, and reaches us as a setattr of nothing (the kernel sends no such
+        // setattr for any other call).
+        let chown = uid.is_some() || gid.is_some() || s.valid == 0;
         let kill = Kill {
             setid: self.kills_privileges() && (chown || s.valid & fattr::KILL_SUIDGID != 0),
             capability: self.kills_privileges() && (chown || size.is_some()),

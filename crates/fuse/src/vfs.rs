@@ -119,6 +119,17 @@ struct InodeState {
     lock_owners: HashSet<locks::LockOwner>,
 }
 
+impl InodeState {
+    /// st_blocks (512-byte units) of what this client wrote and meta has not counted yet:
+    /// the chunks storage answered for, and the buffered bytes as whole 4 KiB blocks, as a
+    /// local file system counts delayed allocations at once. Meta's count covers the rest;
+    /// the larger of the two is shown until the next fsync or close reports these.
+    fn unreported_blocks(&self) -> u64 {
+        let stored: u64 = self.reports.pending().iter().map(|r| u64::from(r.blocks)).sum();
+        (stored + (self.dirty.bytes() as u64).div_ceil(4096)) * 8
+    }
+}
+
 struct Handle {
     inode: InodeId,
     session_id: u64,
@@ -201,6 +212,7 @@ impl Vfs {
         if let Some(state) = state {
             let mut st = state.lock().await;
             attr.size = attr.size.max(st.size);
+            attr.blocks = attr.blocks.max(st.unreported_blocks());
             st.mode = attr.mode;
         }
         attr

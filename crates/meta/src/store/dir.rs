@@ -171,13 +171,14 @@ impl MetaStore {
         check_symlink_target(target)?;
         let mut new_id = None;
         self.run(|t| {
-            require_free_name(t, parent, name)?;
+            let parent_rec = require_free_name(t, parent, name)?;
             let ino = once(&mut new_id, || self.ids.allocate())?;
             let now = now_ns();
+            let perm = Perm::new(0o777, uid, gid).in_parent(&parent_rec, false);
             let rec = InodeRecord {
                 size: target.len() as u64,
                 symlink_target: target.to_vec(),
-                ..new_record(FileType::Symlink, Perm::new(0o777, uid, gid), now)
+                ..new_record(FileType::Symlink, perm, now)
             };
             t.put_inode(ino, &rec);
             t.put_entry(parent, name, ino, FileType::Symlink);

@@ -244,8 +244,8 @@ fn apply_setattr(
 ) -> Result<(), MetaError> {
     if let Some(size) = a.size {
         require_file(ino, rec)?;
-        if size != rec.size && a.mtime_ns.is_none() {
-            // truncate(2): a size change updates mtime.
+        if a.mtime_ns.is_none() {
+            // truncate(2) and O_TRUNC update mtime, even to the same length (as Linux does).
             rec.mtime_ns = now;
         }
         rec.size = size;

@@ -77,6 +77,17 @@ impl Perm {
     pub fn with_umask(self, umask: u32) -> Self {
         Perm { umask: umask & 0o777, ..self }
     }
+
+    /// As a new inode in `parent`: in a setgid directory it takes the directory's group, and
+    /// a new directory is setgid too, as on Linux file systems (the kernel has already
+    /// dropped a setgid asked for by a creator outside that group).
+    pub(crate) fn in_parent(self, parent: &InodeRecord, dir: bool) -> Self {
+        if parent.mode & 0o2000 == 0 {
+            return self;
+        }
+        let mode = if dir { self.mode | 0o2000 } else { self.mode };
+        Perm { gid: parent.gid, mode, ..self }
+    }
 }
 
 /// Fields of a setattr; `None` leaves a field unchanged.

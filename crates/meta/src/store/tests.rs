@@ -1186,3 +1186,23 @@ fn a_tmpfile_needs_a_directory() {
     assert_eq!(code(s.tmpfile(InodeId(999_999), perm(), 1)), StatusCode::NotFound);
     assert!(gc_queue(&s).is_empty());
 }
+
+#[test]
+fn new_inodes_in_a_setgid_directory_take_its_group_and_new_directories_its_setgid() {
+    let s = store();
+    let shared = mkdir(&s, ROOT, "shared");
+    let setgid = SetAttrs { mode: Some(0o2775), gid: Some(4243), ..SetAttrs::default() };
+    s.setattr(shared, setgid, &[]).unwrap();
+    let file = mkfile(&s, shared, "f");
+    let dir = s.mkdir(shared, b"d", dperm()).unwrap();
+    let link = s.symlink(shared, b"l", b"f", 1000, 1000).unwrap();
+    let fifo = s.mknod(shared, b"p", FileType::Fifo, perm(), 0).unwrap();
+    let tmp = s.tmpfile(shared, perm(), 7).unwrap().attr;
+    for a in [&file, &dir, &link, &fifo, &tmp] {
+        assert_eq!((a.uid, a.gid), (1000, 4243), "inode {} takes the directory's group", a.inode);
+    }
+    assert_eq!(dir.mode & 0o7777, 0o2755, "a new directory is setgid too");
+    assert_eq!(file.mode & 0o7777, 0o644, "a file is not");
+    let plain = mkdir(&s, ROOT, "plain");
+    assert_eq!(mkfile(&s, plain, "f").gid, 1000, "elsewhere the creator's group");
+}

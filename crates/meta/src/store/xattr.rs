@@ -88,7 +88,14 @@ impl MetaStore {
                     rec.dir_inline_max = Some(parse_inline_max(ino, &rec, value)?);
                     existed
                 }
-                XattrName::Stored => put_value(t, ino, &mut rec, name, Some(value), mode)?,
+                XattrName::Stored => {
+                    // As ext4: setting the value an attribute already has changes nothing,
+                    // its ctime included.
+                    if mode != XattrSetMode::Create && t.0.get(&xattr_key(ino, name))?.as_deref() == Some(value) {
+                        return Ok(());
+                    }
+                    put_value(t, ino, &mut rec, name, Some(value), mode)?
+                }
                 XattrName::AclAccess => {
                     let acl = Acl::decode(value)?;
                     if !acl.is_empty() {
@@ -200,10 +207,12 @@ pub(super) fn chmod_acl(t: &mut Tx<'_>, ino: InodeId, rec: &InodeRecord) -> Resu
     Ok(())
 }
 
-/// The mode and ACLs of an inode created in `parent` with `perm`: with a default ACL in the
+/// The owner, mode and ACLs of an inode created in `parent` with `perm` (the group of a
+/// setgid parent, see `Perm::in_parent`): with a default ACL in the
 /// parent, the new inode's access ACL comes from it (and a directory inherits the default ACL
 /// itself), and the umask does not apply; without one, the umask does.
 pub(super) fn new_inode_acls(t: &mut Tx<'_>, parent: InodeId, parent_rec: &InodeRecord, perm: Perm, dir: bool) -> Result<(Perm, Stored), MetaError> {
+    let perm = perm.in_parent(parent_rec, dir);
     let default = if parent_rec.has_xattrs { t.0.get(&xattr_key(parent, acl::DEFAULT))? } else { None };
     let Some(value) = default else {
         return Ok((Perm { mode: perm.mode & !perm.umask, ..perm }, Vec::new()));
