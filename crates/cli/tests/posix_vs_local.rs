@@ -286,12 +286,24 @@ fn view<'a>(now: &'a Snapshot, before: &Snapshot) -> BTreeMap<&'static str, Seen
         .collect()
 }
 
-fn local_root() -> PathBuf {
-    let base = std::env::var_os("EMBER_LOCAL_FS_DIR").map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
-    let dir = base.join(format!("ember-posix-vs-local-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// The directory on the local disk the calls also run in; removed when the test ends, passed
+/// or failed.
+struct LocalRoot(PathBuf);
+
+impl LocalRoot {
+    fn new() -> LocalRoot {
+        let base = std::env::var_os("EMBER_LOCAL_FS_DIR").map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
+        let dir = base.join(format!("ember-posix-vs-local-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        LocalRoot(dir)
+    }
+}
+
+impl Drop for LocalRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn setup(root: &Path) {
@@ -306,7 +318,8 @@ fn a_random_sequence_of_posix_calls_agrees_with_the_local_file_system() {
     let _slot = SLOTS.acquire();
     let cluster = Cluster::start(bin(), 1);
     let mount = cluster.mount();
-    let (local, ours) = (local_root(), mount.join(""));
+    let local_root = LocalRoot::new();
+    let (local, ours) = (local_root.0.clone(), mount.join(""));
     setup(&local);
     setup(&ours);
     // SAFETY: umask(2) cannot fail; both trees see the same one.
@@ -330,5 +343,4 @@ fn a_random_sequence_of_posix_calls_agrees_with_the_local_file_system() {
         }
         (before_local, before_ours) = (now_local, now_ours);
     }
-    std::fs::remove_dir_all(&local).unwrap();
 }
