@@ -299,8 +299,8 @@ impl EmberFs {
                 let fut = self.vfs.create(parent, name, mode & 0o7777, creator(h, umask), flags as i32);
                 self.created(reply, self.run("create", fut))
             }
-            Op::Tmpfile(CreateIn { flags, mode, umask }) => {
-                let fut = self.vfs.tmpfile(parent, mode & 0o7777, creator(h, umask), flags as i32);
+            Op::Tmpfile(CreateIn { mode, umask, .. }) => {
+                let fut = self.vfs.tmpfile(parent, mode & 0o7777, creator(h, umask));
                 self.created(reply, self.run("tmpfile", fut))
             }
             _ => reply.error(libc::ENOSYS),

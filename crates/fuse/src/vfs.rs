@@ -501,9 +501,9 @@ impl Vfs {
 
     /// Creates a regular file without a name in `parent` and opens it (open(2) with
     /// O_TMPFILE); `link` may name it later. No name changes, so nothing known of `parent`'s
-    /// names does. `_flags` are the open's: their O_EXCL (the file may never be linked) is
-    /// the kernel's to enforce.
-    pub async fn tmpfile(&self, parent: u64, mode: u32, who: Creator, _flags: i32) -> Result<(Attr, u64), Status> {
+    /// names does. The open's O_EXCL (the file may never be linked) is the kernel's to
+    /// enforce.
+    pub async fn tmpfile(&self, parent: u64, mode: u32, who: Creator) -> Result<(Attr, u64), Status> {
         let client_id = self.client.client_id();
         let r = TmpfileReq { parent, mode, uid: who.uid, gid: who.gid, client_id, umask: who.umask };
         // A repeat would make a second file, held by its session until this client is gone.

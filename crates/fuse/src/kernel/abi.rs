@@ -531,31 +531,29 @@ pub fn join_ns((secs, nsec): (u64, u32)) -> i64 {
 
 /// Fills a READDIR reply: `fuse_dirent` records, each padded to 8 bytes, up to `size` bytes.
 pub struct DirBuf {
-    buf: Vec<u8>,
+    out: Out,
     size: usize,
 }
 
 impl DirBuf {
     pub fn new(size: u32) -> DirBuf {
-        DirBuf { buf: Vec::new(), size: size as usize }
+        DirBuf { out: Out::default(), size: size as usize }
     }
 
     /// Adds an entry whose successor is at `next`; false when it does not fit.
     pub fn add(&mut self, ino: u64, next: u64, dtype: u32, name: &[u8]) -> bool {
         let len = (24 + name.len()).next_multiple_of(8);
-        if self.buf.len() + len > self.size {
+        if self.out.0.len() + len > self.size {
             return false;
         }
-        let mut o = Out(std::mem::take(&mut self.buf));
-        o.u64(ino).u64(next).u32(name.len() as u32).u32(dtype);
-        o.0.extend_from_slice(name);
-        o.0.resize(o.0.len() + len - 24 - name.len(), 0);
-        self.buf = o.0;
+        self.out.u64(ino).u64(next).u32(name.len() as u32).u32(dtype);
+        self.out.0.extend_from_slice(name);
+        self.out.zeros(len - 24 - name.len());
         true
     }
 
     pub fn into_bytes(self) -> Vec<u8> {
-        self.buf
+        self.out.0
     }
 }
 

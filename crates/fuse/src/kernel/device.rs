@@ -106,19 +106,15 @@ impl Reply {
     }
 
     pub fn ok(self) {
-        self.parts(&[]);
+        self.finish(0, &[]);
     }
 
     pub fn bytes(self, body: &[u8]) {
-        self.parts(&[body]);
+        self.finish(0, &[body]);
     }
 
     pub fn out(self, body: Out) {
-        self.parts(&[&body.0]);
-    }
-
-    pub fn parts(self, parts: &[&[u8]]) {
-        self.finish(0, parts);
+        self.finish(0, &[&body.0]);
     }
 
     pub fn error(self, errno: i32) {
