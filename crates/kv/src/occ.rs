@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::engine::{Engine, EngineSnapshot, Write};
 use crate::history::History;
@@ -89,6 +89,7 @@ impl<E: Engine> Store<E> {
             sync: Mutex::new(SyncState { synced_upto: version, syncing: false, failed: None }),
             synced: Condvar::new(),
         });
+        describe_metrics();
         if let Durability::Periodic(every) = durability {
             persist_every(Arc::downgrade(&store), every);
         }
@@ -185,11 +186,14 @@ impl<E: Engine> Store<E> {
                 continue;
             }
             st.syncing = true;
+            let before = st.synced_upto;
             drop(st);
+            let started = Instant::now();
             let result = self.persist_applied();
             st = relock(&self.sync);
             st.syncing = false;
             if let Ok(upto) = result {
+                record_persist(started.elapsed(), upto.saturating_sub(before));
                 st.synced_upto = st.synced_upto.max(upto);
             }
             self.synced.notify_all();
@@ -220,6 +224,21 @@ impl<E: Engine> Drop for Store<E> {
             }
         }
     }
+}
+
+/// How well group commit batches: persists, their latency, and the commits each covered.
+fn record_persist(took: Duration, commits: u64) {
+    let reg = ember_telemetry::global();
+    reg.inc("ember_kv_persists_total", "", 1);
+    reg.inc("ember_kv_persisted_commits_total", "", commits);
+    reg.observe("ember_kv_persist_seconds", "", took);
+}
+
+fn describe_metrics() {
+    let reg = ember_telemetry::global();
+    reg.describe("ember_kv_persists_total", "Journal fsyncs of the transactional KV (group commit rounds).");
+    reg.describe("ember_kv_persisted_commits_total", "Commits made durable, summed over all persists.");
+    reg.describe("ember_kv_persist_seconds", "Time one journal fsync took.");
 }
 
 /// Persists the store every `every` until it is dropped or a persist fails.
@@ -308,6 +327,14 @@ mod tests {
         let persists = store.engine.persists.load(Ordering::SeqCst);
         assert!(persists < 160, "{persists} persists for 160 commits");
         assert_eq!(relock(&store.sync).synced_upto, 160);
+        // Other tests of this process count into the same registry, hence at least.
+        let page = ember_telemetry::global().render();
+        let counted = |name: &str| -> u64 {
+            let line = page.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        assert!(counted("ember_kv_persisted_commits_total ") >= 160);
+        assert!(counted("ember_kv_persists_total ") >= persists as u64);
     }
 
     fn slow_persist() -> SlowPersist {

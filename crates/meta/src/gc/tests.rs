@@ -15,6 +15,8 @@ use crate::store::{Opened, Perm, StoreConfig};
 struct FakeRemover {
     calls: Mutex<Vec<(InodeId, Vec<ChainId>)>>,
     fail: AtomicBool,
+    /// One file whose removal fails while the others succeed.
+    fail_for: Mutex<Option<InodeId>>,
 }
 
 impl ChunkRemover for FakeRemover {
@@ -24,7 +26,7 @@ impl ChunkRemover for FakeRemover {
         layout: &'a Layout,
     ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            if self.fail.load(Ordering::Relaxed) {
+            if self.fail.load(Ordering::Relaxed) || *self.fail_for.lock().unwrap() == Some(inode) {
                 return Err("storage down".into());
             }
             self.calls
@@ -154,6 +156,53 @@ async fn queue_is_walked_in_batches() {
         removed += gc.pass().await.unwrap().removed;
     }
     assert_eq!(removed, 40);
+    assert_eq!(remover.calls.lock().unwrap().len(), 40);
+    assert_eq!(store.statfs().unwrap().inodes, 1);
+}
+
+/// Creates, closes and unlinks `n` files; returns their inodes.
+fn unlinked_files(store: &MetaStore, n: usize) -> Vec<InodeId> {
+    (0..n)
+        .map(|i| {
+            let (ino, session, _) = create(store, &format!("f{i}"), 1);
+            store.close(ino, session, None, None).unwrap();
+            store.unlink(InodeId::ROOT, format!("f{i}").as_bytes()).unwrap();
+            ino
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn one_failed_removal_in_a_batch_leaves_only_that_file_queued() {
+    let (store, remover, gc) = setup(Some(&[1]));
+    let inodes = unlinked_files(&store, 5);
+    let (open, _, _) = create(&store, "open", 1);
+    store.unlink(InodeId::ROOT, b"open").unwrap();
+    *remover.fail_for.lock().unwrap() = Some(inodes[2]);
+
+    let stats = gc.pass().await.unwrap();
+    assert_eq!((stats.removed, stats.busy, stats.failed), (4, 1, 1));
+    let queued: Vec<InodeId> = store.gc_scan(None, 10).unwrap().into_iter().map(|i| i.inode).collect();
+    assert_eq!(queued, [inodes[2], open]);
+    assert_eq!(store.open(inodes[2], 1, false).unwrap_err().code(), StatusCode::NotFound, "claimed, so never reopened");
+    for ino in [inodes[0], inodes[1], inodes[3], inodes[4]] {
+        assert_eq!(store.getattr(ino).unwrap_err().code(), StatusCode::NotFound);
+    }
+
+    *remover.fail_for.lock().unwrap() = None;
+    assert_eq!(gc.pass().await.unwrap().removed, 1);
+    assert_eq!(store.statfs().unwrap().inodes, 2, "the root and the open file");
+}
+
+#[tokio::test]
+async fn a_backlog_drains_without_waiting_the_interval_between_batches() {
+    let (store, remover, gc) = setup(Some(&[]));
+    unlinked_files(&store, 40);
+    let every = Duration::from_millis(1500);
+    let task = Arc::new(gc).spawn(every);
+    // Three batches of 16: at the interval's pace the last would come after 4.5 s.
+    tokio::time::sleep(every + Duration::from_millis(1000)).await;
+    task.abort();
     assert_eq!(remover.calls.lock().unwrap().len(), 40);
     assert_eq!(store.statfs().unwrap().inodes, 1);
 }

@@ -71,53 +71,71 @@ impl MetaStore {
         })
     }
 
-    /// Marks `ino` for chunk removal if it is still queued, unlinked and has no session.
-    /// Returns whether the caller may remove its chunks now.
-    pub fn gc_claim(&self, ino: InodeId) -> Result<bool, MetaError> {
+    /// Marks for chunk removal those of `inodes` still queued, unlinked and without a session,
+    /// in one transaction; returns them. Their chunks may be removed from now on.
+    pub fn gc_claim(&self, inodes: &[InodeId]) -> Result<Vec<InodeId>, MetaError> {
         self.run(|t| {
-            let Some(mut rec) = t.gc_record(ino)? else {
-                return Ok(false);
-            };
-            if !t.sessions(ino)?.is_empty() {
-                return Ok(false);
-            }
-            match t.inode(ino)? {
-                Some(inode) if inode.nlink == 0 => {}
-                _ => {
-                    // Gone already, or linked again: nothing of it may be removed.
-                    t.0.delete(&gc_key(ino));
-                    return Ok(false);
+            let mut claimed = Vec::with_capacity(inodes.len());
+            for &ino in inodes {
+                if claim(t, ino)? {
+                    claimed.push(ino);
                 }
             }
-            if !rec.removing {
-                rec.removing = true;
-                t.put_gc_record(ino, &rec);
-            }
-            Ok(true)
+            Ok(claimed)
         })
     }
 
-    /// Deletes a claimed inode and everything keyed by it, after its chunks are gone.
-    pub fn gc_finish(&self, ino: InodeId) -> Result<(), MetaError> {
+    /// Deletes claimed inodes and everything keyed by them, after their chunks are gone, in
+    /// one transaction.
+    pub fn gc_finish(&self, inodes: &[InodeId]) -> Result<(), MetaError> {
         self.run(|t| {
-            if let Some(rec) = t.inode(ino)? {
-                t.0.delete(&inode_key(ino));
-                t.count_inodes(-1);
-                super::xattr::delete_all(t, ino, &rec)?;
-            }
-            super::blocks::delete_all(t, ino)?;
-            t.0.delete(&gc_key(ino));
-            t.delete_inline(ino);
-            t.delete_locks(ino);
-            for s in snapshot_sessions(t, ino)? {
-                t.0.delete(&session_key(ino, s.id));
-            }
-            for a in DirAttr::ALL {
-                t.0.delete(&dir_attr_key(ino, a));
+            for &ino in inodes {
+                finish(t, ino)?;
             }
             Ok(())
         })
     }
+}
+
+fn claim(t: &mut super::Tx<'_>, ino: InodeId) -> Result<bool, MetaError> {
+    let Some(mut rec) = t.gc_record(ino)? else {
+        return Ok(false);
+    };
+    if !t.sessions(ino)?.is_empty() {
+        return Ok(false);
+    }
+    match t.inode(ino)? {
+        Some(inode) if inode.nlink == 0 => {}
+        _ => {
+            // Gone already, or linked again: nothing of it may be removed.
+            t.0.delete(&gc_key(ino));
+            return Ok(false);
+        }
+    }
+    if !rec.removing {
+        rec.removing = true;
+        t.put_gc_record(ino, &rec);
+    }
+    Ok(true)
+}
+
+fn finish(t: &mut super::Tx<'_>, ino: InodeId) -> Result<(), MetaError> {
+    if let Some(rec) = t.inode(ino)? {
+        t.0.delete(&inode_key(ino));
+        t.count_inodes(-1);
+        super::xattr::delete_all(t, ino, &rec)?;
+    }
+    super::blocks::delete_all(t, ino)?;
+    t.0.delete(&gc_key(ino));
+    t.delete_inline(ino);
+    t.delete_locks(ino);
+    for s in snapshot_sessions(t, ino)? {
+        t.0.delete(&session_key(ino, s.id));
+    }
+    for a in DirAttr::ALL {
+        t.0.delete(&dir_attr_key(ino, a));
+    }
+    Ok(())
 }
 
 fn snapshot_sessions(t: &mut super::Tx<'_>, ino: InodeId) -> Result<Vec<GcSession>, MetaError> {

@@ -363,7 +363,7 @@ fn hard_links() {
     assert!(gc_queue(&s).is_empty());
     s.unlink(d, b"g").unwrap();
     assert_eq!(gc_queue(&s), vec![ino]);
-    assert!(s.gc_claim(ino).unwrap());
+    assert_eq!(s.gc_claim(&[ino]).unwrap(), [ino]);
     assert_eq!(code(s.link(ino, ROOT, b"back")), StatusCode::NotFound, "GC is removing it");
     assert_eq!(gc_queue(&s), vec![ino]);
 }
@@ -608,15 +608,15 @@ fn unlinked_open_file_stays_readable() {
     let queued = s.gc_scan(None, 10).unwrap();
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].sessions.len(), 1);
-    assert!(!s.gc_claim(f).unwrap(), "an open session blocks the claim");
+    assert!(s.gc_claim(&[f]).unwrap().is_empty(), "an open session blocks the claim");
     s.close(f, reader, None, None).unwrap();
-    assert!(s.gc_claim(f).unwrap());
+    assert_eq!(s.gc_claim(&[f]).unwrap(), [f]);
     assert_eq!(
         code(s.open(f, 3, false)),
         StatusCode::NotFound,
         "a claimed inode cannot be reopened"
     );
-    s.gc_finish(f).unwrap();
+    s.gc_finish(&[f]).unwrap();
     assert_eq!(code(s.getattr(f)), StatusCode::NotFound);
     assert!(gc_queue(&s).is_empty());
     assert_eq!(s.statfs().unwrap().inodes, 1);
@@ -720,8 +720,8 @@ fn deleting_an_inline_file_deletes_its_bytes() {
     let ino = InodeId(mkfile(&s, ROOT, "f").inode);
     s.write_inline(ino, &[iw(0, b"bytes")], None).unwrap();
     s.unlink(ROOT, b"f").unwrap();
-    assert!(s.gc_claim(ino).unwrap());
-    s.gc_finish(ino).unwrap();
+    assert_eq!(s.gc_claim(&[ino]).unwrap(), [ino]);
+    s.gc_finish(&[ino]).unwrap();
     let left = s.run(|t| Ok(t.0.snapshot_get(&crate::schema::inline_key(ino))?)).unwrap();
     assert_eq!(left, None);
 }
@@ -805,8 +805,8 @@ fn removing_an_inode_removes_its_xattrs() {
     s.rename(ROOT, b"empty", ROOT, b"replaced", 0).unwrap();
     assert_eq!(stored_xattr_keys(&s), 2, "only the file's remain while it waits for GC");
     s.unlink(ROOT, b"f").unwrap();
-    assert!(s.gc_claim(f).unwrap());
-    s.gc_finish(f).unwrap();
+    assert_eq!(s.gc_claim(&[f]).unwrap(), [f]);
+    s.gc_finish(&[f]).unwrap();
     assert_eq!(stored_xattr_keys(&s), 0);
     assert_eq!(code(s.list_xattr(replaced)), StatusCode::NotFound);
     assert!(s.list_xattr(empty).unwrap().is_empty());
@@ -1016,8 +1016,8 @@ fn gc_of_a_locked_unlinked_file_removes_its_locks() {
     assert!(s.set_lock(&lock_req(attr.inode, 1, 1, (0, 9), Write)).unwrap().granted);
     s.unlink(InodeId::ROOT, b"f").unwrap();
     s.close(InodeId(attr.inode), session, None, None).unwrap();
-    assert!(s.gc_claim(InodeId(attr.inode)).unwrap());
-    s.gc_finish(InodeId(attr.inode)).unwrap();
+    assert_eq!(s.gc_claim(&[InodeId(attr.inode)]).unwrap(), [InodeId(attr.inode)]);
+    s.gc_finish(&[InodeId(attr.inode)]).unwrap();
     assert!(s.lock_scan(None, 10).unwrap().is_empty());
 }
 
@@ -1097,8 +1097,8 @@ fn block_counts_follow_the_latest_chunk_reports_and_truncates() {
     assert_eq!(inline.blocks, 0);
 
     s.unlink(ROOT, b"f").unwrap();
-    assert!(s.gc_claim(ino).unwrap());
-    s.gc_finish(ino).unwrap();
+    assert_eq!(s.gc_claim(&[ino]).unwrap(), [ino]);
+    s.gc_finish(&[ino]).unwrap();
     let begin = crate::schema::CHUNK_BLOCKS_PREFIX.to_vec();
     let end = crate::schema::prefix_end(&begin);
     let rows = ember_kv::run(&*s.kv, |t| Ok::<_, MetaError>(t.snapshot_scan(&begin, &end, 0)?.len())).unwrap();
@@ -1141,13 +1141,13 @@ fn a_tmpfile_has_no_name_waits_in_the_gc_queue_and_takes_a_name_from_link() {
     assert_eq!(s.statfs().unwrap().inodes, 3);
     let queued = s.gc_scan(None, 10).unwrap();
     assert_eq!((queued.len(), queued[0].inode, queued[0].sessions.len()), (1, ino, 1));
-    assert!(!s.gc_claim(ino).unwrap(), "its own session keeps it");
+    assert!(s.gc_claim(&[ino]).unwrap().is_empty(), "its own session keeps it");
 
     assert_eq!(s.link(ino, ROOT, b"named").unwrap().nlink, 1);
     assert_eq!(s.lookup(ROOT, b"named").unwrap().inode, ino.0);
     assert!(gc_queue(&s).is_empty());
     s.close(ino, session, Some(3), None).unwrap();
-    assert!(!s.gc_claim(ino).unwrap());
+    assert!(s.gc_claim(&[ino]).unwrap().is_empty());
     assert_eq!(s.getattr(ino).unwrap().nlink, 1, "a named tmpfile outlives its session");
 }
 
@@ -1157,9 +1157,9 @@ fn a_tmpfile_never_linked_goes_with_its_last_session() {
     let Opened { attr, session, .. } = s.tmpfile(ROOT, perm(), 7).unwrap();
     let ino = InodeId(attr.inode);
     s.close(ino, session, None, None).unwrap();
-    assert!(s.gc_claim(ino).unwrap());
+    assert_eq!(s.gc_claim(&[ino]).unwrap(), [ino]);
     assert_eq!(code(s.link(ino, ROOT, b"late")), StatusCode::NotFound, "GC is removing it");
-    s.gc_finish(ino).unwrap();
+    s.gc_finish(&[ino]).unwrap();
     assert_eq!(code(s.getattr(ino)), StatusCode::NotFound);
     assert_eq!(s.statfs().unwrap().inodes, 1);
 }
