@@ -72,7 +72,8 @@ impl MetaStore {
     }
 
     /// Marks for chunk removal those of `inodes` still queued, unlinked and without a session,
-    /// in one transaction; returns them. Their chunks may be removed from now on.
+    /// in one transaction; returns them. Their chunks may be removed once this returns: chunk
+    /// removal cannot be undone, so the claim is durable first.
     pub fn gc_claim(&self, inodes: &[InodeId]) -> Result<Vec<InodeId>, MetaError> {
         self.run(|t| {
             let mut claimed = Vec::with_capacity(inodes.len());
@@ -86,13 +87,32 @@ impl MetaStore {
     }
 
     /// Deletes claimed inodes and everything keyed by them, after their chunks are gone, in
-    /// one transaction.
+    /// one transaction. Not waited on: a deletion lost to a power cut leaves them claimed and
+    /// queued, and the next pass removes their (already absent) chunks and deletes them again.
     pub fn gc_finish(&self, inodes: &[InodeId]) -> Result<(), MetaError> {
         self.run(|t| {
             for &ino in inodes {
                 finish(t, ino)?;
             }
+            t.0.relax_durability();
             Ok(())
+        })
+    }
+
+    /// Claims and deletes, in one transaction, those of `inodes` (files with nothing on
+    /// storage) still queued, unlinked and without a session; returns them. Not waited on,
+    /// for the reason `gc_finish` gives.
+    pub fn gc_remove_chunkless(&self, inodes: &[InodeId]) -> Result<Vec<InodeId>, MetaError> {
+        self.run(|t| {
+            let mut removed = Vec::with_capacity(inodes.len());
+            for &ino in inodes {
+                if claim(t, ino)? {
+                    finish(t, ino)?;
+                    removed.push(ino);
+                }
+            }
+            t.0.relax_durability();
+            Ok(removed)
         })
     }
 }
