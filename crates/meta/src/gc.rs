@@ -120,10 +120,9 @@ impl Gc {
         })
     }
 
-    /// One pass over the next batch of the queue and of the lock records. Files with chunks
-    /// are claimed in one durable transaction and deleted in another once their chunks are
-    /// gone; files without are claimed and deleted in a single one. Only the claim waits for
-    /// the disk, so a pass costs at most one fsync under `sync` durability, not two per file.
+    /// One pass over the next batch of the queue and of the lock records. The files are claimed
+    /// in one transaction and, once their chunks are gone, deleted in another; only the claim
+    /// waits for the disk, so a pass costs one fsync under `sync` durability, not two per file.
     pub async fn pass(&self) -> Result<GcStats, MetaError> {
         let mut stats = GcStats::default();
         self.drop_stale_locks(&mut stats).await?;
@@ -147,23 +146,7 @@ impl Gc {
                 }
             }
         }
-        let mut chunkless = Vec::new();
-        let mut with_chunks = Vec::new();
-        for item in unopened {
-            match item.layout {
-                Some(layout) => with_chunks.push((item.inode, layout)),
-                None => chunkless.push(item.inode),
-            }
-        }
-        if !chunkless.is_empty() {
-            let queued = chunkless.len();
-            let removed = blocking(&self.store, move |s| s.gc_remove_chunkless(&chunkless)).await?.len();
-            stats.removed += removed;
-            stats.busy += queued - removed;
-        }
-        if !with_chunks.is_empty() {
-            self.collect_chunks(with_chunks, &mut stats).await?;
-        }
+        self.collect(unopened, &mut stats).await?;
         record(&stats);
         Ok(stats)
     }
@@ -186,22 +169,29 @@ impl Gc {
         Ok(())
     }
 
-    /// Claims files with chunks, removes their chunks, then deletes them.
-    async fn collect_chunks(&self, files: Vec<(InodeId, Layout)>, stats: &mut GcStats) -> Result<(), MetaError> {
-        let inodes: Vec<InodeId> = files.iter().map(|(ino, _)| *ino).collect();
+    /// Claims `items`, removes their chunks, then deletes them.
+    async fn collect(&self, items: Vec<GcItem>, stats: &mut GcStats) -> Result<(), MetaError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let inodes: Vec<InodeId> = items.iter().map(|i| i.inode).collect();
         let claimed: HashSet<InodeId> = blocking(&self.store, move |s| s.gc_claim(&inodes)).await?.into_iter().collect();
-        stats.busy += files.len() - claimed.len();
+        stats.busy += items.len() - claimed.len();
         let mut gone = Vec::with_capacity(claimed.len());
-        for (ino, layout) in files.iter().filter(|(ino, _)| claimed.contains(ino)) {
-            match self.remover.remove(*ino, layout).await {
-                Ok(()) => gone.push(*ino),
+        for item in items.iter().filter(|i| claimed.contains(&i.inode)) {
+            let removed = match &item.layout {
+                Some(layout) => self.remover.remove(item.inode, layout).await,
+                None => Ok(()),
+            };
+            match removed {
+                Ok(()) => gone.push(item.inode),
                 Err(e) => {
                     stats.failed += 1;
-                    tracing::warn!(inode = %ino, error = %e, "gc of file failed; will retry");
+                    tracing::warn!(inode = %item.inode, error = %e, "gc of file failed; will retry");
                 }
             }
         }
-        stats.removed += gone.len();
+        stats.removed = gone.len();
         if !gone.is_empty() {
             blocking(&self.store, move |s| s.gc_finish(&gone)).await?;
         }

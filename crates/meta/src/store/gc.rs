@@ -88,7 +88,7 @@ impl MetaStore {
 
     /// Deletes claimed inodes and everything keyed by them, after their chunks are gone, in
     /// one transaction. Not waited on: a deletion lost to a power cut leaves them claimed and
-    /// queued, and the next pass removes their (already absent) chunks and deletes them again.
+    /// queued, and a later pass removes their (already absent) chunks and deletes them again.
     pub fn gc_finish(&self, inodes: &[InodeId]) -> Result<(), MetaError> {
         self.run(|t| {
             for &ino in inodes {
@@ -96,23 +96,6 @@ impl MetaStore {
             }
             t.0.relax_durability();
             Ok(())
-        })
-    }
-
-    /// Claims and deletes, in one transaction, those of `inodes` (files with nothing on
-    /// storage) still queued, unlinked and without a session; returns them. Not waited on,
-    /// for the reason `gc_finish` gives.
-    pub fn gc_remove_chunkless(&self, inodes: &[InodeId]) -> Result<Vec<InodeId>, MetaError> {
-        self.run(|t| {
-            let mut removed = Vec::with_capacity(inodes.len());
-            for &ino in inodes {
-                if claim(t, ino)? {
-                    finish(t, ino)?;
-                    removed.push(ino);
-                }
-            }
-            t.0.relax_durability();
-            Ok(removed)
         })
     }
 }
