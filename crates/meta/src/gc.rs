@@ -4,9 +4,9 @@
 //! clients that mgmtd no longer lists are dropped; the files with no session left are claimed
 //! together in one transaction, their chunks are removed on every target of every chain of
 //! their layouts, and then their inodes and queue entries are deleted together in another. Any
-//! failure leaves an entry queued for the next pass. Each pass also reads a batch of the `LOCK` records and drops the locks of clients
-//! that mgmtd no longer lists, so a crashed client's locks outlive it by at most its session
-//! timeout. Storage removal and the live-client list are traits so the decision logic is
+//! failure leaves an entry queued for the next pass. Each pass also reads a batch of the
+//! `LOCK` records and drops the locks of clients that mgmtd no longer lists, so a crashed
+//! client's locks outlive it by at most its session timeout. Storage removal and the live-client list are traits so the decision logic is
 //! testable without a network.
 
 use std::collections::HashSet;
