@@ -55,8 +55,11 @@ pub struct GcStats {
     pub stale_locks: usize,
 }
 
-/// The shortest pause between passes while the queue holds more than a batch.
+/// The pause between passes while the queue holds more than a batch and clients are idle.
 const BACKLOG_PAUSE: Duration = Duration::from_millis(20);
+
+/// Below this rate of client transactions the store counts as idle.
+const IDLE_TRANSACTIONS_PER_SEC: f64 = 200.0;
 
 pub struct Gc {
     store: Arc<MetaStore>,
@@ -97,24 +100,27 @@ impl Gc {
         }
     }
 
-    /// Runs a pass every `every` until the task is aborted. While passes find full batches the
-    /// next one follows sooner, after three times as long as the last pass took (at least
-    /// `BACKLOG_PAUSE`): a large delete frees its space in minutes, not hours, and GC takes
-    /// at most a quarter of the time, less when foreground work slows its passes down.
+    /// Runs a pass every `every` until the task is aborted. While the queue holds more than a
+    /// batch and clients leave the store idle, passes follow one another after
+    /// `BACKLOG_PAUSE`, so a large delete frees its space in seconds, not hours; while clients
+    /// keep it busy, GC stays at one batch per `every` and takes little from them.
     pub fn spawn(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut pause = every;
             loop {
+                // GC itself runs no transaction while it sleeps: whatever ran then was clients'.
+                let before = self.store.transactions();
                 tokio::time::sleep(pause).await;
-                let started = Instant::now();
+                let foreground = (self.store.transactions() - before) as f64 / pause.as_secs_f64();
                 match self.pass().await {
                     Ok(s) if s != GcStats::default() => tracing::debug!(?s, "gc pass"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "gc pass failed"),
                 }
-                pause = match cursor(&self.cursor) {
-                    Some(_) => (started.elapsed() * 3).clamp(BACKLOG_PAUSE, every.max(BACKLOG_PAUSE)),
-                    None => every,
+                let backlog = cursor(&self.cursor).is_some();
+                pause = match backlog && foreground < IDLE_TRANSACTIONS_PER_SEC {
+                    true => BACKLOG_PAUSE.min(every),
+                    false => every,
                 };
             }
         })

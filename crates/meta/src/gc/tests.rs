@@ -207,6 +207,29 @@ async fn a_backlog_drains_without_waiting_the_interval_between_batches() {
     assert_eq!(store.statfs().unwrap().inodes, 1);
 }
 
+#[tokio::test]
+async fn clients_keeping_the_store_busy_keep_gc_at_its_interval() {
+    let (store, remover, gc) = setup(Some(&[]));
+    unlinked_files(&store, 40);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                store.getattr(InodeId::ROOT).unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let every = Duration::from_millis(1500);
+    let task = Arc::new(gc).spawn(every);
+    tokio::time::sleep(every + Duration::from_millis(1000)).await;
+    task.abort();
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert_eq!(remover.calls.lock().unwrap().len(), 16, "one batch in one interval");
+}
+
 mod network {
     //! `RoutingRemover` and `MgmtdClients` against one loopback service playing mgmtd and a
     //! storage node.

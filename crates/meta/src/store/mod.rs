@@ -18,6 +18,7 @@ mod xattr;
 #[cfg(test)]
 mod tests;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -123,6 +124,8 @@ pub struct MetaStore {
     ids: IdAllocator,
     chains: ChainPicker,
     inline_max: u32,
+    /// Transactions run so far: how busy clients are keeping the store (GC paces itself by it).
+    transactions: AtomicU64,
 }
 
 pub fn now_ns() -> i64 {
@@ -151,12 +154,18 @@ impl MetaStore {
     pub fn new(kv: Arc<dyn TxnKv>, chains: Arc<dyn ChainSource>, config: StoreConfig) -> Self {
         let ids = IdAllocator::new(kv.clone());
         let chains = ChainPicker::new(chains, config.chunk_size, config.stripe);
-        MetaStore { kv, ids, chains, inline_max: config.inline_max.min(MAX_INLINE) }
+        MetaStore { kv, ids, chains, inline_max: config.inline_max.min(MAX_INLINE), transactions: AtomicU64::new(0) }
     }
 
     fn run<T>(&self, f: impl FnMut(&mut Tx<'_>) -> Result<T, MetaError>) -> Result<T, MetaError> {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
         let mut f = f;
         ember_kv::run(&*self.kv, |txn: &mut dyn Transaction| f(&mut Tx(txn)))
+    }
+
+    /// Transactions run so far, reads included.
+    pub fn transactions(&self) -> u64 {
+        self.transactions.load(Ordering::Relaxed)
     }
 
     /// Creates the root directory if this is a fresh file system.
