@@ -6,8 +6,8 @@
 //! their layouts, and then their inodes and queue entries are deleted together in another. Any
 //! failure leaves an entry queued for the next pass. Each pass also reads a batch of the
 //! `LOCK` records and drops the locks of clients that mgmtd no longer lists, so a crashed
-//! client's locks outlive it by at most its session timeout. Storage removal and the live-client list are traits so the decision logic is
-//! testable without a network.
+//! client's locks outlive it by at most its session timeout. Storage removal and the
+//! live-client list are traits so the decision logic is testable without a network.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -53,6 +53,14 @@ pub struct GcStats {
     pub stale_sessions: usize,
     /// Locks of dead clients dropped.
     pub stale_locks: usize,
+}
+
+impl GcStats {
+    /// A file whose collection failed stays queued for the next pass.
+    fn failed_on(&mut self, inode: InodeId, error: &dyn std::fmt::Display) {
+        self.failed += 1;
+        tracing::warn!(%inode, %error, "gc of file failed; will retry");
+    }
 }
 
 /// The pause between passes while the queue holds more than a batch and clients are idle.
@@ -146,10 +154,7 @@ impl Gc {
             match self.drop_stale_sessions(&item, live.as_deref(), &mut stats).await {
                 Ok(true) => unopened.push(item),
                 Ok(false) => stats.busy += 1,
-                Err(e) => {
-                    stats.failed += 1;
-                    tracing::warn!(inode = %ino, error = %e, "gc of file failed; will retry");
-                }
+                Err(e) => stats.failed_on(ino, &e),
             }
         }
         self.collect(unopened, &mut stats).await?;
@@ -191,10 +196,7 @@ impl Gc {
             };
             match removed {
                 Ok(()) => gone.push(item.inode),
-                Err(e) => {
-                    stats.failed += 1;
-                    tracing::warn!(inode = %item.inode, error = %e, "gc of file failed; will retry");
-                }
+                Err(e) => stats.failed_on(item.inode, &e),
             }
         }
         stats.removed = gone.len();
