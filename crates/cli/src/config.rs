@@ -168,6 +168,9 @@ pub struct MountArgs {
     /// FUSE worker threads.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Take requests through /dev/fuse only, not through FUSE over io_uring.
+    #[arg(long)]
+    pub no_io_uring: bool,
     #[command(flatten)]
     pub meta: InProcessMetaArgs,
 }
@@ -202,6 +205,7 @@ impl MountArgs {
         set(&mut c.mgmtd, self.mgmtd);
         set(&mut c.metrics_listen, self.metrics_listen);
         set(&mut c.threads, self.threads);
+        c.io_uring &= !self.no_io_uring;
         let meta = self.meta.resolve(&c.mgmtd)?;
         Ok(Some((c, meta)))
     }

@@ -51,6 +51,9 @@ pub struct UpArgs {
     /// Let every service pick a free port instead of the configured ones.
     #[arg(long)]
     pub any_port: bool,
+    /// The mount takes requests through /dev/fuse only, not through FUSE over io_uring.
+    #[arg(long)]
+    pub no_io_uring: bool,
 }
 
 /// Settings of `ember up` (`ember up --print-default-config`).
@@ -76,6 +79,9 @@ pub struct UpConfig {
     pub storage_listen: String,
     /// Base port of the four /metrics endpoints (mgmtd, meta, storage, mount); 0 = any free port.
     pub metrics_base_port: u16,
+    /// The mount takes requests through FUSE over io_uring when the kernel has it (see
+    /// `ember mount --print-default-config`); false: through /dev/fuse only.
+    pub fuse_io_uring: bool,
 }
 
 impl Default for UpConfig {
@@ -93,6 +99,7 @@ impl Default for UpConfig {
             meta_listen: "127.0.0.1:9100".into(),
             storage_listen: "127.0.0.1:9200".into(),
             metrics_base_port: 9001,
+            fuse_io_uring: true,
         }
     }
 }
@@ -179,6 +186,7 @@ fn resolve(args: UpArgs) -> Result<Option<UpConfig>, Failure> {
     if args.separate_meta {
         c.meta_in_mount = false;
     }
+    c.fuse_io_uring &= !args.no_io_uring;
     if c.replicas > c.storage_nodes || !(c.targets * c.storage_nodes).is_multiple_of(c.replicas) {
         let error = anyhow!(
             "--replicas {} needs at least as many storage nodes and a target count ({} nodes x {} targets) it divides",
@@ -281,6 +289,9 @@ async fn start_all(c: &UpConfig, roles: &mut Vec<Role>) -> anyhow::Result<()> {
     if c.meta_in_mount {
         args.extend(["--meta-data", &meta_dir, "--meta-listen", &c.meta_listen, "--meta-metrics-listen", &meta_metrics]);
         args.extend(meta_args);
+    }
+    if !c.fuse_io_uring {
+        args.push("--no-io-uring");
     }
     roles.push(spawn("mount", &args, &logs)?);
     wait_for_mount(&c.mountpoint, roles).await

@@ -297,7 +297,7 @@ fn up_runs_meta_in_the_mount_process_reachable_by_others_and_its_kill9_loses_not
 
     // Another mount reaches the same metadata server over TCP.
     let mgmtd = std::fs::read_to_string(data.join("mgmtd/mgmtd.addr")).unwrap();
-    let mut other = ember_testkit::Mount::start(Path::new(env!("CARGO_BIN_EXE_ember")), mgmtd.trim(), dir.path());
+    let mut other = ember_testkit::Mount::start(Path::new(env!("CARGO_BIN_EXE_ember")), mgmtd.trim(), dir.path(), &[]);
     assert_eq!(std::fs::read(other.join("d/f0")).unwrap(), files[0].1);
     std::fs::write(other.join("d/from-other"), b"written by another mount").unwrap();
     wait_for_contents(&mnt.join("d/from-other"), b"written by another mount");

@@ -22,6 +22,11 @@ pub struct MountConfig {
     pub mountpoint: PathBuf,
     /// FUSE worker threads. They block on I/O, so size them by outstanding requests, not cores.
     pub threads: usize,
+    /// Take requests through FUSE over io_uring (Linux 6.14+), answered on the CPU of the
+    /// process that made them, when the kernel has it; the mount turns the kernel's switch
+    /// on (`/sys/module/fuse/parameters/enable_uring`) if it runs as root. Off, or without
+    /// it, requests come through /dev/fuse.
+    pub io_uring: bool,
     /// How long the kernel may cache attributes and directory entries.
     pub attr_ttl_ms: u64,
     /// How long a directory this mount has just made or listed answers lookups of names it
@@ -44,6 +49,7 @@ impl Default for MountConfig {
             mgmtd: "127.0.0.1:9000".into(),
             mountpoint: PathBuf::from("/mnt/ember"),
             threads: 16,
+            io_uring: true,
             attr_ttl_ms: 1000,
             negative_ttl_ms: 1000,
             write_buffer_bytes: 4 << 20,
@@ -77,6 +83,8 @@ pub async fn run_mount(config: MountConfig, shutdown: impl Future<Output = ()>) 
     let vfs = Arc::new(Vfs::new(client, vfs_config));
     let ttl = Duration::from_millis(config.attr_ttl_ms);
     let (mountpoint, allow_other) = (config.mountpoint.clone(), config.allow_other);
+    // Before mounting: the kernel offers the ring in the INIT it sends at mount(2).
+    let io_uring = config.io_uring && kernel::uring_ready();
     // No auto_unmount: a crashed mount is cleaned with `umount -l`, as with any FUSE.
     let device = tokio::task::spawn_blocking(move || kernel::mount(&mountpoint, allow_other))
         .await
@@ -84,7 +92,7 @@ pub async fn run_mount(config: MountConfig, shutdown: impl Future<Output = ()>) 
         .map_err(|e| Status::invalid(format!("mount {}: {e}", config.mountpoint.display())))?;
     let device = Arc::new(device);
     let fs = EmberFs::new(vfs.clone(), tokio::runtime::Handle::current(), ttl, device.clone());
-    let limits = Limits { max_io: MAX_IO, threads: config.threads.max(1) };
+    let limits = Limits { max_io: MAX_IO, threads: config.threads.max(1), io_uring };
     let session = match Session::start(device, fs, limits) {
         Ok(s) => s,
         Err(e) => {

@@ -349,7 +349,12 @@ impl Cluster {
     }
 
     pub fn mount(&self) -> Mount {
-        Mount::start(&self.bin, &self.mgmtd_addr, self.dir.path())
+        Mount::start(&self.bin, &self.mgmtd_addr, self.dir.path(), &[])
+    }
+
+    /// A mount started with extra `ember mount` flags.
+    pub fn mount_with(&self, flags: &[&str]) -> Mount {
+        Mount::start(&self.bin, &self.mgmtd_addr, self.dir.path(), flags)
     }
 
     /// Log tails of every service, for assertion messages.
@@ -377,11 +382,12 @@ pub struct Mount {
 impl Mount {
     /// Mounts the cluster whose mgmtd listens at `mgmtd` on a new directory in `dir` (its log
     /// in `dir/logs`), and waits until the kernel shows the mount.
-    pub fn start(bin: &Path, mgmtd: &str, dir: &Path) -> Mount {
+    pub fn start(bin: &Path, mgmtd: &str, dir: &Path, flags: &[&str]) -> Mount {
         let path = dir.join(format!("mnt-{}", unique()));
         std::fs::create_dir_all(&path).expect("mountpoint");
         std::fs::create_dir_all(dir.join("logs")).expect("logs dir");
-        let args = vec![path.display().to_string(), "--mgmtd".into(), mgmtd.to_owned(), "--metrics-listen".into(), String::new()];
+        let mut args = vec![path.display().to_string(), "--mgmtd".into(), mgmtd.to_owned(), "--metrics-listen".into(), String::new()];
+        args.extend(flags.iter().map(|f| (*f).to_owned()));
         let log = dir.join("logs").join(format!("mount-{}.log", unique()));
         let mut proc = Proc::spawn(bin, "mount", args, log);
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -395,6 +401,11 @@ impl Mount {
 
     pub fn join(&self, rel: &str) -> PathBuf {
         self.path.join(rel)
+    }
+
+    /// Everything the mount logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.proc.log).unwrap_or_default()
     }
 
     /// Crash the FUSE daemon and clear the dead mount, as an operator would after a crash.

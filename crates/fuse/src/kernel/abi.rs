@@ -69,6 +69,7 @@ pub mod init {
     pub const HANDLE_KILLPRIV_V2: u64 = 1 << 28;
     pub const SETXATTR_EXT: u64 = 1 << 29;
     pub const INIT_EXT: u64 = 1 << 30;
+    pub const OVER_IO_URING: u64 = 1 << 41;
 }
 
 /// `fuse_setattr_in.valid` bits.
@@ -210,14 +211,19 @@ impl<'a> Fields<'a> {
         self.0 = &self.0[end + 1..];
         Some(name)
     }
-
-    fn rest(&mut self) -> &'a [u8] {
-        std::mem::take(&mut self.0)
-    }
 }
 
 /// Splits a request into its header and body; `None` when the buffer is not a whole request.
 pub fn split(buf: &[u8]) -> Option<(Header, &[u8])> {
+    let (len, header) = parse_header(buf)?;
+    if len != buf.len() || len < IN_HEADER_LEN {
+        return None;
+    }
+    Some((header, &buf[IN_HEADER_LEN..]))
+}
+
+/// A `fuse_in_header` and the request length it states.
+pub fn parse_header(buf: &[u8]) -> Option<(usize, Header)> {
     let mut f = Fields(buf);
     let len = f.u32()? as usize;
     let opcode = f.u32()?;
@@ -225,10 +231,27 @@ pub fn split(buf: &[u8]) -> Option<(Header, &[u8])> {
     let nodeid = f.u64()?;
     let (uid, gid, pid) = (f.u32()?, f.u32()?, f.u32()?);
     f.skip(4)?;
-    if len != buf.len() || len < IN_HEADER_LEN {
-        return None;
+    Some((len, Header { opcode, unique, nodeid, uid, gid, pid }))
+}
+
+/// The size of a request's fixed argument struct (`fuse_*_in`), which FUSE over io_uring
+/// delivers apart from the rest of the body; 0 for requests that start with a name or carry
+/// nothing.
+pub fn fixed_args_len(opcode: u32, setxattr_ext: bool) -> usize {
+    use opcode::*;
+    match opcode {
+        MKDIR | RENAME | LINK | OPEN | OPENDIR | GETXATTR | LISTXATTR => 8,
+        SETXATTR if setxattr_ext => 16,
+        SETXATTR => 8,
+        GETATTR | MKNOD | FSYNC | FSYNCDIR | CREATE | TMPFILE | RENAME2 => 16,
+        RELEASE | RELEASEDIR | FLUSH | LSEEK => 24,
+        FALLOCATE => 32,
+        READ | READDIR | WRITE => 40,
+        GETLK | SETLK | SETLKW => 48,
+        COPY_FILE_RANGE => 56,
+        SETATTR => 88,
+        _ => 0,
     }
-    Some((Header { opcode, unique, nodeid, uid, gid, pid }, f.rest()))
 }
 
 /// Decodes a request body; `None` when it is too short for its opcode. `setxattr_ext` says

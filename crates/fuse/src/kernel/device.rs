@@ -5,6 +5,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use super::abi::{self, Out, OUT_HEADER_LEN};
+use super::uring::Slot;
 
 /// A `/dev/fuse` file. Cloned devices share the connection's request queue, but a reply must
 /// go to the device its request was read from (each keeps its own list of requests in work).
@@ -96,13 +97,23 @@ impl Device {
 /// The answer to one request; sent once, from any thread.
 #[must_use = "the kernel waits for every reply"]
 pub struct Reply {
-    device: Arc<Device>,
+    to: Channel,
     unique: u64,
+}
+
+/// Where a request came from, so where its answer goes.
+enum Channel {
+    Device(Arc<Device>),
+    Ring(Slot),
 }
 
 impl Reply {
     pub fn new(device: Arc<Device>, unique: u64) -> Reply {
-        Reply { device, unique }
+        Reply { to: Channel::Device(device), unique }
+    }
+
+    pub fn ring(slot: Slot, unique: u64) -> Reply {
+        Reply { to: Channel::Ring(slot), unique }
     }
 
     pub fn ok(self) {
@@ -122,7 +133,11 @@ impl Reply {
     }
 
     fn finish(self, error: i32, parts: &[&[u8]]) {
-        if let Err(e) = self.device.send(self.unique, error, parts) {
+        let device = match self.to {
+            Channel::Device(device) => device,
+            Channel::Ring(slot) => return slot.finish(self.unique, error, parts),
+        };
+        if let Err(e) = device.send(self.unique, error, parts) {
             // ENOENT: the request was interrupted and the kernel no longer waits for it.
             if e.raw_os_error() != Some(libc::ENOENT) {
                 tracing::warn!(unique = self.unique, error = %e, "cannot reply to the kernel");

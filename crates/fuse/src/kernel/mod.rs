@@ -8,9 +8,12 @@
 pub mod abi;
 mod device;
 mod mount;
+mod ring;
 mod session;
+mod uring;
 
 pub use abi::{Header, KernelAttr, Op};
 pub use device::{Device, Reply};
 pub use mount::{mount, unmount};
 pub use session::{Handler, Limits, Session};
+pub use uring::kernel_ready as uring_ready;
