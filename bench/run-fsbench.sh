@@ -12,6 +12,8 @@
 #                      labelled ember-sync, ember-periodic
 #          SEPARATE_META  1: one more cluster per mode with meta as a process of its own
 #                      (`ember up --separate-meta`), labelled ember-sync-separate and so on
+#          DEV_FUSE    1: one more cluster per mode whose mount reads /dev/fuse instead of FUSE
+#                      over io_uring (`ember up --no-io-uring`), labelled ember-sync-devfuse ...
 #          OUT         results directory         (default bench/results/<timestamp>)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,11 +37,12 @@ done
 
 modes=${DURABILITY:-sync periodic}
 # One cluster per label: "<mode>" has meta in the mount process (the default of `ember up`),
-# "<mode>-separate" runs it as a process of its own.
+# "<mode>-separate" runs it as a process of its own, "<mode>-devfuse" mounts without io_uring.
 clusters=()
 for m in $modes; do
 	clusters+=("$m")
 	[[ ${SEPARATE_META:-0} == 1 ]] && clusters+=("$m-separate")
+	[[ ${DEV_FUSE:-0} == 1 ]] && clusters+=("$m-devfuse")
 done
 rm -rf "$data"
 up_pids=()
@@ -51,8 +54,9 @@ trap stop_ember EXIT
 for c in "${clusters[@]}"; do
 	layout=()
 	[[ $c == *-separate ]] && layout=(--separate-meta)
+	[[ $c == *-devfuse ]] && layout=(--no-io-uring)
 	mkdir -p "$data/$c" "$mnt-$c"
-	./target/release/ember up --any-port "${layout[@]}" --meta-durability "${c%-separate}" \
+	./target/release/ember up --any-port "${layout[@]}" --meta-durability "${c%%-*}" \
 		--data "$data/$c/cluster" --mount "$mnt-$c" >"$data/$c/up.log" 2>&1 &
 	up_pids+=($!)
 done

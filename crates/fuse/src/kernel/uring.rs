@@ -46,7 +46,7 @@ fn count_cpus(list: &str) -> Option<usize> {
     list.split(',').try_fold(0, |n, part| {
         let (a, b) = part.split_once('-').unwrap_or((part, part));
         let (a, b) = (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?);
-        (b >= a).then_some(n + b - a + 1)
+        (b >= a).then(|| n + b - a + 1)
     })
 }
 
@@ -385,7 +385,7 @@ impl Server {
         // The kernel reads the iovecs while the command is issued: submit before they go.
         self.ring.submit_and_wait(0)?;
         self.waiting += 1;
-        ember_telemetry::global().inc("ember_fuse_ring_entries", "", 1);
+        ember_telemetry::global().inc("ember_fuse_ring_entries_total", "", 1);
         Ok(())
     }
 
