@@ -26,10 +26,12 @@ const CMD_COMMIT_AND_FETCH: u64 = 2;
 /// `struct fuse_uring_ent_in_out` (whose `payload_sz` is at +16).
 const HEADERS_LEN: usize = 288;
 const OP_IN: usize = 128;
+const OP_IN_LEN: usize = 128;
 const PAYLOAD_SZ: usize = 256 + 16;
 /// Where the payload starts in an entry's memory. A request's fixed arguments are copied to
 /// just before it, so that its body is one slice, as read from /dev/fuse.
 const PAYLOAD_AT: usize = 512;
+const _: () = assert!(PAYLOAD_AT - OP_IN_LEN >= HEADERS_LEN);
 /// Entries one thread may come to hold: one more each time a reply is given elsewhere while
 /// all its entries wait for their replies.
 const MAX_ENTRIES: usize = 64;
@@ -450,14 +452,15 @@ impl Server {
         let fixed = abi::fixed_args_len(header.opcode, setxattr_ext);
         let slot = Slot { memory: memory.clone(), mailbox: self.mailbox.clone(), entry, request_payload: payload_len };
         let reply = Reply::ring(slot, header.unique);
-        if payload_len > memory.capacity() || fixed > OP_IN {
+        if payload_len > memory.capacity() || fixed > OP_IN_LEN {
             return reply.error(libc::EINVAL);
         }
         // SAFETY: the fixed arguments move to the gap before the payload, which no slice
         // covers yet; then the body is read-only until the handler is done with it.
         let body = unsafe {
-            let args = memory.slice(OP_IN, fixed).to_vec();
-            memory.write(PAYLOAD_AT - fixed, &args);
+            let mut args = [0u8; OP_IN_LEN];
+            args[..fixed].copy_from_slice(memory.slice(OP_IN, fixed));
+            memory.write(PAYLOAD_AT - fixed, &args[..fixed]);
             memory.slice(PAYLOAD_AT - fixed, fixed + payload_len)
         };
         ember_telemetry::global().inc("ember_fuse_ring_requests_total", "", 1);
