@@ -18,8 +18,10 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ember"))
 }
 
+/// Whether this kernel has FUSE over io_uring and lets processes set up rings.
 fn rings_in_kernel() -> bool {
-    Path::new(RING_SWITCH).exists()
+    let allowed = fs::read_to_string("/proc/sys/kernel/io_uring_disabled").map_or(true, |v| v.trim() == "0");
+    Path::new(RING_SWITCH).exists() && allowed
 }
 
 fn serves_over_rings(m: &Mount) -> bool {
