@@ -1,4 +1,5 @@
-//! The FUSE kernel protocol over `/dev/fuse`: mounting, the request loop and the wire format.
+//! The FUSE kernel protocol over `/dev/fuse` and over FUSE's io_uring: mounting, the request
+//! loops and the wire format.
 //!
 //! Ember speaks the protocol itself rather than through a library so that every request the
 //! kernel has reaches the file system (O_TMPFILE, the flock flag of lock requests, the
