@@ -137,6 +137,9 @@ pub fn prepare<H: Handler>(shared: &Arc<Shared<H>>, per_queue: usize) -> io::Res
 struct Memory {
     ptr: *mut u8,
     len: usize,
+    /// Headers and payload as REGISTER hands them over; kept as long as the entry, so the
+    /// kernel never reads them after they are gone, however late it issues the command.
+    iov: [libc::iovec; 2],
 }
 
 // SAFETY: the memory is plain bytes; who writes where is ordered by the entry's life cycle
@@ -154,7 +157,13 @@ impl Memory {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Memory { ptr: p.cast(), len })
+        let ptr: *mut u8 = p.cast();
+        let iov = [
+            libc::iovec { iov_base: p, iov_len: HEADERS_LEN },
+            // SAFETY: PAYLOAD_AT is inside the mapping.
+            libc::iovec { iov_base: unsafe { ptr.add(PAYLOAD_AT) }.cast(), iov_len: payload },
+        ];
+        Ok(Memory { ptr, len, iov })
     }
 
     fn capacity(&self) -> usize {
@@ -175,14 +184,6 @@ impl Memory {
     unsafe fn slice(&self, at: usize, len: usize) -> &[u8] {
         assert!(at + len <= self.len);
         std::slice::from_raw_parts(self.ptr.add(at), len)
-    }
-
-    fn iovecs(&self) -> [libc::iovec; 2] {
-        [
-            libc::iovec { iov_base: self.ptr.cast(), iov_len: HEADERS_LEN },
-            // SAFETY: PAYLOAD_AT is inside the mapping.
-            libc::iovec { iov_base: unsafe { self.ptr.add(PAYLOAD_AT) }.cast(), iov_len: self.capacity() },
-        ]
     }
 }
 
@@ -379,13 +380,10 @@ impl Server {
     /// Hands the kernel one more entry for this queue.
     fn register(&mut self) -> io::Result<()> {
         let memory = Arc::new(Memory::new(self.payload)?);
-        let iov = memory.iovecs();
         let mut sqe = self.command(self.entries.len(), CMD_REGISTER, 0);
-        sqe.addr(iov.as_ptr() as u64).len(2);
+        sqe.addr(memory.iov.as_ptr() as u64).len(2);
         self.entries.push(memory);
         self.submit(&sqe)?;
-        // The kernel reads the iovecs while the command is issued: submit before they go.
-        self.ring.submit_and_wait(0)?;
         self.waiting += 1;
         ember_telemetry::global().inc("ember_fuse_ring_entries_total", "", 1);
         Ok(())
