@@ -153,15 +153,7 @@ fn negotiate<H: Handler>(shared: &Arc<Shared<H>>, major: u32, minor: u32, max_re
 /// Ring threads for FUSE over io_uring, each with its ring set up; `None` (and /dev/fuse)
 /// when they cannot be had.
 fn prepare_rings<H: Handler>(shared: &Arc<Shared<H>>) -> Option<uring::Prepared> {
-    let queues = match uring::queue_count() {
-        Ok(q) => q.max(1),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot count the kernel's FUSE queues; serving through /dev/fuse");
-            return None;
-        }
-    };
-    let per_queue = (shared.limits.threads / queues).max(2);
-    uring::prepare(shared, per_queue)
+    uring::prepare(shared)
         .inspect_err(|e| tracing::warn!(error = %e, "cannot set up FUSE over io_uring; serving through /dev/fuse"))
         .ok()
 }

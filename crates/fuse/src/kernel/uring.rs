@@ -87,46 +87,42 @@ impl Prepared {
         opened.notify_all();
         self.threads
     }
+
+    /// Sends the threads away (they end without registering) and passes `error` on.
+    fn abandon(self, error: io::Error) -> io::Error {
+        self.open(false);
+        error
+    }
 }
 
-/// Starts `per_queue` threads for each of the kernel's queues and waits until every one has
-/// its ring. Only then may INIT take the ring: once it has, the kernel holds all requests
-/// until each queue has an entry, so a queue left without a thread would hang the mount.
-pub fn prepare<H: Handler>(shared: &Arc<Shared<H>>, per_queue: usize) -> io::Result<Prepared> {
-    let queues = queue_count()?;
+/// Starts threads for each of the kernel's queues (the session's threads shared out, at least
+/// two a queue) and waits until every one has its ring. Only then may INIT take the ring:
+/// once it has, the kernel holds all requests until each queue has an entry, so a queue left
+/// without a thread would hang the mount.
+pub fn prepare<H: Handler>(shared: &Arc<Shared<H>>) -> io::Result<Prepared> {
+    let queues = queue_count()?.max(1);
+    let per_queue = (shared.limits.threads / queues).max(2);
     let payload = (shared.limits.max_io as usize).max(8192);
-    let gate = Arc::new((Mutex::new(None), Condvar::new()));
+    let mut prepared = Prepared { threads: Vec::with_capacity(queues * per_queue), gate: Arc::default() };
     let (ready_tx, ready_rx) = mpsc::channel();
-    let mut threads = Vec::with_capacity(queues * per_queue);
     for qid in 0..queues {
         for i in 0..per_queue {
-            let (shared, thread_gate, ready) = (shared.clone(), gate.clone(), ready_tx.clone());
-            let name = format!("fuse-q{qid}-{i}");
+            let (shared, gate, ready) = (shared.clone(), prepared.gate.clone(), ready_tx.clone());
             let spawned = std::thread::Builder::new()
-                .name(name)
-                .spawn(move || serve_queue(&shared, qid, payload, &thread_gate, &ready));
+                .name(format!("fuse-q{qid}-{i}"))
+                .spawn(move || serve_queue(&shared, qid, payload, &gate, &ready));
             match spawned {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    Prepared { threads, gate }.open(false);
-                    return Err(e);
-                }
+                Ok(t) => prepared.threads.push(t),
+                Err(e) => return Err(prepared.abandon(e)),
             }
         }
     }
     drop(ready_tx);
-    let prepared = Prepared { threads, gate };
-    for _ in 0..queues * per_queue {
+    for _ in 0..prepared.threads.len() {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                prepared.open(false);
-                return Err(e);
-            }
-            Err(_) => {
-                prepared.open(false);
-                return Err(io::Error::other("a FUSE ring thread ended while setting up"));
-            }
+            Ok(Err(e)) => return Err(prepared.abandon(e)),
+            Err(_) => return Err(prepared.abandon(io::Error::other("a FUSE ring thread ended while setting up"))),
         }
     }
     tracing::info!(queues, per_queue, "serving FUSE over io_uring");
