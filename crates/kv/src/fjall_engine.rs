@@ -17,6 +17,17 @@ const DATA_KEYSPACE: &str = "kv";
 const META_KEYSPACE: &str = "meta";
 /// Last commit version, little-endian u64, written in the same batch as the commit's data.
 const VERSION_KEY: &[u8] = b"version";
+/// A journal is deleted only once every keyspace has flushed what it holds. The version key is
+/// rewritten by every commit but stays one key, so left at the default size (64 MiB) its
+/// memtable would take hundreds of thousands of commits to fill, and the journals would pile
+/// up behind it to fjall's limit.
+const META_MEMTABLE_BYTES: u64 = 1 << 20;
+/// A quarter of fjall's default: the journals behind it shrink alike, and a lookup searches a
+/// smaller skiplist; measured with inline-data benchmarks in `docs/benchmarks.md` (session 17).
+const DATA_MEMTABLE_BYTES: u64 = 16 << 20;
+/// fjall's limit on journals kept (default 512 MiB, least 64 MiB): past it, fjall flushes
+/// whatever keyspace holds the oldest journal back.
+const MAX_JOURNALS_BYTES: u64 = 128 << 20;
 
 fn storage(e: fjall::Error) -> KvError {
     KvError::Storage(e.to_string())
@@ -37,9 +48,17 @@ pub(crate) struct FjallSnapshot {
 impl FjallEngine {
     fn open(path: &Path) -> Result<Self, KvError> {
         // Journal persistence is driven by group commit, not by every batch.
-        let db = Database::builder(path).manual_journal_persist(true).open().map_err(storage)?;
-        let data = db.keyspace(DATA_KEYSPACE, KeyspaceCreateOptions::default).map_err(storage)?;
-        let meta = db.keyspace(META_KEYSPACE, KeyspaceCreateOptions::default).map_err(storage)?;
+        let db = Database::builder(path)
+            .manual_journal_persist(true)
+            .max_journaling_size(MAX_JOURNALS_BYTES)
+            .open()
+            .map_err(storage)?;
+        let data = db
+            .keyspace(DATA_KEYSPACE, || KeyspaceCreateOptions::default().max_memtable_size(DATA_MEMTABLE_BYTES))
+            .map_err(storage)?;
+        let meta = db
+            .keyspace(META_KEYSPACE, || KeyspaceCreateOptions::default().max_memtable_size(META_MEMTABLE_BYTES))
+            .map_err(storage)?;
         Ok(FjallEngine { db, data, meta, journal: JournalSync::new(path) })
     }
 
