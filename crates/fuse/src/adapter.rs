@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ember_proto::meta::{Attr, LockKind, XattrSetMode};
+use ember_telemetry::{Counter, Histogram, SeriesCache};
 use ember_types::{FileType, Status};
 use tracing::Instrument;
 
@@ -153,12 +154,37 @@ fn count(reply: Reply, r: Result<u32, i32>) {
     }
 }
 
+/// The series one operation records into.
+struct OpSeries {
+    ok: Counter,
+    failed: Counter,
+    seconds: Histogram,
+}
+
+impl OpSeries {
+    fn new(op: &'static str) -> OpSeries {
+        let reg = ember_telemetry::global();
+        OpSeries {
+            ok: reg.counter("ember_fuse_ops_total", &format!("op=\"{op}\",result=\"ok\"")),
+            failed: reg.counter("ember_fuse_ops_total", &format!("op=\"{op}\",result=\"error\"")),
+            seconds: reg.histogram("ember_fuse_op_seconds", &format!("op=\"{op}\"")),
+        }
+    }
+}
+
+thread_local! {
+    static OP_SERIES: SeriesCache<&'static str, OpSeries> = SeriesCache::default();
+}
+
 /// Counts and times one finished operation, and turns its error into an errno.
 fn observe<T>(op: &'static str, started: Instant, result: Result<T, Status>) -> Result<T, i32> {
-    let reg = ember_telemetry::global();
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    reg.inc("ember_fuse_ops_total", &format!("op=\"{op}\",result=\"{outcome}\""), 1);
-    reg.observe("ember_fuse_op_seconds", &format!("op=\"{op}\""), started.elapsed());
+    OP_SERIES.with(|cache| {
+        cache.with(op, || OpSeries::new(op), |series| {
+            let outcome = if result.is_ok() { &series.ok } else { &series.failed };
+            outcome.add(1);
+            series.seconds.observe(started.elapsed());
+        })
+    });
     result.map_err(|st| {
         tracing::debug!(op, error = %st, "fuse op failed");
         crate::errno_of(&st)

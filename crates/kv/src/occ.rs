@@ -1,8 +1,10 @@
 //! Optimistic concurrency control over any [`Engine`], plus group commit.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
+
+use ember_telemetry::{Counter, Histogram};
 
 use crate::engine::{Engine, EngineSnapshot, Write};
 use crate::history::History;
@@ -251,10 +253,18 @@ impl<E: Engine> Drop for Store<E> {
 
 /// How well group commit batches: persists, their latency, and the commits each covered.
 fn record_persist(took: Duration, commits: u64) {
-    let reg = ember_telemetry::global();
-    reg.inc("ember_kv_persists_total", "", 1);
-    reg.inc("ember_kv_persisted_commits_total", "", commits);
-    reg.observe("ember_kv_persist_seconds", "", took);
+    static SERIES: OnceLock<(Counter, Counter, Histogram)> = OnceLock::new();
+    let (persists, persisted, seconds) = SERIES.get_or_init(|| {
+        let reg = ember_telemetry::global();
+        (
+            reg.counter("ember_kv_persists_total", ""),
+            reg.counter("ember_kv_persisted_commits_total", ""),
+            reg.histogram("ember_kv_persist_seconds", ""),
+        )
+    });
+    persists.add(1);
+    persisted.add(commits);
+    seconds.observe(took);
 }
 
 fn describe_metrics() {

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ember_proto::Method;
+use ember_telemetry::{Counter, SeriesCache};
 use tokio::time::Instant;
 
 use crate::client::Reply;
@@ -64,10 +65,15 @@ pub(crate) fn service_at(addr: &str) -> Option<Arc<dyn Service>> {
     services.iter().find(|(a, _)| a == addr).map(|(_, s)| s.clone())
 }
 
+thread_local! {
+    static CALLED: SeriesCache<&'static str, Counter> = SeriesCache::default();
+}
+
 /// Calls `service` as a request from `timeout`'s caller would reach it over the wire.
 pub(crate) async fn call(service: Arc<dyn Service>, method: u16, body: Bytes, payload: Bytes, timeout: Duration) -> Reply {
     let name = Method::from_u16(method).map(Method::name).unwrap_or("unknown");
-    ember_telemetry::global().inc("ember_rpc_in_process_total", &format!("method=\"{name}\""), 1);
+    let make = || ember_telemetry::global().counter("ember_rpc_in_process_total", &format!("method=\"{name}\""));
+    CALLED.with(|cache| cache.with(name, make, |calls| calls.add(1)));
     let req = Request { method, body, payload, deadline: Some(Instant::now() + timeout), peer: IN_PROCESS_PEER };
     answer(service, req).await.map(|r| (r.body, r.payload))
 }

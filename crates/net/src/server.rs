@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ember_proto::Method;
+use ember_telemetry::{Counter, Histogram, SeriesCache};
 use ember_types::{Status, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpListener;
@@ -192,10 +193,23 @@ pub(crate) async fn answer(svc: Arc<dyn Service>, req: Request) -> Result<Respon
         None => call.await,
     };
     let code = result.as_ref().err().map(|s| s.code).unwrap_or(StatusCode::Ok);
-    let reg = ember_telemetry::global();
-    reg.inc("ember_rpc_requests_total", &format!("method=\"{name}\",status=\"{code:?}\""), 1);
-    reg.observe("ember_rpc_seconds", &format!("method=\"{name}\""), started.elapsed());
+    let make = || {
+        let reg = ember_telemetry::global();
+        let requests = reg.counter("ember_rpc_requests_total", &format!("method=\"{name}\",status=\"{code:?}\""));
+        (requests, reg.histogram("ember_rpc_seconds", &format!("method=\"{name}\"")))
+    };
+    ANSWERED.with(|cache| {
+        cache.with((name, code), make, |(requests, seconds)| {
+            requests.add(1);
+            seconds.observe(started.elapsed());
+        })
+    });
     result
+}
+
+thread_local! {
+    /// The request counter and latency histogram of each method and outcome.
+    static ANSWERED: SeriesCache<(&'static str, StatusCode), (Counter, Histogram)> = SeriesCache::default();
 }
 
 /// A handler's future whose panic becomes an error reply.

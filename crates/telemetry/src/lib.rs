@@ -3,12 +3,14 @@
 //!
 //! The registry is deliberately small: counters, gauges and latency histograms keyed by a
 //! metric name and one label set. Library crates record into it; only binaries serve it.
+//! Counters and histograms are atomics behind shared handles, so code on a hot path keeps
+//! the handles (per thread, in a [`SeriesCache`]) and records without a lock.
 
 mod http;
 mod registry;
 
 pub use http::serve_metrics;
-pub use registry::{global, Registry};
+pub use registry::{global, Counter, Histogram, Registry, SeriesCache};
 
 /// Installs the global `tracing` subscriber. `RUST_LOG` overrides `default_filter`.
 pub fn init_logging(default_filter: &str) {

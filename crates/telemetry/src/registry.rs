@@ -1,6 +1,9 @@
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
-use std::sync::{Mutex, OnceLock};
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
@@ -10,22 +13,68 @@ const BUCKETS: [f64; 12] = [
 
 type SeriesKey = (&'static str, String);
 
+/// A counter series. Clones share it; `add` takes no lock.
+#[derive(Clone, Default)]
+pub struct Counter(Arc<AtomicU64>);
+
+impl Counter {
+    pub fn add(&self, by: u64) {
+        self.0.fetch_add(by, Ordering::Relaxed);
+    }
+}
+
+/// A latency histogram series. Clones share it; `observe` takes no lock.
+#[derive(Clone, Default)]
+pub struct Histogram(Arc<Buckets>);
+
+/// Per-bucket counts (not cumulative: one add per observation; rendering sums them up), and
+/// one more for observations past the last bound.
 #[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+struct Buckets {
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let bucket = BUCKETS.iter().position(|bound| secs <= *bound).unwrap_or(BUCKETS.len());
+        self.0.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.0.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+}
+
+/// Series handles of one call site, kept per thread under a key of the caller's (say, an
+/// operation's name): after a thread's first use of a key, recording takes neither the
+/// registry's lock nor an allocation. Declare it in a `thread_local!`.
+pub struct SeriesCache<K, V>(RefCell<HashMap<K, V>>);
+
+impl<K, V> Default for SeriesCache<K, V> {
+    fn default() -> Self {
+        SeriesCache(RefCell::new(HashMap::new()))
+    }
+}
+
+impl<K: Hash + Eq, V> SeriesCache<K, V> {
+    /// Runs `f` on the handles of `key`, made by `make` on the first use in this thread.
+    pub fn with<R>(&self, key: K, make: impl FnOnce() -> V, f: impl FnOnce(&V) -> R) -> R {
+        let mut map = self.0.borrow_mut();
+        f(map.entry(key).or_insert_with(make))
+    }
 }
 
 #[derive(Default)]
 struct Series {
-    counters: BTreeMap<SeriesKey, u64>,
+    counters: BTreeMap<SeriesKey, Counter>,
     gauges: BTreeMap<SeriesKey, i64>,
     histograms: BTreeMap<SeriesKey, Histogram>,
     help: BTreeMap<&'static str, &'static str>,
 }
 
 /// Metric values of one process. `labels` is the Prometheus label body, e.g. `method="x"`.
+/// `inc` and `observe` look the series up under a lock; hot paths keep the handles `counter`
+/// and `histogram` return instead (see [`SeriesCache`]).
 #[derive(Default)]
 pub struct Registry {
     inner: Mutex<Series>,
@@ -47,8 +96,18 @@ impl Registry {
         self.with(|s| s.help.insert(name, help));
     }
 
+    /// The counter `name{labels}`, registered on first use.
+    pub fn counter(&self, name: &'static str, labels: &str) -> Counter {
+        self.with(|s| s.counters.entry((name, labels.to_owned())).or_default().clone())
+    }
+
+    /// The histogram `name{labels}`, registered on first use.
+    pub fn histogram(&self, name: &'static str, labels: &str) -> Histogram {
+        self.with(|s| s.histograms.entry((name, labels.to_owned())).or_default().clone())
+    }
+
     pub fn inc(&self, name: &'static str, labels: &str, by: u64) {
-        self.with(|s| *s.counters.entry((name, labels.to_owned())).or_default() += by);
+        self.with(|s| s.counters.entry((name, labels.to_owned())).or_default().add(by));
     }
 
     pub fn set_gauge(&self, name: &'static str, labels: &str, value: i64) {
@@ -56,17 +115,7 @@ impl Registry {
     }
 
     pub fn observe(&self, name: &'static str, labels: &str, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        self.with(|s| {
-            let h = s.histograms.entry((name, labels.to_owned())).or_default();
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                if secs <= *bound {
-                    h.counts[i] += 1;
-                }
-            }
-            h.count += 1;
-            h.sum += secs;
-        });
+        self.with(|s| s.histograms.entry((name, labels.to_owned())).or_default().observe(elapsed));
     }
 
     /// Prometheus text exposition format, version 0.0.4.
@@ -94,6 +143,12 @@ fn labelled(name: &str, labels: &str, extra: &str) -> String {
         name.to_owned()
     } else {
         format!("{name}{{{}}}", body.join(","))
+    }
+}
+
+impl std::fmt::Display for Counter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.load(Ordering::Relaxed))
     }
 }
 
@@ -125,13 +180,17 @@ fn render_histograms(
             last = name;
         }
         let bucket = format!("{name}_bucket");
-        for (bound, count) in BUCKETS.iter().zip(h.counts) {
+        let mut cumulative = 0;
+        for (bound, count) in BUCKETS.iter().zip(&h.0.counts) {
+            cumulative += count.load(Ordering::Relaxed);
             let le = format!("le=\"{bound}\"");
-            let _ = writeln!(out, "{} {count}", labelled(&bucket, labels, &le));
+            let _ = writeln!(out, "{} {cumulative}", labelled(&bucket, labels, &le));
         }
-        let _ = writeln!(out, "{} {}", labelled(&bucket, labels, "le=\"+Inf\""), h.count);
-        let _ = writeln!(out, "{} {}", labelled(&format!("{name}_sum"), labels, ""), h.sum);
-        let _ = writeln!(out, "{} {}", labelled(&format!("{name}_count"), labels, ""), h.count);
+        let total = cumulative + h.0.counts[BUCKETS.len()].load(Ordering::Relaxed);
+        let sum = h.0.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{} {total}", labelled(&bucket, labels, "le=\"+Inf\""));
+        let _ = writeln!(out, "{} {sum}", labelled(&format!("{name}_sum"), labels, ""));
+        let _ = writeln!(out, "{} {total}", labelled(&format!("{name}_count"), labels, ""));
     }
 }
 
@@ -156,5 +215,34 @@ mod tests {
         assert!(text.contains("ember_latency_seconds_bucket{le=\"0.0001\"} 0"));
         assert!(text.contains("ember_latency_seconds_bucket{le=\"+Inf\"} 2"));
         assert!(text.contains("ember_latency_seconds_count 2"));
+        assert!(text.contains("ember_latency_seconds_sum 10.0003"), "{text}");
+    }
+
+    #[test]
+    fn handles_record_into_the_series_the_lookups_see() {
+        let r = Registry::default();
+        let hits = r.counter("ember_hits_total", "op=\"x\"");
+        hits.add(2);
+        r.inc("ember_hits_total", "op=\"x\"", 1);
+        r.counter("ember_hits_total", "op=\"x\"").add(4);
+        let took = r.histogram("ember_took_seconds", "");
+        took.observe(Duration::from_micros(50));
+        r.observe("ember_took_seconds", "", Duration::from_millis(3));
+        let text = r.render();
+        assert!(text.contains("ember_hits_total{op=\"x\"} 7"), "{text}");
+        assert!(text.contains("ember_took_seconds_bucket{le=\"0.0001\"} 1"), "{text}");
+        assert!(text.contains("ember_took_seconds_bucket{le=\"0.005\"} 2"), "{text}");
+        assert!(text.contains("ember_took_seconds_count 2"), "{text}");
+    }
+
+    #[test]
+    fn a_series_cache_makes_each_key_once_per_thread() {
+        let cache: SeriesCache<&str, u32> = SeriesCache::default();
+        let mut made = 0;
+        for key in ["a", "b", "a", "a"] {
+            cache.with(key, || { made += 1; made }, |_| ());
+        }
+        assert_eq!(made, 2);
+        assert_eq!(cache.with("a", || 99, |v| *v), 1);
     }
 }
