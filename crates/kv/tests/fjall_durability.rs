@@ -80,6 +80,7 @@ fn open_fails_cleanly_while_another_handle_holds_the_directory() {
 }
 
 const CRASH_DIR_VAR: &str = "EMBER_KV_CRASH_DIR";
+const CRASH_ROUND_VAR: &str = "EMBER_KV_CRASH_ROUND";
 const COMMITTERS: u8 = 4;
 
 fn crash_key(round: u32, thread: u8, i: u32) -> Vec<u8> {
@@ -97,7 +98,7 @@ fn crash_value(thread: u8, i: u32) -> Vec<u8> {
 #[ignore = "run by acknowledged_commits_survive_kill_9 in a child process"]
 fn commit_until_killed() {
     let dir = std::env::var(CRASH_DIR_VAR).expect("run by acknowledged_commits_survive_kill_9");
-    let round: u32 = std::env::var("EMBER_KV_CRASH_ROUND").unwrap().parse().unwrap();
+    let round: u32 = std::env::var(CRASH_ROUND_VAR).unwrap().parse().unwrap();
     let kv = Arc::new(FjallKv::open(Path::new(&dir)).unwrap());
     let committers: Vec<_> = (0..COMMITTERS)
         .map(|t| {
@@ -123,7 +124,7 @@ fn commit_then_kill(dir: &Path, round: u32, acks: usize) -> BTreeMap<u8, u32> {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["commit_until_killed", "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
         .env(CRASH_DIR_VAR, dir)
-        .env("EMBER_KV_CRASH_ROUND", round.to_string())
+        .env(CRASH_ROUND_VAR, round.to_string())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
