@@ -22,9 +22,6 @@ const VERSION_KEY: &[u8] = b"version";
 /// memtable would take hundreds of thousands of commits to fill, and the journals would pile
 /// up behind it to fjall's limit.
 const META_MEMTABLE_BYTES: u64 = 1 << 20;
-/// A quarter of fjall's default: the journals behind it shrink alike, and a lookup searches a
-/// smaller skiplist; measured with inline-data benchmarks in `docs/benchmarks.md` (session 17).
-const DATA_MEMTABLE_BYTES: u64 = 16 << 20;
 /// fjall's limit on journals kept (default 512 MiB, least 64 MiB): past it, fjall flushes
 /// whatever keyspace holds the oldest journal back.
 const MAX_JOURNALS_BYTES: u64 = 128 << 20;
@@ -53,9 +50,7 @@ impl FjallEngine {
             .max_journaling_size(MAX_JOURNALS_BYTES)
             .open()
             .map_err(storage)?;
-        let data = db
-            .keyspace(DATA_KEYSPACE, || KeyspaceCreateOptions::default().max_memtable_size(DATA_MEMTABLE_BYTES))
-            .map_err(storage)?;
+        let data = db.keyspace(DATA_KEYSPACE, KeyspaceCreateOptions::default).map_err(storage)?;
         let meta = db
             .keyspace(META_KEYSPACE, || KeyspaceCreateOptions::default().max_memtable_size(META_MEMTABLE_BYTES))
             .map_err(storage)?;
