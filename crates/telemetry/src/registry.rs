@@ -107,7 +107,7 @@ impl Registry {
     }
 
     pub fn inc(&self, name: &'static str, labels: &str, by: u64) {
-        self.with(|s| s.counters.entry((name, labels.to_owned())).or_default().add(by));
+        self.counter(name, labels).add(by);
     }
 
     pub fn set_gauge(&self, name: &'static str, labels: &str, value: i64) {
@@ -115,7 +115,7 @@ impl Registry {
     }
 
     pub fn observe(&self, name: &'static str, labels: &str, elapsed: Duration) {
-        self.with(|s| s.histograms.entry((name, labels.to_owned())).or_default().observe(elapsed));
+        self.histogram(name, labels).observe(elapsed);
     }
 
     /// Prometheus text exposition format, version 0.0.4.
