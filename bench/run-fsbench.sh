@@ -15,6 +15,8 @@
 #          DEV_FUSE    1: one more cluster per mode whose mount reads /dev/fuse instead of FUSE
 #                      over io_uring (`ember up --no-io-uring`), labelled ember-sync-devfuse ...
 #          OUT         results directory         (default bench/results/<timestamp>)
+#   Prints the median table (OUT/table.md), then issue 5's targets round by round
+#   (OUT/targets.md, from bench/issue5-targets.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-2}
@@ -66,6 +68,9 @@ for c in "${clusters[@]}"; do
 done
 
 echo "uptime before: $(uptime)" | tee "$out/uptime.txt" >&2
+# What bench/issue5-targets.py needs to know of how the rounds ran.
+printf 'rounds=%s\nphases=%s\npeers=%s\ndurability=%s\nappend_procs=%s\nmeta_procs=%s\n' \
+	"$rounds" "$phases" "$peers" "$modes" "${FSBENCH_APPEND_PROCS:-4}" "${FSBENCH_META_PROCS:-4}" >"$out/config.txt"
 targets=()
 for p in $peers; do targets+=("$p=$(peer_dir "$p")"); done
 for c in "${clusters[@]}"; do targets+=("ember-$c=$mnt-$c"); done
@@ -86,3 +91,5 @@ done
 files=()
 for t in "${targets[@]}"; do files+=("$out/${t%%=*}"-[0-9]*.txt); done
 python3 "$kit/fsbench-table.py" --median "${files[@]}" | tee "$out/table.md"
+# Issue 5's targets per round; a missed one is reported here, not as the run's failure.
+python3 bench/issue5-targets.py "$out" | tee "$out/targets.md" || true
