@@ -101,7 +101,13 @@ impl<E: Engine> Store<E> {
             durability,
             live: Mutex::new(Live { version, snapshots: BTreeMap::new(), durable_commits: 0 }),
             commit: Mutex::new(CommitState { version, history: History::new(version, history_cap) }),
-            sync: Mutex::new(SyncState { synced_upto: version, syncing: false, durable_synced: 0, last_batch: 0, failed: None }),
+            sync: Mutex::new(SyncState {
+                synced_upto: version,
+                syncing: false,
+                durable_synced: 0,
+                last_batch: 0,
+                failed: None,
+            }),
             synced: Condvar::new(),
         });
         describe_metrics();
@@ -226,8 +232,8 @@ impl<E: Engine> Store<E> {
 
     /// Waits up to [`GROUP_COMMIT_LINGER`] for a second durable commit to join the persist
     /// about to start (the ones counted above `durable_synced` wait for it), giving the CPU to
-    /// the threads that would apply it. Only called while several writers are at work: a lone writer never
-    /// waits, and with several each persist covers more commits (measured in
+    /// the threads that would apply it. Only called while several writers are at work: a lone
+    /// writer never waits, and with several each persist covers more commits (measured in
     /// `docs/benchmarks.md`, session 17: 13% fewer fsyncs, 3-8% more creates by four processes).
     fn linger(&self, durable_synced: u64) {
         let until = Instant::now() + GROUP_COMMIT_LINGER;
