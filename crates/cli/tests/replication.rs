@@ -302,3 +302,55 @@ fn reads_spread_over_every_serving_replica_and_see_every_acknowledged_write() {
         assert!(served > 0, "replica on node {n} served no reads\n{}", cluster.logs());
     }
 }
+
+#[test]
+fn a_hung_storage_node_stalls_no_read_for_long() {
+    if !fuse_available() {
+        return;
+    }
+    let _slot = SLOTS.acquire();
+    let (mut cluster, mount) = ready(false);
+    let expect = Arc::new(random_bytes(92, 16 << 20));
+    fs::write(mount.join("hung"), &*expect).unwrap();
+    let primary = primary_node(&cluster);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Direct 4 KiB reads, so that each one reaches storage as the small read it is.
+    let reader = {
+        let (path, expect, stop) = (mount.join("hung"), expect.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::os::unix::fs::{FileExt, OpenOptionsExt};
+            let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&path).unwrap();
+            let mut raw = vec![0u8; 8192];
+            let at = raw.as_ptr().align_offset(4096);
+            let buf = &mut raw[at..at + 4096];
+            let (mut reads, mut longest) = (Vec::new(), Duration::ZERO);
+            for i in 0u64.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let offset = (i * 397 % 4096) * 4096;
+                let t0 = Instant::now();
+                f.read_exact_at(buf, offset).unwrap_or_else(|e| panic!("read at {offset}: {e}"));
+                longest = longest.max(t0.elapsed());
+                assert!(*buf == expect[offset as usize..offset as usize + 4096], "read at {offset} returned other bytes");
+                reads.push(Instant::now());
+            }
+            (reads, longest)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // A replica, which serves its share of the reads: stopped, its connections stay open and
+    // answer nothing.
+    let victim = (primary + 1) % NODES;
+    let pid = cluster.storage[victim].pid().expect("the replica runs") as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let hung_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(3000));
+    stop.store(true, Ordering::Relaxed);
+    let (reads, longest) = reader.join().expect("reader panicked");
+    let after = reads.iter().filter(|t| **t > hung_at + Duration::from_millis(2000)).count();
+    eprintln!("hung replica: {} reads, {after} in the last second, longest {longest:?}", reads.len());
+    assert!(longest < STALL_BOUND, "a read hung for {longest:?}\n{}", cluster.logs());
+    assert!(after > 0, "no read finished a second after the replica hung\n{}", cluster.logs());
+    cluster.storage[victim].kill9();
+}

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use bytes::Bytes;
 use ember_proto::meta::ChunkBlocks;
-use ember_proto::storage::{BatchReadReq, ChunkRef, CopyReq, ReadIo, SyncBlocksReq, TruncateReq, WritePiece, WriteReq, WriteResp};
+use ember_proto::storage::{BatchReadReq, BatchReadResp, ChunkRef, CopyReq, ReadIo, SyncBlocksReq, TruncateReq, WritePiece, WriteReq, WriteResp};
 use ember_proto::routing::RoutingTable;
 use ember_types::{ChainId, ChunkId, ChunkSpan, InodeId, Layout, Status, StatusCode};
 use tokio::task::JoinSet;
@@ -121,30 +121,55 @@ impl EmberClient {
         Ok(out)
     }
 
-    /// Runs one batch per node in parallel; returns the spans to retry.
+    /// Runs one batch per node in parallel; returns the spans to retry. A small read from a
+    /// single node runs on the calling thread instead (see [`Self::read_batch`]).
     async fn run_plan(self: &Arc<Self>, plan: ReadPlan, out: &mut [u8]) -> Result<Vec<ChunkSpan>, Status> {
+        let mut retry = Vec::new();
+        if plan.by_node.len() == 1 && out.len() <= IN_PLACE_READ_MAX {
+            for (addr, ios) in plan.by_node {
+                let (spans, result) = self.clone().read_batch(addr, ios, true).await;
+                collect_read(&spans, result, out, &mut retry)?;
+            }
+            return Ok(retry);
+        }
         let mut tasks = JoinSet::new();
         for (addr, ios) in plan.by_node {
-            let (me, peer) = (self.clone(), self.peer(&addr));
-            tasks.spawn(async move {
-                let (spans, ios): (Vec<ChunkSpan>, Vec<ReadIo>) = ios.into_iter().unzip();
-                // Any change of a chain's members (a primary or replica gone) bumps its version.
-                let chains: Vec<(ChainId, u64)> = ios.iter().filter_map(|io| io.chunk.as_ref()).map(|c| (ChainId(c.chain_id), c.chain_version)).collect();
-                let moved = |table: &RoutingTable| chains.iter().any(|(c, v)| table.chain(*c).map(|c| c.version) != Some(*v));
-                let result = me.unless_moved(moved, peer.call(&BatchReadReq { ios }, Bytes::new())).await;
-                (spans, result)
-            });
+            tasks.spawn(self.clone().read_batch(addr, ios, false));
         }
-        let mut retry = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             let (spans, result) = joined.map_err(|e| Status::internal(format!("read task failed: {e}")))?;
-            match result {
-                Ok((resp, payload)) => retry.extend(place_results(&spans, &resp.results, &payload, out)?),
-                Err(st) if should_retry(&st, Retry::Idempotent) => retry.extend(spans),
-                Err(st) => return Err(st),
-            }
+            collect_read(&spans, result, out, &mut retry)?;
         }
         Ok(retry)
+    }
+
+    /// Reads `ios` from the storage node at `addr`. `in_place`: first on the calling thread's
+    /// own connection if it has them (a FUSE thread, which blocks for the reply anyway): the
+    /// reply then wakes that thread directly, where the shared connection's reader task would
+    /// wake a runtime worker first, a wake-up as long as the read itself on a small VM. A
+    /// call unanswered after `STALLED` continues as any other read.
+    async fn read_batch(
+        self: Arc<Self>,
+        addr: String,
+        ios: Vec<(ChunkSpan, ReadIo)>,
+        in_place: bool,
+    ) -> (Vec<ChunkSpan>, Result<(BatchReadResp, Bytes), Status>) {
+        let peer = self.peer(&addr);
+        let (spans, ios): (Vec<ChunkSpan>, Vec<ReadIo>) = ios.into_iter().unzip();
+        // Any change of a chain's members (a primary or replica gone) bumps its version.
+        let chains: Vec<(ChainId, u64)> = ios.iter().filter_map(|io| io.chunk.as_ref()).map(|c| (ChainId(c.chain_id), c.chain_version)).collect();
+        let moved = |table: &RoutingTable| chains.iter().any(|(c, v)| table.chain(*c).map(|c| c.version) != Some(*v));
+        let req = BatchReadReq { ios };
+        let stalled = match in_place.then(|| peer.call_here_within(&req, STALLED)).flatten() {
+            Some(Err(st)) if st.code == StatusCode::Timeout => true,
+            Some(result) => return (spans, result),
+            None => false,
+        };
+        if stalled && self.has_moved(&moved).await {
+            return (spans, Err(rerouted()));
+        }
+        let result = self.unless_moved(moved, peer.call(&req, Bytes::new())).await;
+        (spans, result)
     }
 
     /// Cuts the file's chunks on every chain of its layout down to `length`. Each chain's
@@ -261,13 +286,33 @@ impl EmberClient {
                 result = &mut call => return result,
                 () = tokio::time::sleep(wait) => {}
             }
-            let table = self.routing.refresh().await.unwrap_or_else(|_| self.routing.get());
-            if moved(&table) {
-                return Err(Status::new(StatusCode::RoutingStale, "storage did not answer and routing moved the request elsewhere"));
+            if self.has_moved(&moved).await {
+                return Err(rerouted());
             }
             wait = STALLED / 2;
         }
     }
+
+    /// Whether routing, refreshed, has `moved` a request away from where it was sent.
+    async fn has_moved(&self, moved: &impl Fn(&RoutingTable) -> bool) -> bool {
+        let table = self.routing.refresh().await.unwrap_or_else(|_| self.routing.get());
+        moved(&table)
+    }
+}
+
+fn rerouted() -> Status {
+    Status::new(StatusCode::RoutingStale, "storage did not answer and routing moved the request elsewhere")
+}
+
+/// Places a batch's bytes in `out`, or adds its spans to `retry` when it failed in a way
+/// worth retrying.
+fn collect_read(spans: &[ChunkSpan], result: Result<(BatchReadResp, Bytes), Status>, out: &mut [u8], retry: &mut Vec<ChunkSpan>) -> Result<(), Status> {
+    match result {
+        Ok((resp, payload)) => retry.extend(place_results(spans, &resp.results, &payload, out)?),
+        Err(st) if should_retry(&st, Retry::Idempotent) => retry.extend_from_slice(spans),
+        Err(st) => return Err(st),
+    }
+    Ok(())
 }
 
 /// Consecutive runs of pieces of at most [`MAX_WRITE_BYTES`] each.
@@ -314,6 +359,10 @@ fn chunk_blocks(chunk: ChunkId, resp: &WriteResp) -> ChunkBlocks {
 /// How long a storage request may go unanswered before the client checks whether routing has
 /// moved it: about the time mgmtd takes to declare a silent node dead.
 const STALLED: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Reads up to this many bytes from one node run on the calling thread (`read_batch`): their
+/// time goes to wake-ups more than to moving bytes.
+const IN_PLACE_READ_MAX: usize = 128 * 1024;
 
 /// The chain's primary (first serving target) for one span, with its node address.
 fn route(table: &RoutingTable, span: &ChunkSpan) -> Result<(ChunkRef, String), Status> {

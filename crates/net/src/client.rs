@@ -96,6 +96,18 @@ impl RpcClient {
         crate::decode_body::<R::Response>(&rbody)
     }
 
+    /// A call without request payload on this thread's own connection, waiting at most
+    /// `timeout`, or `None` when this thread does not own connections (`own_conn.rs`) or the
+    /// server is reached another way. Blocks the thread: only for callers that would block
+    /// for the reply anyway.
+    pub fn call_here_within<R: Rpc>(&self, req: &R, timeout: Duration) -> Option<Result<(R::Response, Bytes), Status>> {
+        if !crate::own_conn::enabled() || !self.dialer.is_tcp() || self.in_process().is_some() {
+            return None;
+        }
+        let reply = crate::own_conn::call(&self.addr, R::METHOD as u16, &req.encode_to_vec(), timeout, &self.limits);
+        Some(reply.and_then(|(body, payload)| Ok((crate::decode_body::<R::Response>(&body)?, payload))))
+    }
+
     /// [`unary`](Self::unary) with its own deadline instead of the client's.
     pub async fn unary_within<R: Rpc>(&self, req: &R, timeout: Duration) -> Result<R::Response, Status> {
         let rbody = self.call_raw(R::METHOD as u16, Bytes::from(req.encode_to_vec()), Bytes::new(), timeout).await?.0;
