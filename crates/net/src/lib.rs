@@ -21,7 +21,7 @@ pub use local::{serve_in_process, InProcess};
 pub use own_conn::own_connections_on_this_thread;
 pub use frame::{FrameError, FrameHeader, FrameKind, FrameLimits, HEADER_LEN, MAGIC, VERSION};
 pub use server::{serve, serve_stream, Request, Response, Service, ServiceFuture};
-pub use transport::{blocking, run_blocking_inline_on_this_thread, BoxRead, BoxWrite, DialFuture, Dialer};
+pub use transport::{blocking, blocking_brief, run_blocking_inline_on_this_thread, BoxRead, BoxWrite, DialFuture, Dialer};
 
 use ember_types::{Status, StatusCode};
 

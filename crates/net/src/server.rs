@@ -120,10 +120,14 @@ where
         };
         let (svc, writer) = (service.clone(), writer.clone());
         let request_id = frame.header.request_id;
-        here_or_spawn(async move {
-            let out = handle(svc, req, request_id).await;
-            let _ = send(&writer, &out).await;
-            drop(permit);
+        // Our permit taken, all others free: no other request of this connection is waiting.
+        let alone = inflight.available_permits() == MAX_INFLIGHT_PER_CONN - 1;
+        crate::transport::with_request_alone(alone, || {
+            here_or_spawn(async move {
+                let out = handle(svc, req, request_id).await;
+                let _ = send(&writer, &out).await;
+                drop(permit);
+            })
         });
     }
     // Every request in flight answers before our side closes.

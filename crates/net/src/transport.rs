@@ -68,6 +68,32 @@ impl fmt::Debug for Dialer {
 
 thread_local! {
     static INLINE: Cell<bool> = const { Cell::new(false) };
+    /// Set while a server first polls a request that is the only one in flight on its
+    /// connection (`server.rs`).
+    static ALONE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with [`blocking_brief`] allowed to block the current task when `alone`.
+pub(crate) fn with_request_alone<R>(alone: bool, f: impl FnOnce() -> R) -> R {
+    let before = ALONE.with(|a| a.replace(alone));
+    let out = f();
+    ALONE.with(|a| a.set(before));
+    out
+}
+
+/// Like [`blocking`], for work that blocks briefly (a small disk read): when the request
+/// it serves is alone on its connection, it runs right here, the worker's other tasks
+/// handed to another thread meanwhile (`block_in_place`), instead of waking a pool thread
+/// and then this task again, two wake-ups as long as the read on a small VM. Only requests
+/// a connection does not wait behind: its reader is this task, and stays blocked as well.
+pub async fn blocking_brief<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, tokio::task::JoinError> {
+    let multi_thread = || {
+        tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+    };
+    if !INLINE.with(Cell::get) && ALONE.with(Cell::get) && multi_thread() {
+        return Ok(tokio::task::block_in_place(f));
+    }
+    blocking(f).await
 }
 
 /// Makes [`blocking`] run work inline on the calling thread from now on.

@@ -270,3 +270,41 @@ async fn a_service_of_this_process_is_called_without_a_socket_while_registered()
     drop(local);
     assert_ne!(client.unary(&GetAttrReq { inode: 10_004 }).await.unwrap().attr.unwrap().size, 0);
 }
+
+/// Answers whether `blocking_brief` ran its work on the thread that polled the request (as
+/// the attr's size, 1 or 0); inode 1 first sleeps 300 ms, holding its connection's slot.
+struct WhereBrief;
+
+impl Service for WhereBrief {
+    fn call(self: Arc<Self>, req: Request) -> ServiceFuture {
+        Box::pin(async move {
+            let r: GetAttrReq = ember_net::decode_body(&req.body)?;
+            if r.inode == 1 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let polled_on = std::thread::current().id();
+            let ran_on = ember_net::blocking_brief(|| std::thread::current().id()).await.unwrap();
+            let attr = Attr { inode: r.inode, size: u64::from(ran_on == polled_on), ..Default::default() };
+            Ok(Response::msg(&AttrResp { attr: Some(attr), parent: None }))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brief_blocking_work_runs_in_place_only_for_a_request_alone_on_its_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(serve(listener, Arc::new(WhereBrief), FrameLimits::default()));
+    let client = Arc::new(RpcClient::new(addr));
+    let in_place = |resp: AttrResp| resp.attr.unwrap().size == 1;
+    assert!(in_place(client.unary(&GetAttrReq { inode: 2 }).await.unwrap()), "a request alone ran its work elsewhere");
+    let slow = {
+        let c = client.clone();
+        tokio::spawn(async move { c.unary(&GetAttrReq { inode: 1 }).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!in_place(client.unary(&GetAttrReq { inode: 3 }).await.unwrap()), "a request beside another blocked its connection");
+    // The slow one's work came after its wait, no longer in the poll that found it alone.
+    assert!(!in_place(slow.await.unwrap()));
+    assert!(in_place(client.unary(&GetAttrReq { inode: 4 }).await.unwrap()));
+}

@@ -23,7 +23,7 @@ use ember_proto::storage::{ChunkRef, CommittedVersionReq, CommittedVersionResp, 
 use ember_types::{ChainId, ChunkId, InodeId, Status, StatusCode, TargetId};
 
 use crate::access::Need;
-use crate::service::{blocking, StorageService};
+use crate::service::{blocking, read_blocking, StorageService};
 use crate::ChunkInfo;
 
 /// Beyond this many remembered chunks the memory starts over: forgetting only costs a question
@@ -66,7 +66,7 @@ impl StorageService {
         self.check_read_lease(c.chain_id)?;
         let chunk = ChunkId::new(InodeId(c.inode), c.index);
         let target = TargetId(c.target_id);
-        let (info, data) = blocking(move || engine.read_with_info(chunk, io.offset, io.len)).await?;
+        let (info, data) = read_blocking(io.len, move || engine.read_with_info(chunk, io.offset, io.len)).await?;
         // Still a serving member with a lease after the read: it was one while reading.
         self.resolve(&c, Need::Replica).await?;
         self.check_read_lease(c.chain_id)?;

@@ -26,6 +26,8 @@ pub(crate) const REPLICA_RPC_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Largest total a single batch read may return; keeps replies under the frame limit.
 const MAX_BATCH_READ_BYTES: u64 = 64 << 20;
+/// Reads up to this many bytes (a few disk blocks) may run on the task that serves them.
+const BRIEF_READ_BYTES: u32 = 128 * 1024;
 
 /// One target of this node: its engine and what this node says about it to mgmtd.
 pub(crate) struct LocalTarget {
@@ -291,7 +293,7 @@ impl StorageService {
     /// committed until every replica has it, and must not be seen before.
     async fn read_on_primary(&self, c: ChunkRef, io: ReadIo) -> Result<Vec<u8>, Status> {
         let (_guard, engine, chunk) = self.lock_committed(&c).await?;
-        let data = blocking(move || engine.read(chunk, io.offset, io.len)).await?;
+        let data = read_blocking(io.len, move || engine.read(chunk, io.offset, io.len)).await?;
         tracing::debug!(%chunk, target = c.target_id, head = ?data.get(..8), "read");
         Ok(data)
     }
@@ -506,9 +508,24 @@ fn write_pieces(offset: u32, pieces: &[WritePiece], payload: Bytes) -> Result<Ve
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::EngineError> + Send + 'static,
 ) -> Result<T, Status> {
-    ember_net::blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("storage task failed: {e}")))?
+    settle(ember_net::blocking(f).await)
+}
+
+/// A read of `len` bytes from the engine: in place when it is brief and its request alone on
+/// its connection (`ember_net::blocking_brief`), else as [`blocking`].
+pub(crate) async fn read_blocking<T: Send + 'static>(
+    len: u32,
+    f: impl FnOnce() -> Result<T, crate::EngineError> + Send + 'static,
+) -> Result<T, Status> {
+    if len <= BRIEF_READ_BYTES {
+        settle(ember_net::blocking_brief(f).await)
+    } else {
+        blocking(f).await
+    }
+}
+
+fn settle<T>(done: Result<Result<T, crate::EngineError>, tokio::task::JoinError>) -> Result<T, Status> {
+    done.map_err(|e| Status::internal(format!("storage task failed: {e}")))?
         .map_err(|e| e.status())
 }
 
