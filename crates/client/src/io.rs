@@ -156,15 +156,15 @@ impl EmberClient {
     ) -> (Vec<ChunkSpan>, Result<(BatchReadResp, Bytes), Status>) {
         let peer = self.peer(&addr);
         let (spans, ios): (Vec<ChunkSpan>, Vec<ReadIo>) = ios.into_iter().unzip();
-        // Any change of a chain's members (a primary or replica gone) bumps its version.
-        let chains: Vec<(ChainId, u64)> = ios.iter().filter_map(|io| io.chunk.as_ref()).map(|c| (ChainId(c.chain_id), c.chain_version)).collect();
-        let moved = |table: &RoutingTable| chains.iter().any(|(c, v)| table.chain(*c).map(|c| c.version) != Some(*v));
         let req = BatchReadReq { ios };
         let stalled = match in_place.then(|| peer.call_here_within(&req, STALLED)).flatten() {
             Some(Err(st)) if st.code == StatusCode::Timeout => true,
             Some(result) => return (spans, result),
             None => false,
         };
+        // Any change of a chain's members (a primary or replica gone) bumps its version.
+        let chains: Vec<(ChainId, u64)> = req.ios.iter().filter_map(|io| io.chunk.as_ref()).map(|c| (ChainId(c.chain_id), c.chain_version)).collect();
+        let moved = |table: &RoutingTable| chains.iter().any(|(c, v)| table.chain(*c).map(|c| c.version) != Some(*v));
         if stalled && self.has_moved(&moved).await {
             return (spans, Err(rerouted()));
         }

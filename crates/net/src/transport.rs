@@ -75,10 +75,15 @@ thread_local! {
 
 /// Runs `f` with [`blocking_brief`] allowed to block the current task when `alone`.
 pub(crate) fn with_request_alone<R>(alone: bool, f: impl FnOnce() -> R) -> R {
-    let before = ALONE.with(|a| a.replace(alone));
-    let out = f();
-    ALONE.with(|a| a.set(before));
-    out
+    /// Puts the mark back even if `f` unwinds, so that it never outlives the poll.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ALONE.with(|a| a.set(self.0));
+        }
+    }
+    let _restore = Restore(ALONE.with(|a| a.replace(alone)));
+    f()
 }
 
 /// Like [`blocking`], for work that blocks briefly (a small disk read): when the request
